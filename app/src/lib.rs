@@ -1,0 +1,13 @@
+//! slices-blueprint's shared crate: wire types and ids (both builds), the Leptos UI with its
+//! server functions (both builds; server bodies under `ssr`), and — with feature `ssr` — all
+//! server-side services in [`ssr`].
+
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod ui;
+
+#[cfg(feature = "ssr")]
+pub mod ssr;
+
+pub use ui::{shell, App};

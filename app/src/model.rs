@@ -1,0 +1,432 @@
+//! Wire types shared by the REST API, the server functions and the browser UI.
+//!
+//! Field names follow ../shared/slices-api.md. Units are in the names: `_mib` (MiB),
+//! `_mb` (MB), `vcpus` (virtual CPUs). Times are RFC 3339 UTC strings on the wire.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "ssr")]
+use utoipa::ToSchema;
+
+/// A catalog disk image (`image_<site>_<suffix>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct DiskImage {
+    pub id: String,
+    pub friendly_name: String,
+    /// Which cloud the image lives on; `default` means the requesting user's default cloud.
+    pub cluster_id: String,
+    /// OpenStack Glance image name or id, or a container image reference for Kubernetes.
+    pub location: String,
+    pub default_username: String,
+    pub min_disk_mb: i32,
+    pub min_ram_mib: i32,
+    pub short_description: String,
+    pub long_description: String,
+    pub tags: Vec<String>,
+    /// Hidden images are listed to admins only.
+    pub hidden: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Body of `POST /disk-images`. Omitted fields take the defaults shown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DiskImageInput {
+    pub friendly_name: String,
+    /// Default `default`.
+    #[serde(default = "default_cluster")]
+    pub cluster_id: String,
+    pub location: String,
+    #[serde(default)]
+    pub default_username: String,
+    #[serde(default)]
+    pub min_disk_mb: i32,
+    #[serde(default)]
+    pub min_ram_mib: i32,
+    #[serde(default)]
+    pub short_description: String,
+    #[serde(default)]
+    pub long_description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+fn default_cluster() -> String {
+    "default".to_string()
+}
+
+/// Body of `PATCH /disk-images/{id}`: only the fields present are changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DiskImagePatch {
+    pub friendly_name: Option<String>,
+    pub cluster_id: Option<String>,
+    pub location: Option<String>,
+    pub default_username: Option<String>,
+    pub min_disk_mb: Option<i32>,
+    pub min_ram_mib: Option<i32>,
+    pub short_description: Option<String>,
+    pub long_description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub hidden: Option<bool>,
+}
+
+/// What a flavor provisions: an OpenStack server (`vm`) or a Kubernetes Pod (`k8s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FlavorType {
+    Vm,
+    K8s,
+}
+
+impl FlavorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlavorType::Vm => "vm",
+            FlavorType::K8s => "k8s",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "vm" => Some(FlavorType::Vm),
+            "k8s" => Some(FlavorType::K8s),
+            _ => None,
+        }
+    }
+}
+
+/// A catalog flavor (`flavor_<site>_<suffix>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct Flavor {
+    pub id: String,
+    pub friendly_name: String,
+    pub description: String,
+    pub flavor_type: FlavorType,
+    /// Memory in MiB (a Pod gets `<ram_mib>Mi` as request and limit).
+    pub ram_mib: i32,
+    /// Virtual CPUs (a Pod gets `<vcpus>` CPU as request and limit).
+    pub vcpus: i32,
+    /// Root disk in MB (VMs; ignored for Pods).
+    pub disk_mb: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Body of `POST /flavors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FlavorInput {
+    pub friendly_name: String,
+    #[serde(default)]
+    pub description: String,
+    pub flavor_type: FlavorType,
+    pub ram_mib: i32,
+    pub vcpus: i32,
+    #[serde(default)]
+    pub disk_mb: i32,
+}
+
+/// Body of `PATCH /flavors/{id}`: only the fields present are changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FlavorPatch {
+    pub friendly_name: Option<String>,
+    pub description: Option<String>,
+    pub flavor_type: Option<FlavorType>,
+    pub ram_mib: Option<i32>,
+    pub vcpus: Option<i32>,
+    pub disk_mb: Option<i32>,
+}
+
+/// Allocation axis of a resource's state (after the GENI AM API v3 allocation states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AllocationState {
+    Requested,
+    Provisioning,
+    Provisioned,
+    Deleting,
+    Deleted,
+    Expired,
+    Failed,
+}
+
+impl AllocationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationState::Requested => "requested",
+            AllocationState::Provisioning => "provisioning",
+            AllocationState::Provisioned => "provisioned",
+            AllocationState::Deleting => "deleting",
+            AllocationState::Deleted => "deleted",
+            AllocationState::Expired => "expired",
+            AllocationState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "requested" => AllocationState::Requested,
+            "provisioning" => AllocationState::Provisioning,
+            "provisioned" => AllocationState::Provisioned,
+            "deleting" => AllocationState::Deleting,
+            "deleted" => AllocationState::Deleted,
+            "expired" => AllocationState::Expired,
+            "failed" => AllocationState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the resource is gone for good (its backend object was removed or never made).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AllocationState::Deleted | AllocationState::Expired)
+    }
+}
+
+/// Operational axis of a resource's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OperationalState {
+    Pending,
+    Booting,
+    Ready,
+    Error,
+}
+
+impl OperationalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationalState::Pending => "pending",
+            OperationalState::Booting => "booting",
+            OperationalState::Ready => "ready",
+            OperationalState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => OperationalState::Pending,
+            "booting" => OperationalState::Booting,
+            "ready" => OperationalState::Ready,
+            "error" => OperationalState::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// What the backend made for a resource. Kubernetes fills the `pod_*`/`namespace` fields,
+/// OpenStack the `server_*` fields; absent fields are omitted on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct BackendDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
+/// A requested compute resource (`resource_<site>_<suffix>`): one Pod or one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct Resource {
+    pub id: String,
+    pub friendly_name: String,
+    pub experiment_id: String,
+    pub project_id: String,
+    /// The user who requested it (the user token in the POST body), when known.
+    pub requested_by: Option<String>,
+    pub disk_image_id: String,
+    pub flavor_id: String,
+    pub flavor_type: FlavorType,
+    pub network_name: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+    pub allocation_state: AllocationState,
+    pub operational_state: OperationalState,
+    pub status_message: String,
+    pub details: BackendDetails,
+    /// `ssh <default_username>@<ip>` once an address is known.
+    pub ssh_command: Option<String>,
+    /// The newest task of this resource.
+    pub last_task_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One resource in a `POST /resources` request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct ResourceSpec {
+    /// Unique among the experiment's live resources. For Pods it becomes the Pod name, so it
+    /// must be an RFC 1123 DNS label (lowercase letters, digits, `-`, at most 63 characters).
+    pub friendly_name: String,
+    pub disk_image_id: String,
+    pub flavor_id: String,
+    /// OpenStack network (VMs only).
+    #[serde(default)]
+    pub network_name: Option<String>,
+    /// cloud-init user data (VMs) or text handed to the Pod (annotation and `USERDATA` env).
+    #[serde(default)]
+    pub userdata: Option<String>,
+}
+
+/// A token carried in a request body, as the SLICES CLI sends it: `{"jwt": "<user token>"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct TokenRef {
+    pub jwt: String,
+}
+
+/// Body of `POST /resources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct CreateResourcesRequest {
+    /// RFC 3339; in the future and not after the experiment's expiry.
+    pub expires_at: DateTime<Utc>,
+    pub resources: Vec<ResourceSpec>,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// The requesting user's token (`slices auth id-token`), first entry used.
+    #[serde(default)]
+    pub tokens: Vec<TokenRef>,
+}
+
+/// Answer to `POST /resources` (202): the new resources and the task creating each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct CreateResourcesResponse {
+    pub resources: Vec<Resource>,
+    pub tasks: Vec<Task>,
+}
+
+/// Body of `PATCH /resources/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePatch {
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What a task does to its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Create,
+    Delete,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Create => "create",
+            TaskKind::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "create" => Some(TaskKind::Create),
+            "delete" => Some(TaskKind::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Task status: `queued` → `running` → `finished` | `failed` (a retry goes back to `queued`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Finished,
+    Failed,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Finished => "finished",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => TaskStatus::Queued,
+            "running" => TaskStatus::Running,
+            "finished" => TaskStatus::Finished,
+            "failed" => TaskStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One asynchronous operation (`task_<site>_<suffix>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct Task {
+    pub id: String,
+    pub resource_id: String,
+    pub kind: TaskKind,
+    pub status: TaskStatus,
+    /// Progress, 0-100.
+    pub completed: i16,
+    pub message: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Who is signed in to the dashboard (never contains a token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Viewer {
+    pub user_id: String,
+    pub display_name: String,
+    pub is_admin: bool,
+    /// The experiment the dashboard acts on, while its experiment token is valid.
+    pub experiment: Option<ExperimentInfo>,
+    /// Set when an experiment token was given but has expired since.
+    pub experiment_token_expired: bool,
+}
+
+/// The experiment named by the session's experiment token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentInfo {
+    pub experiment_id: String,
+    pub project_id: String,
+    pub name: Option<String>,
+    /// Latest allowed `expires_at` for its resources.
+    pub max_expires_at: DateTime<Utc>,
+    /// When the experiment token itself stops being accepted.
+    pub token_expires_at: DateTime<Utc>,
+}

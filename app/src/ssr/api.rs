@@ -1,0 +1,520 @@
+//! The SLICES REST API under `/apis/bi.slices.eu/v1alpha2` (contract:
+//! ../shared/slices-api.md), its OpenAPI document (utoipa) and the offline API docs
+//! (Swagger UI at `/docs`, ReDoc at `/redoc`).
+//!
+//! Every route authenticates with `Authorization: Bearer <JWT>`. Errors are JSON:
+//! `{"detail": "...", "code": "...", "field": "..."|null}` with the status of [`AppError`].
+
+use crate::error::AppError;
+use crate::model::*;
+use crate::ssr::auth::Principal;
+use crate::ssr::resources::ListQuery;
+use crate::ssr::state::AppState;
+use crate::ssr::{catalog, resources, tasks};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// Base path of the API.
+pub const BASE: &str = "/apis/bi.slices.eu/v1alpha2";
+/// Largest JSON body accepted, bytes.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({
+            "detail": self.to_string(),
+            "code": self.code(),
+            "field": self.field(),
+        });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+            );
+        }
+        response
+    }
+}
+
+/// The verified bearer token of a request.
+pub struct Bearer(pub Principal);
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                AppError::Unauthenticated("missing `Authorization: Bearer <token>` header".into())
+            })?
+            .to_str()
+            .map_err(|_| AppError::Unauthenticated("Authorization header is not text".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                AppError::Unauthenticated("Authorization header must be `Bearer <token>`".into())
+            })?;
+        state.auth.verify(token).await.map(Bearer)
+    }
+}
+
+/// A JSON body whose errors name the field (`resources[0].flavor_id: missing field`),
+/// 413 beyond [`BODY_LIMIT`].
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_) => AppError::PayloadTooLarge {
+                    limit_bytes: BODY_LIMIT,
+                },
+                other => AppError::BadRequest(other.body_text()),
+            })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserializes JSON, naming the failing path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return AppError::BadRequest(format!("body is not valid JSON: {inner}"));
+        }
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        // serde's text ends with " at line 1 column 42"; the field name says more.
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
+        AppError::Invalid { field, message }
+    })
+}
+
+/// Query string with a 400 that says what is wrong.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| AppError::BadRequest(e.body_text()))
+    }
+}
+
+/// The API routes (mounted at [`BASE`]).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/disk-images", get(list_images).post(create_image))
+        .route(
+            "/disk-images/{id}",
+            get(get_image).patch(update_image).delete(delete_image),
+        )
+        .route("/flavors", get(list_flavors).post(create_flavor))
+        .route(
+            "/flavors/{id}",
+            get(get_flavor).patch(update_flavor).delete(delete_flavor),
+        )
+        .route("/resources", get(list_resources).post(create_resources))
+        .route(
+            "/resources/{id}",
+            get(get_resource)
+                .patch(extend_resource)
+                .delete(delete_resource),
+        )
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+        .fallback(|| async { AppError::NotFound("no such API route".into()) })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/disk-images", tag = "catalog",
+    responses((status = 200, body = Vec<DiskImage>), (status = 401, description = "no or bad token")))]
+async fn list_images(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+) -> Result<Json<Vec<DiskImage>>, AppError> {
+    catalog::list_images(&s.pool, s.site(), p.is_admin)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "image_<site>_<suffix>")),
+    responses((status = 200, body = DiskImage), (status = 404, description = "unknown (or hidden)")))]
+async fn get_image(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<DiskImage>, AppError> {
+    catalog::get_image(&s.pool, s.site(), &id, p.is_admin)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/disk-images", tag = "catalog",
+    request_body = DiskImageInput,
+    responses((status = 201, body = DiskImage), (status = 403, description = "not an admin"),
+              (status = 422, description = "a field is invalid")))]
+async fn create_image(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiJson(input): ApiJson<DiskImageInput>,
+) -> Result<(StatusCode, Json<DiskImage>), AppError> {
+    p.require_admin()?;
+    let image = catalog::create_image(&s.pool, s.site(), &input).await?;
+    Ok((StatusCode::CREATED, Json(image)))
+}
+
+#[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
+    params(("id" = String, Path)), request_body = DiskImagePatch,
+    responses((status = 200, body = DiskImage), (status = 403), (status = 404), (status = 422)))]
+async fn update_image(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<DiskImagePatch>,
+) -> Result<Json<DiskImage>, AppError> {
+    p.require_admin()?;
+    catalog::update_image(&s.pool, s.site(), &id, &patch)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404),
+              (status = 409, description = "still referenced by resources; hide it instead")))]
+async fn delete_image(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    p.require_admin()?;
+    catalog::delete_image(&s.pool, s.site(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/flavors", tag = "catalog",
+    responses((status = 200, body = Vec<Flavor>), (status = 401)))]
+async fn list_flavors(
+    State(s): State<AppState>,
+    Bearer(_p): Bearer,
+) -> Result<Json<Vec<Flavor>>, AppError> {
+    catalog::list_flavors(&s.pool, s.site()).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "flavor_<site>_<suffix>")),
+    responses((status = 200, body = Flavor), (status = 404)))]
+async fn get_flavor(
+    State(s): State<AppState>,
+    Bearer(_p): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<Flavor>, AppError> {
+    catalog::get_flavor(&s.pool, s.site(), &id).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/flavors", tag = "catalog",
+    request_body = FlavorInput,
+    responses((status = 201, body = Flavor), (status = 403), (status = 422)))]
+async fn create_flavor(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiJson(input): ApiJson<FlavorInput>,
+) -> Result<(StatusCode, Json<Flavor>), AppError> {
+    p.require_admin()?;
+    let flavor = catalog::create_flavor(&s.pool, s.site(), &input).await?;
+    Ok((StatusCode::CREATED, Json(flavor)))
+}
+
+#[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
+    params(("id" = String, Path)), request_body = FlavorPatch,
+    responses((status = 200, body = Flavor), (status = 403), (status = 404), (status = 422)))]
+async fn update_flavor(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<FlavorPatch>,
+) -> Result<Json<Flavor>, AppError> {
+    p.require_admin()?;
+    catalog::update_flavor(&s.pool, s.site(), &id, &patch)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404), (status = 409)))]
+async fn delete_flavor(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    p.require_admin()?;
+    catalog::delete_flavor(&s.pool, s.site(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources", tag = "resources",
+    params(ListQuery),
+    responses((status = 200, body = Vec<Resource>,
+               description = "Oldest first. When the page is full, a `Link: <…>; rel=\"next\"` header (RFC 8288) gives the next page."),
+              (status = 400, description = "bad query"), (status = 401)))]
+async fn list_resources(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, AppError> {
+    let items = resources::list_resources(&s, &p, &query).await?;
+    let limit = query.limit.unwrap_or(resources::DEFAULT_PAGE);
+    let mut response = Json(&items).into_response();
+    if items.len() as i64 == limit {
+        let mut next = format!(
+            "{BASE}/resources?limit={limit}&offset={}",
+            query.offset.unwrap_or(0) + limit
+        );
+        for (key, value) in [
+            ("experiment_id", &query.experiment_id),
+            ("project", &query.project),
+        ] {
+            if let Some(v) = value {
+                next.push_str(&format!("&{key}={}", urlencode(v)));
+            }
+        }
+        if query.include_deleted {
+            next.push_str("&include_deleted=true");
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(response)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/resources", tag = "resources",
+    request_body = CreateResourcesRequest,
+    responses((status = 202, body = CreateResourcesResponse,
+               description = "Accepted: each resource is created by its task (poll GET /tasks/{id})."),
+              (status = 401), (status = 403, description = "not an experiment token"),
+              (status = 409, description = "a name is already used by a live resource"),
+              (status = 413), (status = 422, description = "a field is invalid (named in `field`)"),
+              (status = 503, description = "the backend for this flavor type is not configured")))]
+async fn create_resources(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiJson(request): ApiJson<CreateResourcesRequest>,
+) -> Result<(StatusCode, Json<CreateResourcesResponse>), AppError> {
+    let created = resources::create_resources(&s, &p, &request).await?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
+    params(("id" = String, Path, description = "resource_<site>_<suffix>")),
+    responses((status = 200, body = Resource), (status = 404, description = "unknown or another experiment's")))]
+async fn get_resource(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<Resource>, AppError> {
+    resources::get_resource(&s, &p, &id).await.map(Json)
+}
+
+#[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
+    params(("id" = String, Path)), request_body = ResourcePatch,
+    responses((status = 200, body = Resource), (status = 403), (status = 404), (status = 409), (status = 422)))]
+async fn extend_resource(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ResourcePatch>,
+) -> Result<Json<Resource>, AppError> {
+    resources::extend_resource(&s, &p, &id, &patch)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
+    params(("id" = String, Path)),
+    responses((status = 202, body = Task, description = "the delete task (the same one when repeated)"),
+              (status = 403), (status = 404)))]
+async fn delete_resource(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Task>), AppError> {
+    let task = resources::delete_resource(&s, &p, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// Query of `GET /tasks`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskQuery {
+    /// `resource_<site>_<suffix>` (required).
+    pub resource_id: String,
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/tasks", tag = "tasks",
+    params(TaskQuery),
+    responses((status = 200, body = Vec<Task>), (status = 400), (status = 404)))]
+async fn list_tasks(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiQuery(q): ApiQuery<TaskQuery>,
+) -> Result<Json<Vec<Task>>, AppError> {
+    tasks::list_tasks(&s, &p, &q.resource_id).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "task_<site>_<suffix>")),
+    responses((status = 200, body = Task), (status = 404)))]
+async fn get_task(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, AppError> {
+    tasks::get_task(&s, &p, &id).await.map(Json)
+}
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A SLICES token: `slices experiment jwt <name>` (reads and writes) or `slices auth id-token <url>` (reads).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "slices-blueprint", description = "SLICES-RI blueprint backend: catalog, resources (OpenStack VMs, Kubernetes pods) and tasks."),
+    paths(list_images, get_image, create_image, update_image, delete_image,
+          list_flavors, get_flavor, create_flavor, update_flavor, delete_flavor,
+          list_resources, create_resources, get_resource, extend_resource, delete_resource,
+          list_tasks, get_task),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+    tags((name = "catalog", description = "Disk images and flavors (writes: admins)"),
+         (name = "resources", description = "VMs and pods of an experiment"),
+         (name = "tasks", description = "Asynchronous operations"))
+)]
+pub struct ApiDoc;
+
+/// Swagger UI (assets compiled in: `utoipa-swagger-ui` `vendored`) at `/docs`, serving the
+/// document at `<BASE>/openapi.json`, plus ReDoc at `/redoc` from locally served assets.
+pub fn docs_router() -> Router<AppState> {
+    let swagger = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .url(format!("{BASE}/openapi.json"), ApiDoc::openapi());
+    Router::new()
+        .merge(swagger)
+        .route("/redoc", get(redoc_page))
+}
+
+async fn redoc_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(concat!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>slices-blueprint API</title>",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>",
+        "<redoc spec-url=\"/apis/bi.slices.eu/v1alpha2/openapi.json\"></redoc>",
+        "<script src=\"/vendor/redoc/redoc.standalone.js\"></script></body></html>"
+    ))
+}
+
+/// Dev issuer discovery and JWKS, so tools can verify dev tokens like portal tokens.
+pub fn dev_issuer_router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/dev-issuer/.well-known/openid-configuration",
+            get(|State(s): State<AppState>| async move {
+                match s.auth.dev_issuer() {
+                    Some(dev) => Json(serde_json::json!({
+                        "issuer": dev.issuer,
+                        "jwks_uri": format!("{}/jwks.json", dev.issuer),
+                        "id_token_signing_alg_values_supported": ["ES256"],
+                    }))
+                    .into_response(),
+                    None => AppError::NotFound("the dev issuer is off".into()).into_response(),
+                }
+            }),
+        )
+        .route(
+            "/dev-issuer/jwks.json",
+            get(|State(s): State<AppState>| async move {
+                match s.auth.dev_issuer() {
+                    Some(dev) => {
+                        Json(serde_json::json!({ "keys": [dev.public_jwk] })).into_response()
+                    }
+                    None => AppError::NotFound("the dev issuer is off".into()).into_response(),
+                }
+            }),
+        )
+}
+
+/// `GET /healthz`: 200 when the database answers; says which backends are connected.
+pub async fn healthz(State(s): State<AppState>) -> Response {
+    let db = sqlx::query_scalar!("SELECT 1 AS \"one!\"")
+        .fetch_one(&s.pool)
+        .await
+        .is_ok();
+    let body = serde_json::json!({
+        "database": if db { "ok" } else { "unreachable" },
+        "kubernetes": if s.backends.kubernetes.is_some() { "connected" } else { "not configured" },
+        "openstack": "not configured",
+    });
+    let status = if db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,650 @@
+//! Kubernetes backend: one Pod per `flavor_type = k8s` resource.
+//!
+//! - Namespace per experiment: `K8S_NAMESPACE_PREFIX` + a DNS-safe form of the experiment id
+//!   (RFC 1123 label, ≤ 63 characters; long ids are cut and suffixed with a hash), created
+//!   when missing.
+//! - Pod: name = the resource's `friendly_name` (validated as a DNS label), one container
+//!   `main` with image = the disk image's `location`, CPU/memory requests = limits from the
+//!   flavor (`vcpus` → `cpu`, `ram_mib` → `<n>Mi`; core/v1 `ResourceRequirements`).
+//! - Labels (`app.kubernetes.io/managed-by=slices-blueprint`, `slices.eu/resource-id`,
+//!   `slices.eu/experiment-id`, `slices.eu/project-id`) make ownership queryable; label values
+//!   are limited to 63 characters of `[A-Za-z0-9._-]`, so the full ids are also kept in
+//!   annotations of the same names.
+//! - SSH keys and userdata: until pods get richer options they are carried as annotations
+//!   (`slices.eu/ssh-authorized-keys`, newline-separated; `slices.eu/userdata`) and as the
+//!   container's `SSH_AUTHORIZED_KEYS` / `USERDATA` environment variables.
+//! - Idempotent: create answers 409 AlreadyExists → the existing Pod is adopted when its
+//!   `slices.eu/resource-id` annotation is ours (else the name is held by another resource's
+//!   terminating Pod: retry later); delete answers 404 → done.
+//! - Status comes from a watch on the Pod (`kube::runtime::wait::await_condition`) bounded
+//!   by `POD_READY_TIMEOUT_SECS`; phases map as Pending → provisioning, Running → ready,
+//!   Failed or image errors → failed with the reason ([`classify`]).
+
+use super::{BackendError, ComputeBackend, Observation, ResourceRecord};
+use crate::model::{AllocationState, BackendDetails, OperationalState};
+use crate::ssr::tasks::Progress;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Label set on everything this backend creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "slices-blueprint");
+pub const LABEL_RESOURCE: &str = "slices.eu/resource-id";
+pub const LABEL_EXPERIMENT: &str = "slices.eu/experiment-id";
+pub const LABEL_PROJECT: &str = "slices.eu/project-id";
+const ANNOTATION_SSH: &str = "slices.eu/ssh-authorized-keys";
+const ANNOTATION_USERDATA: &str = "slices.eu/userdata";
+const ANNOTATION_REQUESTED_BY: &str = "slices.eu/requested-by";
+/// How long a delete may take before it is retried.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Pods on a Kubernetes API server.
+pub struct KubernetesBackend {
+    client: Client,
+    namespace_prefix: String,
+    ready_timeout: Duration,
+}
+
+impl KubernetesBackend {
+    /// Connects with `KUBECONFIG` (or in-cluster config) and checks the API server answers.
+    pub async fn connect(namespace_prefix: &str, ready_timeout: Duration) -> anyhow::Result<Self> {
+        let client = Client::try_default().await?;
+        let version = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+            .await
+            .map_err(|_| anyhow::anyhow!("the API server did not answer within 5 s"))??;
+        tracing::info!(version = %version.git_version, "connected to the Kubernetes API server");
+        Ok(Self::new(client, namespace_prefix, ready_timeout))
+    }
+
+    /// Wraps an existing client.
+    pub fn new(client: Client, namespace_prefix: &str, ready_timeout: Duration) -> Self {
+        Self {
+            client,
+            namespace_prefix: namespace_prefix.to_string(),
+            ready_timeout,
+        }
+    }
+
+    /// The namespace of an experiment.
+    pub fn namespace_for(&self, experiment_id: &str) -> String {
+        namespace_name(&self.namespace_prefix, experiment_id)
+    }
+
+    async fn ensure_namespace(&self, name: &str, experiment_id: &str) -> Result<(), BackendError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                    (LABEL_EXPERIMENT.to_string(), label_value(experiment_id)),
+                ])),
+                annotations: Some(BTreeMap::from([(
+                    LABEL_EXPERIMENT.to_string(),
+                    experiment_id.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        match api.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(map_error("creating the namespace", e)),
+        }
+    }
+}
+
+/// The Pod this backend makes for a resource.
+pub fn pod_manifest(resource: &ResourceRecord, namespace: &str) -> Pod {
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (LABEL_RESOURCE.to_string(), label_value(&resource.typed_id)),
+        (
+            LABEL_EXPERIMENT.to_string(),
+            label_value(&resource.experiment_id),
+        ),
+        (LABEL_PROJECT.to_string(), label_value(&resource.project_id)),
+    ]);
+    let ssh_keys = resource.ssh_authorized_keys.join("\n");
+    let mut annotations = BTreeMap::from([
+        (LABEL_RESOURCE.to_string(), resource.typed_id.clone()),
+        (LABEL_EXPERIMENT.to_string(), resource.experiment_id.clone()),
+        (LABEL_PROJECT.to_string(), resource.project_id.clone()),
+        (ANNOTATION_SSH.to_string(), ssh_keys.clone()),
+    ]);
+    if let Some(user) = &resource.requested_by {
+        annotations.insert(ANNOTATION_REQUESTED_BY.to_string(), user.clone());
+    }
+    let mut env = vec![
+        env_var("SLICES_RESOURCE_ID", &resource.typed_id),
+        env_var("SLICES_EXPERIMENT_ID", &resource.experiment_id),
+        env_var("SSH_AUTHORIZED_KEYS", &ssh_keys),
+    ];
+    if let Some(userdata) = &resource.userdata {
+        annotations.insert(ANNOTATION_USERDATA.to_string(), userdata.clone());
+        env.push(env_var("USERDATA", userdata));
+    }
+    let quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity(resource.vcpus.to_string())),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Mi", resource.ram_mib)),
+        ),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(resource.friendly_name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "main".into(),
+                image: Some(resource.image_location.clone()),
+                env: Some(env),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities.clone()),
+                    limits: Some(quantities),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            }],
+            restart_policy: Some("Always".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// What a Pod's status means for its resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodVerdict {
+    /// Not running yet; the text says why (scheduling, pulling, …).
+    Pending(String),
+    Running {
+        ip: Option<String>,
+        node: Option<String>,
+    },
+    /// Will not become Running by itself; the text is for the experimenter.
+    Failed(String),
+}
+
+/// Waiting reasons of a container that mean the Pod will not start by itself.
+const FATAL_WAITING_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+    "RunContainerError",
+];
+
+/// Maps a Pod's status (core/v1 `PodStatus`: `phase`, `containerStatuses[].state`) to a
+/// verdict.
+pub fn classify(pod: &Pod) -> PodVerdict {
+    let Some(status) = &pod.status else {
+        return PodVerdict::Pending("waiting for the scheduler".into());
+    };
+    for cs in status.container_statuses.iter().flatten() {
+        if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.clone().unwrap_or_default();
+            if FATAL_WAITING_REASONS.contains(&reason.as_str()) {
+                let detail = waiting.message.clone().unwrap_or_default();
+                return PodVerdict::Failed(
+                    format!("container `{}` cannot start: {reason} {detail}", cs.name)
+                        .trim()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    match status.phase.as_deref() {
+        Some("Running") => PodVerdict::Running {
+            ip: status.pod_ip.clone(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        },
+        Some("Failed") => PodVerdict::Failed(
+            format!(
+                "pod failed: {} {}",
+                status.reason.clone().unwrap_or_default(),
+                status.message.clone().unwrap_or_default()
+            )
+            .trim()
+            .to_string(),
+        ),
+        Some("Succeeded") => {
+            PodVerdict::Failed("the pod's container exited (phase Succeeded)".into())
+        }
+        _ => {
+            let unschedulable = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+            match unschedulable {
+                Some(c) => PodVerdict::Pending(format!(
+                    "not scheduled yet: {}",
+                    c.message
+                        .clone()
+                        .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+                )),
+                None => PodVerdict::Pending("pod is pending".into()),
+            }
+        }
+    }
+}
+
+fn details_of(pod: &Pod, namespace: &str) -> BackendDetails {
+    let status = pod.status.as_ref();
+    BackendDetails {
+        namespace: Some(namespace.to_string()),
+        pod_name: pod.metadata.name.clone(),
+        pod_ip: status.and_then(|s| s.pod_ip.clone()),
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        phase: status.and_then(|s| s.phase.clone()),
+        ..BackendDetails::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl ComputeBackend for KubernetesBackend {
+    async fn create(
+        &self,
+        resource: &ResourceRecord,
+        progress: &Progress,
+    ) -> Result<BackendDetails, BackendError> {
+        let namespace = self.namespace_for(&resource.experiment_id);
+        self.ensure_namespace(&namespace, &resource.experiment_id)
+            .await?;
+        progress
+            .report(30, &format!("namespace {namespace} ready"))
+            .await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let name = resource.friendly_name.as_str();
+        let manifest = pod_manifest(resource, &namespace);
+        match pods.create(&PostParams::default(), &manifest).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = pods
+                    .get(name)
+                    .await
+                    .map_err(|e| map_error("reading the pod", e))?;
+                let owner = existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LABEL_RESOURCE));
+                if owner != Some(&resource.typed_id) {
+                    return Err(BackendError::retryable(format!(
+                        "pod name `{name}` is still held by another pod in {namespace} (being deleted?)"
+                    )));
+                }
+                tracing::info!(pod = name, "adopting the pod an earlier attempt created");
+            }
+            Err(e) => return Err(map_error("creating the pod", e)),
+        }
+        progress
+            .set_resource(
+                AllocationState::Provisioning,
+                OperationalState::Booting,
+                "pod created; waiting for it to run",
+                Some(&BackendDetails {
+                    namespace: Some(namespace.clone()),
+                    pod_name: Some(name.to_string()),
+                    ..BackendDetails::default()
+                }),
+            )
+            .await;
+        progress
+            .report(50, "pod created; waiting for it to run")
+            .await;
+
+        let settled = |pod: Option<&Pod>| match pod {
+            None => true,
+            Some(p) => !matches!(classify(p), PodVerdict::Pending(_)),
+        };
+        let waited = tokio::time::timeout(
+            self.ready_timeout,
+            await_condition(pods.clone(), name, settled),
+        )
+        .await;
+        match waited {
+            Err(_) => {
+                let last = match pods.get_opt(name).await {
+                    Ok(Some(p)) => match classify(&p) {
+                        PodVerdict::Pending(why) => why,
+                        other => format!("{other:?}"),
+                    },
+                    _ => "unknown".into(),
+                };
+                Err(BackendError::permanent(format!(
+                    "pod did not become Running within {} s (last status: {last}); it was removed",
+                    self.ready_timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) => Err(BackendError::retryable(format!("watching the pod: {e}"))),
+            Ok(Ok(None)) => Err(BackendError::permanent(
+                "the pod was deleted before it became Running",
+            )),
+            Ok(Ok(Some(pod))) => match classify(&pod) {
+                PodVerdict::Running { .. } => {
+                    progress.report(100, "pod running").await;
+                    Ok(details_of(&pod, &namespace))
+                }
+                PodVerdict::Failed(why) => Err(BackendError::permanent(why)),
+                PodVerdict::Pending(why) => Err(BackendError::retryable(why)),
+            },
+        }
+    }
+
+    async fn observe(&self, resource: &ResourceRecord) -> Result<Observation, BackendError> {
+        let namespace = self.namespace_for(&resource.experiment_id);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let pod = pods
+            .get_opt(&resource.friendly_name)
+            .await
+            .map_err(|e| map_error("reading the pod", e))?;
+        Ok(match pod {
+            None => Observation {
+                allocation: AllocationState::Failed,
+                operational: OperationalState::Error,
+                message: "the pod no longer exists".into(),
+                details: BackendDetails::default(),
+            },
+            Some(p) => {
+                let details = details_of(&p, &namespace);
+                match classify(&p) {
+                    PodVerdict::Running { .. } => Observation {
+                        allocation: AllocationState::Provisioned,
+                        operational: OperationalState::Ready,
+                        message: "ready".into(),
+                        details,
+                    },
+                    PodVerdict::Pending(why) => Observation {
+                        allocation: AllocationState::Provisioning,
+                        operational: OperationalState::Booting,
+                        message: why,
+                        details,
+                    },
+                    PodVerdict::Failed(why) => Observation {
+                        allocation: AllocationState::Failed,
+                        operational: OperationalState::Error,
+                        message: why,
+                        details,
+                    },
+                }
+            }
+        })
+    }
+
+    async fn delete(
+        &self,
+        resource: &ResourceRecord,
+        progress: &Progress,
+    ) -> Result<(), BackendError> {
+        let namespace = self.namespace_for(&resource.experiment_id);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let name = resource.friendly_name.as_str();
+        // Only delete the pod if it is ours (a reused name may belong to a newer resource).
+        let existing = match pods.get_opt(name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(map_error("reading the pod", e)),
+        };
+        let owner = existing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LABEL_RESOURCE));
+        if owner != Some(&resource.typed_id) {
+            return Ok(());
+        }
+        let uid = existing.metadata.uid.clone().unwrap_or_default();
+        match pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(map_error("deleting the pod", e)),
+        }
+        progress
+            .report(50, "pod deletion requested; waiting for it to go")
+            .await;
+        let gone = kube::runtime::wait::conditions::is_deleted(&uid);
+        match tokio::time::timeout(DELETE_TIMEOUT, await_condition(pods, name, gone)).await {
+            Ok(Ok(_)) => {
+                progress.report(100, "pod deleted").await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(BackendError::retryable(format!(
+                "watching the pod's deletion: {e}"
+            ))),
+            Err(_) => Err(BackendError::retryable(format!(
+                "pod still terminating after {} s",
+                DELETE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// API errors: 4xx other than 409/429 are permanent (the request itself is wrong), the rest
+/// (5xx, 429, transport) are retryable.
+fn map_error(what: &str, e: kube::Error) -> BackendError {
+    match &e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 => {
+            BackendError::permanent(format!(
+                "{what}: Kubernetes refused: {} ({})",
+                s.message, s.reason
+            ))
+        }
+        _ => BackendError::retryable(format!("{what}: {e}")),
+    }
+}
+
+/// `prefix` + the experiment id made into an RFC 1123 label (lowercase alphanumerics and
+/// `-`, ≤ 63 characters; a cut name ends with 8 hex digits of an FNV-1a hash of the id, so
+/// distinct ids keep distinct namespaces).
+pub fn namespace_name(prefix: &str, experiment_id: &str) -> String {
+    let mut slug = String::with_capacity(experiment_id.len());
+    for c in experiment_id.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-');
+    let full = format!("{prefix}{slug}");
+    let full = full.trim_matches('-').to_string();
+    if full.len() <= 63 && !full.is_empty() {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a(experiment_id) as u32);
+    let keep = 63 - 1 - hash.len();
+    let head: String = full.chars().take(keep).collect();
+    format!("{}-{hash}", head.trim_end_matches('-'))
+}
+
+/// A label value (≤ 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends); values
+/// that do not fit are replaced by `h-` + a hash (the full value is in the annotation).
+pub fn label_value(value: &str) -> String {
+    let fits = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && value
+            .bytes()
+            .next()
+            .is_none_or(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .last()
+            .is_none_or(|b| b.is_ascii_alphanumeric());
+    if fits {
+        value.to_string()
+    } else {
+        format!("h-{:016x}", fnv1a(value))
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+
+    #[test]
+    fn namespaces_are_dns_labels() {
+        assert_eq!(
+            namespace_name("slices-", "exp_dev.local_demo"),
+            "slices-exp-dev-local-demo"
+        );
+        let long = format!("exp_{}_{}", "x".repeat(40), "00sqtwepw69hev0qxd08d2f3dk");
+        let ns = namespace_name("slices-", &long);
+        assert!(
+            ns.len() <= 63 && crate::ssr::resources::is_dns_label(&ns),
+            "{ns}"
+        );
+        let other = namespace_name("slices-", &format!("{long}1"));
+        assert_ne!(ns, other);
+    }
+
+    #[test]
+    fn label_values_fit() {
+        assert_eq!(
+            label_value("resource_tld-city-bp1_00sq"),
+            "resource_tld-city-bp1_00sq"
+        );
+        assert_eq!(label_value(""), "");
+        let hashed = label_value(&"a".repeat(64));
+        assert!(hashed.starts_with("h-") && hashed.len() <= 63);
+        assert!(label_value("-x").starts_with("h-"));
+    }
+
+    fn pod(phase: &str, waiting: Option<&str>) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                pod_ip: Some("10.0.0.7".into()),
+                container_statuses: waiting.map(|reason| {
+                    vec![ContainerStatus {
+                        name: "main".into(),
+                        state: Some(ContainerState {
+                            waiting: Some(ContainerStateWaiting {
+                                reason: Some(reason.into()),
+                                message: Some("pull access denied".into()),
+                            }),
+                            ..ContainerState::default()
+                        }),
+                        ..ContainerStatus::default()
+                    }]
+                }),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn classify_maps_phases_and_image_errors() {
+        assert!(matches!(
+            classify(&pod("Pending", None)),
+            PodVerdict::Pending(_)
+        ));
+        assert!(matches!(
+            classify(&pod("Pending", Some("ContainerCreating"))),
+            PodVerdict::Pending(_)
+        ));
+        assert_eq!(
+            classify(&pod("Running", None)),
+            PodVerdict::Running {
+                ip: Some("10.0.0.7".into()),
+                node: None
+            }
+        );
+        match classify(&pod("Pending", Some("ImagePullBackOff"))) {
+            PodVerdict::Failed(m) => assert!(
+                m.contains("ImagePullBackOff") && m.contains("pull access denied"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(&pod("Failed", None)),
+            PodVerdict::Failed(_)
+        ));
+        assert!(matches!(
+            classify(&pod("Succeeded", None)),
+            PodVerdict::Failed(_)
+        ));
+        assert!(matches!(classify(&Pod::default()), PodVerdict::Pending(_)));
+    }
+
+    #[test]
+    fn manifest_carries_flavor_labels_and_keys() {
+        let r = ResourceRecord {
+            id: uuid::Uuid::nil(),
+            typed_id: "resource_s_00000000000000000000000000".into(),
+            experiment_id: "exp_s_1".into(),
+            project_id: "proj_s_1".into(),
+            requested_by: Some("user_s_1".into()),
+            friendly_name: "web".into(),
+            flavor_type: crate::model::FlavorType::K8s,
+            allocation_state: AllocationState::Requested,
+            image_location: "nginx:alpine".into(),
+            image_cluster_id: "default".into(),
+            default_username: "root".into(),
+            vcpus: 2,
+            ram_mib: 512,
+            disk_mb: 0,
+            network_name: None,
+            userdata: Some("#cloud-config\n".into()),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA a".into(), "ssh-rsa BBBB b".into()],
+            details: BackendDetails::default(),
+        };
+        let pod = pod_manifest(&r, "slices-exp-s-1");
+        let spec = pod.spec.expect("spec");
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("nginx:alpine"));
+        let req = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests");
+        assert_eq!(req["cpu"], Quantity("2".into()));
+        assert_eq!(req["memory"], Quantity("512Mi".into()));
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(labels[LABEL_EXPERIMENT], "exp_s_1");
+        assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
+        let ann = pod.metadata.annotations.expect("annotations");
+        assert_eq!(ann[ANNOTATION_SSH], "ssh-ed25519 AAAA a\nssh-rsa BBBB b");
+        assert_eq!(ann[ANNOTATION_USERDATA], "#cloud-config\n");
+    }
+}

@@ -1,0 +1,376 @@
+//! Configuration: read once at start-up from the environment (clap `env`), validated into
+//! [`Config`]. Every setting is listed with its default in `.env.example`.
+//! A missing or malformed setting stops start-up with one line naming the variable.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Raw settings as clap reads them (flags or environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Listen address of the dashboard and API.
+    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
+    pub site_addr: String,
+    /// Public base URL (default `http://<LEPTOS_SITE_ADDR>`): default JWT audience and the
+    /// dev issuer's base.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Site part of typed ids.
+    #[arg(long, env = "SITE_ID", default_value = "tld-city-bp1")]
+    pub site_id: String,
+    /// OIDC issuer of SLICES tokens; its discovery document gives `jwks_uri`.
+    #[arg(long, env = "SLICES_ISSUER")]
+    pub slices_issuer: Option<String>,
+    /// JWKS URL (overrides discovery).
+    #[arg(long, env = "SLICES_JWKS_URL")]
+    pub slices_jwks_url: Option<String>,
+    /// Expected `aud` of tokens (default PUBLIC_URL).
+    #[arg(long, env = "SLICES_AUDIENCE")]
+    pub slices_audience: Option<String>,
+    /// Claim carrying the project id in experiment tokens.
+    #[arg(long, env = "SLICES_CLAIM_PROJECT", default_value = "proj")]
+    pub claim_project: String,
+    /// Claim carrying the experiment's expiry (seconds since the epoch).
+    #[arg(
+        long,
+        env = "SLICES_CLAIM_EXPERIMENT_EXPIRES",
+        default_value = "experiment_expires_at"
+    )]
+    pub claim_experiment_expires: String,
+    /// Claim naming the acting user in experiment tokens.
+    #[arg(long, env = "SLICES_CLAIM_ACTING_USER", default_value = "user_id")]
+    pub claim_acting_user: String,
+    /// Admin user ids, comma-separated or a JSON list.
+    #[arg(long, env = "ADMIN_USER_IDS", default_value = "")]
+    pub admin_user_ids: String,
+    /// Prefix of per-experiment Kubernetes namespaces.
+    #[arg(long, env = "K8S_NAMESPACE_PREFIX", default_value = "slices-")]
+    pub k8s_namespace_prefix: String,
+    /// How long a Pod may take to become Running before its task fails.
+    #[arg(long, env = "POD_READY_TIMEOUT_SECS", default_value_t = 300)]
+    pub pod_ready_timeout_secs: u64,
+    /// Tasks one worker runs at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
+    pub worker_concurrency: usize,
+    /// Run the task worker inside `serve`.
+    #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_worker: bool,
+    /// Enable the local dev token issuer (local runs and tests only).
+    #[arg(long, env = "DEV_ISSUER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_issuer: bool,
+    /// PEM file of the dev issuer's P-256 key (created when missing).
+    #[arg(
+        long,
+        env = "DEV_ISSUER_KEY_FILE",
+        default_value = ".data/dev-issuer-key.pem"
+    )]
+    pub dev_issuer_key_file: PathBuf,
+    /// 32-byte key encrypting secrets at rest (created when missing).
+    #[arg(long, env = "SECRET_KEY_FILE", default_value = ".data/secret.key")]
+    pub secret_key_file: PathBuf,
+    /// Add a demo image and flavor when the catalog is empty.
+    #[arg(long, env = "SEED_DEMO_CATALOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub seed_demo_catalog: bool,
+}
+
+/// Names of the token claims that carry SLICES concepts (see ../shared/slices-api.md,
+/// "Authentication": the real claim set is not public, so these are configurable).
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    pub project: String,
+    pub experiment_expires: String,
+    pub acting_user: String,
+}
+
+/// Validated authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: Option<String>,
+    pub jwks_url: Option<String>,
+    pub audience: String,
+    pub claims: ClaimNames,
+    pub admin_user_ids: HashSet<String>,
+    /// Dev issuer key file, when the dev issuer is on.
+    pub dev_issuer_key_file: Option<PathBuf>,
+    /// `iss` of dev tokens: `<PUBLIC_URL>/dev-issuer`.
+    pub dev_issuer_url: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub site_addr: SocketAddr,
+    pub public_url: String,
+    pub site_id: String,
+    pub auth: AuthConfig,
+    pub k8s_namespace_prefix: String,
+    pub pod_ready_timeout: Duration,
+    pub worker_concurrency: usize,
+    pub run_worker: bool,
+    pub secret_key_file: PathBuf,
+    pub seed_demo_catalog: bool,
+}
+
+/// A configuration problem, displayed as one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Validates the raw settings. `need_database` is false for commands that do not touch
+    /// the database (`dev-token`).
+    pub fn validate(&self, need_database: bool) -> Result<Config, ConfigError> {
+        let database_url = match &self.database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                url.clone()
+            }
+            Some(_) => return Err(err("DATABASE_URL", "must be a postgres:// URL")),
+            None if need_database => {
+                return Err(err(
+                    "DATABASE_URL",
+                    "not set (scripts/run starts an embedded PostgreSQL and sets it for you)",
+                ))
+            }
+            None => String::new(),
+        };
+        let site_addr: SocketAddr = self
+            .site_addr
+            .parse()
+            .map_err(|e| err("LEPTOS_SITE_ADDR", format!("`{}`: {e}", self.site_addr)))?;
+        let public_url = match &self.public_url {
+            Some(url) => {
+                check_url("PUBLIC_URL", url)?;
+                url.trim_end_matches('/').to_string()
+            }
+            None => format!("http://{site_addr}"),
+        };
+        let site_id = self.site_id.trim().to_string();
+        if site_id.is_empty()
+            || site_id.contains('_')
+            || !site_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(err(
+                "SITE_ID",
+                "must be lowercase letters, digits, `-` or `.`, without `_` (e.g. tld-city-bp1)",
+            ));
+        }
+        if let Some(issuer) = &self.slices_issuer {
+            check_url("SLICES_ISSUER", issuer)?;
+        }
+        if let Some(jwks) = &self.slices_jwks_url {
+            check_url("SLICES_JWKS_URL", jwks)?;
+            if self.slices_issuer.is_none() {
+                return Err(err(
+                    "SLICES_ISSUER",
+                    "required with SLICES_JWKS_URL (tokens' `iss` is checked against it)",
+                ));
+            }
+        }
+        if self.slices_issuer.is_none() && !self.dev_issuer {
+            return Err(err(
+                "SLICES_ISSUER",
+                "not set: name the SLICES portal's OIDC issuer, or set DEV_ISSUER=true for a local run",
+            ));
+        }
+        let admin_user_ids = parse_admin_ids(&self.admin_user_ids)?;
+        let prefix = self.k8s_namespace_prefix.clone();
+        if prefix.len() > 30
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || prefix.starts_with('-')
+        {
+            return Err(err(
+                "K8S_NAMESPACE_PREFIX",
+                "must be at most 30 lowercase letters, digits or `-`, not starting with `-`",
+            ));
+        }
+        if self.pod_ready_timeout_secs == 0 {
+            return Err(err("POD_READY_TIMEOUT_SECS", "must be at least 1"));
+        }
+        if self.worker_concurrency == 0 || self.worker_concurrency > 256 {
+            return Err(err("WORKER_CONCURRENCY", "must be between 1 and 256"));
+        }
+        let audience = self
+            .slices_audience
+            .clone()
+            .unwrap_or_else(|| public_url.clone());
+        Ok(Config {
+            database_url,
+            site_addr,
+            site_id,
+            auth: AuthConfig {
+                issuer: self
+                    .slices_issuer
+                    .as_ref()
+                    .map(|s| s.trim_end_matches('/').to_string()),
+                jwks_url: self.slices_jwks_url.clone(),
+                audience,
+                claims: ClaimNames {
+                    project: self.claim_project.clone(),
+                    experiment_expires: self.claim_experiment_expires.clone(),
+                    acting_user: self.claim_acting_user.clone(),
+                },
+                admin_user_ids,
+                dev_issuer_key_file: self.dev_issuer.then(|| self.dev_issuer_key_file.clone()),
+                dev_issuer_url: format!("{public_url}/dev-issuer"),
+            },
+            public_url,
+            k8s_namespace_prefix: prefix,
+            pod_ready_timeout: Duration::from_secs(self.pod_ready_timeout_secs),
+            worker_concurrency: self.worker_concurrency,
+            run_worker: self.run_worker,
+            secret_key_file: self.secret_key_file.clone(),
+            seed_demo_catalog: self.seed_demo_catalog,
+        })
+    }
+}
+
+fn check_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(err(variable, format!("`{url}` is not an http(s) URL")))
+    }
+}
+
+/// `ADMIN_USER_IDS`: `a,b,c` or `["a","b"]`.
+fn parse_admin_ids(raw: &str) -> Result<HashSet<String>, ConfigError> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        let list: Vec<String> = serde_json::from_str(raw)
+            .map_err(|e| err("ADMIN_USER_IDS", format!("not a JSON list of strings: {e}")))?;
+        Ok(list
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect())
+    } else {
+        Ok(raw
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    /// Settings as if no variable were set: clap reads the environment, so every field the
+    /// tests rely on is reset (CI itself sets DATABASE_URL, KUBECONFIG, …).
+    fn base() -> Settings {
+        let mut s = Cli::parse_from(["test"]).settings;
+        s.database_url = None;
+        s.site_addr = "127.0.0.1:3000".into();
+        s.public_url = None;
+        s.site_id = "tld-city-bp1".into();
+        s.slices_issuer = None;
+        s.slices_jwks_url = None;
+        s.slices_audience = None;
+        s.admin_user_ids = String::new();
+        s.k8s_namespace_prefix = "slices-".into();
+        s.pod_ready_timeout_secs = 300;
+        s.worker_concurrency = 4;
+        s.dev_issuer = false;
+        s
+    }
+
+    /// `base()` with a database and the dev issuer: valid.
+    fn valid() -> Settings {
+        let mut s = base();
+        s.database_url = Some("postgres://x".into());
+        s.dev_issuer = true;
+        s
+    }
+
+    #[test]
+    fn admin_ids_accept_both_forms() {
+        let csv = parse_admin_ids(" a, b ,,c").expect("csv");
+        assert_eq!(csv.len(), 3);
+        let json = parse_admin_ids(r#"["a","b"]"#).expect("json");
+        assert!(json.contains("a") && json.contains("b"));
+        let bad = parse_admin_ids("[oops").expect_err("bad json");
+        assert_eq!(bad.variable, "ADMIN_USER_IDS");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        type Change = fn(&mut Settings);
+        let cases: &[(Change, &str)] = &[
+            (|s| s.database_url = None, "DATABASE_URL"),
+            (
+                |s| s.database_url = Some("mysql://x".into()),
+                "DATABASE_URL",
+            ),
+            (|s| s.dev_issuer = false, "SLICES_ISSUER"),
+            (
+                |s| {
+                    s.dev_issuer = false;
+                    s.slices_jwks_url = Some("http://j".into());
+                },
+                "SLICES_ISSUER",
+            ),
+            (
+                |s| s.slices_issuer = Some("ftp://x".into()),
+                "SLICES_ISSUER",
+            ),
+            (|s| s.site_id = "a_b".into(), "SITE_ID"),
+            (|s| s.site_addr = "nope".into(), "LEPTOS_SITE_ADDR"),
+            (
+                |s| s.k8s_namespace_prefix = "Bad_".into(),
+                "K8S_NAMESPACE_PREFIX",
+            ),
+            (|s| s.worker_concurrency = 0, "WORKER_CONCURRENCY"),
+            (|s| s.admin_user_ids = "[1,".into(), "ADMIN_USER_IDS"),
+        ];
+        for (change, variable) in cases {
+            let mut s = valid();
+            change(&mut s);
+            let e = s.validate(true).expect_err("must fail");
+            assert_eq!(e.variable, *variable);
+            assert!(!e.to_string().contains('\n'));
+        }
+        // dev-token needs no database.
+        let mut s = valid();
+        s.database_url = None;
+        assert!(s.validate(false).is_ok());
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let c = valid().validate(true).expect("valid");
+        assert_eq!(c.site_id, "tld-city-bp1");
+        assert_eq!(c.public_url, "http://127.0.0.1:3000");
+        assert_eq!(c.auth.audience, "http://127.0.0.1:3000");
+        assert_eq!(c.auth.dev_issuer_url, "http://127.0.0.1:3000/dev-issuer");
+        assert_eq!(c.k8s_namespace_prefix, "slices-");
+        assert!(c.auth.dev_issuer_key_file.is_some());
+    }
+}

@@ -1,0 +1,53 @@
+//! Server-only code (feature `ssr`): configuration, authentication, the database services,
+//! the task worker, the compute backends and the REST API. The browser build never sees it.
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+pub mod catalog;
+pub mod config;
+pub mod resources;
+pub mod secrets;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod tasks;
+
+use crate::error::AppError;
+
+/// The migrations at the workspace root, embedded; shared by the server and the tests.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Turns an unexpected error into an opaque 500: the chain is logged with a request id, and
+/// only the id reaches the client.
+pub fn internal(error: impl Into<anyhow::Error>) -> AppError {
+    let error = error.into();
+    let request_id = crate::ids::encode_suffix(uuid::Uuid::now_v7());
+    tracing::error!(%request_id, error = format!("{error:#}"), "internal error");
+    AppError::Internal { request_id }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        internal(e)
+    }
+}
+
+/// Parses a typed id from a URL path: malformed or of another type → 400, another site → 404.
+pub fn path_id(kind: crate::ids::IdKind, site: &str, id: &str) -> Result<uuid::Uuid, AppError> {
+    use crate::ids::IdError;
+    crate::ids::parse_id(kind, site, id).map_err(|e| match e {
+        IdError::OtherSite { .. } => AppError::NotFound(format!("{kind} `{id}` not found")),
+        other => AppError::BadRequest(other.to_string()),
+    })
+}
+
+/// Parses a typed id from a body field: any problem → 422 naming the field.
+pub fn field_id(
+    kind: crate::ids::IdKind,
+    site: &str,
+    field: &str,
+    id: &str,
+) -> Result<uuid::Uuid, AppError> {
+    crate::ids::parse_id(kind, site, id).map_err(|e| AppError::invalid(field, e.to_string()))
+}

@@ -1,0 +1,107 @@
+//! Assembly of the running service: the shared state and the HTTP router (dashboard, API,
+//! docs, dev issuer), used by the binary and by the integration tests alike.
+
+use crate::ssr::api;
+use crate::ssr::auth::Authenticator;
+use crate::ssr::backend::{kubernetes::KubernetesBackend, Backends};
+use crate::ssr::config::Config;
+use crate::ssr::secrets::SecretBox;
+use crate::ssr::state::AppState;
+use crate::{shell, App};
+use anyhow::Context as _;
+use axum::routing::get;
+use axum::Router;
+use leptos::prelude::LeptosOptions;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::PostgresStore;
+
+/// Connects to `DATABASE_URL`.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to DATABASE_URL")
+}
+
+/// Builds the shared state on a migrated pool: secret key, token verifier, backends
+/// (Kubernetes from `KUBECONFIG` or in-cluster config; absent = not connected), and the demo
+/// catalog when asked.
+pub async fn assemble(
+    config: Config,
+    pool: PgPool,
+    leptos_options: LeptosOptions,
+) -> anyhow::Result<AppState> {
+    let secrets = SecretBox::load_or_create(&config.secret_key_file)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("slices-blueprint/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let auth = Authenticator::new(config.auth.clone(), http)?;
+    let mut backends = Backends::default();
+    match KubernetesBackend::connect(&config.k8s_namespace_prefix, config.pod_ready_timeout).await {
+        Ok(k) => backends.kubernetes = Some(Arc::new(k)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Kubernetes is not connected: k8s flavors cannot be provisioned");
+            backends.kubernetes_error = Some(format!("{e:#}"));
+        }
+    }
+    if config.seed_demo_catalog
+        && crate::ssr::catalog::seed_demo(&pool, &config.site_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding the demo catalog: {e}"))?
+    {
+        tracing::info!("seeded a demo image and flavor (SEED_DEMO_CATALOG)");
+    }
+    Ok(AppState {
+        leptos_options,
+        pool,
+        config: Arc::new(config),
+        auth: Arc::new(auth),
+        secrets,
+        backends: Arc::new(backends),
+    })
+}
+
+/// The whole HTTP surface. Sessions (PostgreSQL store, cookie `slices_session`: HttpOnly,
+/// SameSite=Lax, Secure when PUBLIC_URL is https, 12 h of inactivity) cover the dashboard
+/// only; the API is stateless bearer auth.
+pub async fn router(state: &AppState) -> anyhow::Result<Router> {
+    let store = PostgresStore::new(state.pool.clone());
+    store
+        .migrate()
+        .await
+        .context("creating the session table")?;
+    tokio::spawn(
+        tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
+            store.clone(),
+            tokio::time::Duration::from_secs(300),
+        ),
+    );
+    let sessions = SessionManagerLayer::new(store)
+        .with_name("slices_session")
+        .with_secure(state.config.public_url.starts_with("https://"))
+        .with_same_site(tower_sessions::cookie::SameSite::Lax)
+        .with_expiry(Expiry::OnInactivity(
+            tower_sessions::cookie::time::Duration::hours(12),
+        ));
+    let options = state.leptos_options.clone();
+    let routes = generate_route_list(App);
+    let ui = Router::new()
+        .leptos_routes(state, routes, move || shell(options.clone()))
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(sessions);
+    Ok(Router::new()
+        .route("/healthz", get(api::healthz))
+        .nest(api::BASE, api::router())
+        .merge(api::docs_router())
+        .merge(api::dev_issuer_router())
+        .merge(ui)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state.clone()))
+}

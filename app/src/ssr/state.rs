@@ -1,0 +1,35 @@
+//! `AppState`: the one bundle of shared services handed to axum handlers, server functions
+//! and the worker.
+
+use crate::ssr::auth::Authenticator;
+use crate::ssr::backend::Backends;
+use crate::ssr::config::Config;
+use crate::ssr::secrets::SecretBox;
+use axum::extract::FromRef;
+use leptos::prelude::LeptosOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Shared services; cheap to clone.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub secrets: SecretBox,
+    pub backends: Arc<Backends>,
+}
+
+impl AppState {
+    /// The site part of typed ids.
+    pub fn site(&self) -> &str {
+        &self.config.site_id
+    }
+}
+
+/// The `AppState` inside a server function (provided as context by the router).
+pub fn app_state() -> Result<AppState, crate::error::AppError> {
+    leptos::prelude::use_context::<AppState>()
+        .ok_or_else(|| crate::ssr::internal(anyhow::anyhow!("AppState missing from context")))
+}

@@ -1,0 +1,648 @@
+//! Durable tasks in PostgreSQL and the worker that runs them.
+//!
+//! Why our own table rather than a job-queue crate: a task is a domain object of the SLICES
+//! API (`GET /tasks/{id}` shows `status`, `completed`, `message`), so its row must be ours
+//! to read and shape; the queue mechanics on top are the crates.io pattern (one row per job,
+//! `FOR UPDATE SKIP LOCKED`, LISTEN/NOTIFY to wake workers, retries with backoff).
+//!
+//! Guarantees:
+//! - A claimed task holds a lease (`locked_until`, [`LEASE`]) that its worker renews every
+//!   [`HEARTBEAT`]; a task left `running` by a crashed process is claimed again once its
+//!   lease has run out, so no task is forgotten.
+//! - Two workers never run the same task at once: claiming is one `UPDATE … WHERE id =
+//!   (SELECT … FOR UPDATE SKIP LOCKED)`, and a worker whose heartbeat finds the lease taken
+//!   stops working on it.
+//! - Tasks of one resource run in creation order (a delete waits for the create before it;
+//!   a create sees the deletion request at its next heartbeat and stops).
+//! - Retryable backend errors re-queue the task with exponential backoff (2, 4, 8, … ≤ 60 s)
+//!   up to `max_attempts`; then the task fails and the resource is cleaned up.
+
+use crate::error::AppError;
+use crate::ids::{format_id, IdKind};
+use crate::model::{AllocationState, BackendDetails, OperationalState, Task, TaskKind, TaskStatus};
+use crate::ssr::auth::Principal;
+use crate::ssr::backend::{BackendError, ResourceRecord};
+use crate::ssr::resources::Scope;
+use crate::ssr::state::AppState;
+use crate::ssr::{internal, path_id};
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// How long a claim lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a running task renews its lease (and checks for a deletion request).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The NOTIFY channel that wakes workers.
+pub const CHANNEL: &str = "slices_tasks";
+/// Fallback poll for retries that became due and expired leases.
+const POLL: Duration = Duration::from_secs(1);
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+struct TaskRow {
+    id: Uuid,
+    resource_id: Uuid,
+    kind: String,
+    status: String,
+    completed: i16,
+    message: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TaskRow {
+    fn into_wire(self, site: &str) -> Result<Task, AppError> {
+        Ok(Task {
+            id: format_id(IdKind::Task, site, self.id),
+            resource_id: format_id(IdKind::Resource, site, self.resource_id),
+            kind: TaskKind::parse(&self.kind)
+                .ok_or_else(|| internal(anyhow::anyhow!("task {} kind {}", self.id, self.kind)))?,
+            status: TaskStatus::parse(&self.status).ok_or_else(|| {
+                internal(anyhow::anyhow!("task {} status {}", self.id, self.status))
+            })?,
+            completed: self.completed,
+            message: self.message,
+            attempts: self.attempts,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// Adds a queued task inside `tx`; workers are notified when `tx` commits.
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    resource_id: Uuid,
+    kind: TaskKind,
+) -> Result<Uuid, AppError> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "INSERT INTO tasks (id, resource_id, kind, message) VALUES ($1, $2, $3, 'queued')",
+        id,
+        resource_id,
+        kind.as_str()
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// One task whose resource is visible to `scope`.
+pub(crate) async fn fetch(state: &AppState, scope: &Scope, id: Uuid) -> Result<Task, AppError> {
+    let row = sqlx::query_as!(
+        TaskRow,
+        r#"SELECT t.id, t.resource_id, t.kind, t.status, t.completed, t.message, t.attempts,
+                  t.created_at AS "created_at: DateTime<Utc>", t.updated_at AS "updated_at: DateTime<Utc>",
+                  t.started_at AS "started_at: DateTime<Utc>", t.finished_at AS "finished_at: DateTime<Utc>"
+           FROM tasks t JOIN resources r ON r.id = t.resource_id
+           WHERE t.id = $1
+             AND ($2::text IS NULL OR r.experiment_id = $2)
+             AND ($3::text IS NULL OR r.requested_by = $3)"#,
+        id,
+        scope.experiment_id,
+        scope.requested_by
+    )
+    .fetch_optional(&state.pool)
+    .await?;
+    match row {
+        Some(r) => r.into_wire(state.site()),
+        None => Err(AppError::NotFound(format!(
+            "task `{}` not found",
+            format_id(IdKind::Task, state.site(), id)
+        ))),
+    }
+}
+
+/// `GET /tasks/{id}`.
+pub async fn get_task(state: &AppState, principal: &Principal, id: &str) -> Result<Task, AppError> {
+    let uuid = path_id(IdKind::Task, state.site(), id)?;
+    fetch(state, &Scope::of(principal), uuid).await
+}
+
+/// `GET /tasks?resource_id=`: the resource's tasks, oldest first.
+pub async fn list_tasks(
+    state: &AppState,
+    principal: &Principal,
+    resource_id: &str,
+) -> Result<Vec<Task>, AppError> {
+    let uuid = crate::ssr::field_id(IdKind::Resource, state.site(), "resource_id", resource_id)
+        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let scope = Scope::of(principal);
+    crate::ssr::resources::fetch(state, &scope, uuid).await?;
+    let rows = sqlx::query_as!(
+        TaskRow,
+        r#"SELECT id, resource_id, kind, status, completed, message, attempts,
+                  created_at AS "created_at: DateTime<Utc>", updated_at AS "updated_at: DateTime<Utc>",
+                  started_at AS "started_at: DateTime<Utc>", finished_at AS "finished_at: DateTime<Utc>"
+           FROM tasks WHERE resource_id = $1 ORDER BY created_at, id"#,
+        uuid
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| r.into_wire(state.site()))
+        .collect()
+}
+
+/// A task a worker has claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub resource_id: Uuid,
+    pub kind: TaskKind,
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// Claims the next runnable task, if any.
+pub async fn claim(pool: &PgPool, worker_id: &str) -> Result<Option<Claimed>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
+               locked_until = now() + make_interval(secs => $2),
+               started_at = COALESCE(started_at, now()), updated_at = now()
+           WHERE id = (
+               SELECT t.id FROM tasks t
+               WHERE ((t.status = 'queued' AND t.run_after <= now())
+                      OR (t.status = 'running' AND t.locked_until < now()))
+                 AND NOT EXISTS (
+                     SELECT 1 FROM tasks p
+                     WHERE p.resource_id = t.resource_id
+                       AND (p.created_at, p.id) < (t.created_at, t.id)
+                       AND p.status IN ('queued', 'running'))
+               ORDER BY t.run_after, t.created_at
+               LIMIT 1
+               FOR UPDATE SKIP LOCKED)
+           RETURNING id, resource_id, kind, attempts, max_attempts"#,
+        worker_id,
+        LEASE.as_secs_f64()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(Claimed {
+            id: r.id,
+            resource_id: r.resource_id,
+            kind: TaskKind::parse(&r.kind)?,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+        })
+    }))
+}
+
+/// Progress reporting handed to backends: updates the task's `completed`/`message` and the
+/// resource's state, guarded by the lease (a worker that lost its lease writes nothing).
+#[derive(Clone)]
+pub struct Progress {
+    pool: PgPool,
+    task_id: Uuid,
+    resource_id: Uuid,
+    worker_id: String,
+}
+
+impl Progress {
+    /// A reporter for `task_id` on `resource_id` held by `worker_id` (writes only while that
+    /// worker holds the task's lease).
+    pub fn new(pool: PgPool, task_id: Uuid, resource_id: Uuid, worker_id: &str) -> Self {
+        Self {
+            pool,
+            task_id,
+            resource_id,
+            worker_id: worker_id.to_string(),
+        }
+    }
+
+    /// Sets the task's progress (0-100) and message, and mirrors the message on the resource.
+    pub async fn report(&self, completed: i16, message: &str) {
+        let result = sqlx::query!(
+            r#"WITH t AS (
+                   UPDATE tasks SET completed = GREATEST(completed, $3), message = $4, updated_at = now()
+                   WHERE id = $1 AND locked_by = $2 AND status = 'running'
+                   RETURNING resource_id)
+               UPDATE resources SET status_message = $4, updated_at = now()
+               WHERE id IN (SELECT resource_id FROM t)"#,
+            self.task_id,
+            self.worker_id,
+            completed.clamp(0, 100),
+            message
+        )
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(task = %self.task_id, error = %e, "could not record progress");
+        }
+    }
+
+    /// Sets the resource's two state axes, message and (when given) backend details.
+    pub async fn set_resource(
+        &self,
+        allocation: AllocationState,
+        operational: OperationalState,
+        message: &str,
+        details: Option<&BackendDetails>,
+    ) {
+        let details = details.and_then(|d| serde_json::to_value(d).ok());
+        let result = sqlx::query!(
+            r#"UPDATE resources SET allocation_state = $2, operational_state = $3,
+                   status_message = $4, backend_details = COALESCE($5, backend_details),
+                   updated_at = now()
+               WHERE id = $1"#,
+            self.resource_id,
+            allocation.as_str(),
+            operational.as_str(),
+            message,
+            details
+        )
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(resource = %self.resource_id, error = %e, "could not record resource state");
+        }
+    }
+}
+
+/// Runs tasks until `shutdown` turns true; then hands its running tasks back to the queue.
+pub async fn run_worker(
+    state: AppState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let worker_id = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+        std::process::id(),
+        &crate::ids::encode_suffix(Uuid::now_v7())[20..]
+    );
+    let concurrency = state.config.worker_concurrency;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
+    listener.listen(CHANNEL).await?;
+    tracing::info!(%worker_id, concurrency, "task worker started");
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
+    loop {
+        if last_reap.elapsed() >= REAP_EVERY {
+            last_reap = tokio::time::Instant::now();
+            if let Err(e) = reap_expired(&state.pool).await {
+                tracing::warn!(error = %e, "expiry sweep failed");
+            }
+        }
+        while running.len() < concurrency {
+            match claim(&state.pool, &worker_id).await {
+                Ok(Some(task)) => {
+                    let state = state.clone();
+                    let worker_id = worker_id.clone();
+                    running.spawn(async move { run_task(state, worker_id, task).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming a task failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            n = listener.recv() => {
+                if let Err(e) = n {
+                    tracing::warn!(error = %e, "task notification listener failed; reconnecting");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    let released = sqlx::query!(
+        r#"UPDATE tasks SET status = 'queued', locked_by = NULL, locked_until = NULL,
+               run_after = now(), message = 'interrupted by a worker shutdown; queued again',
+               updated_at = now()
+           WHERE locked_by = $1 AND status = 'running'"#,
+        worker_id
+    )
+    .execute(&state.pool)
+    .await?;
+    tracing::info!(released = released.rows_affected(), "task worker stopped");
+    Ok(())
+}
+
+/// Marks expired live resources `deleting` and enqueues their delete tasks.
+pub async fn reap_expired(pool: &PgPool) -> Result<u64, AppError> {
+    let mut tx = pool.begin().await?;
+    let due = sqlx::query_scalar!(
+        r#"SELECT id FROM resources
+           WHERE expires_at <= now() AND allocation_state IN ('requested', 'provisioning', 'provisioned')
+           ORDER BY expires_at LIMIT 100 FOR UPDATE SKIP LOCKED"#
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &due {
+        sqlx::query!(
+            r#"UPDATE resources SET allocation_state = 'deleting',
+                   status_message = 'expired; deleting', updated_at = now() WHERE id = $1"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+        enqueue(&mut tx, *id, TaskKind::Delete).await?;
+    }
+    tx.commit().await?;
+    if !due.is_empty() {
+        tracing::info!(count = due.len(), "expired resources queued for deletion");
+    }
+    Ok(due.len() as u64)
+}
+
+enum Outcome {
+    Finished(String),
+    Cancelled(String),
+    Failed(BackendError),
+    LeaseLost,
+}
+
+/// Runs one claimed task to an outcome and records it.
+#[tracing::instrument(skip_all, fields(task = %task.id, resource = %task.resource_id, kind = task.kind.as_str(), attempt = task.attempts))]
+async fn run_task(state: AppState, worker_id: String, task: Claimed) {
+    let progress = Progress {
+        pool: state.pool.clone(),
+        task_id: task.id,
+        resource_id: task.resource_id,
+        worker_id: worker_id.clone(),
+    };
+    let outcome = if task.attempts > task.max_attempts {
+        Outcome::Failed(BackendError::permanent(format!(
+            "gave up after {} attempts (the worker running it stopped)",
+            task.max_attempts
+        )))
+    } else {
+        match ResourceRecord::load(&state, task.resource_id).await {
+            Ok(record) => supervise(&state, &worker_id, &task, &progress, record).await,
+            Err(e) => Outcome::Failed(BackendError::retryable(format!(
+                "loading the resource: {e}"
+            ))),
+        }
+    };
+    if let Err(e) = finish(&state, &worker_id, &task, &progress, outcome).await {
+        tracing::error!(error = %e, "recording the task outcome failed; its lease will expire and it will run again");
+    }
+}
+
+/// Runs the backend call next to a heartbeat that renews the lease and, for creates,
+/// notices a deletion request.
+async fn supervise(
+    state: &AppState,
+    worker_id: &str,
+    task: &Claimed,
+    progress: &Progress,
+    record: ResourceRecord,
+) -> Outcome {
+    let Some(backend) = state.backends.for_type(record.flavor_type) else {
+        return Outcome::Failed(BackendError::permanent(format!(
+            "this site has no backend for {} resources",
+            record.flavor_type.as_str()
+        )));
+    };
+    if task.kind == TaskKind::Create && record.allocation_state == AllocationState::Deleting {
+        return Outcome::Cancelled("cancelled: the resource's deletion was requested".into());
+    }
+    let work = async {
+        match task.kind {
+            TaskKind::Create => {
+                progress
+                    .set_resource(
+                        AllocationState::Provisioning,
+                        OperationalState::Pending,
+                        "provisioning",
+                        None,
+                    )
+                    .await;
+                progress.report(10, "provisioning").await;
+                backend
+                    .create(&record, progress)
+                    .await
+                    .map(|details| (details, "ready".to_string()))
+            }
+            TaskKind::Delete => {
+                progress.report(10, "deleting").await;
+                backend
+                    .delete(&record, progress)
+                    .await
+                    .map(|()| (BackendDetails::default(), "deleted".to_string()))
+            }
+        }
+    };
+    let heartbeat = async {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let row = sqlx::query!(
+                r#"WITH t AS (
+                       UPDATE tasks SET locked_until = now() + make_interval(secs => $3)
+                       WHERE id = $1 AND locked_by = $2 AND status = 'running'
+                       RETURNING resource_id)
+                   SELECT r.allocation_state FROM resources r JOIN t ON t.resource_id = r.id"#,
+                task.id,
+                worker_id,
+                LEASE.as_secs_f64()
+            )
+            .fetch_optional(&state.pool)
+            .await;
+            match row {
+                Ok(None) => return Outcome::LeaseLost,
+                Ok(Some(r))
+                    if task.kind == TaskKind::Create && r.allocation_state == "deleting" =>
+                {
+                    return Outcome::Cancelled(
+                        "cancelled: the resource's deletion was requested".into(),
+                    )
+                }
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    };
+    tokio::select! {
+        result = work => match result {
+            Ok((details, message)) => {
+                if task.kind == TaskKind::Create {
+                    progress
+                        .set_resource(
+                            AllocationState::Provisioned,
+                            OperationalState::Ready,
+                            &message,
+                            Some(&details),
+                        )
+                        .await;
+                }
+                Outcome::Finished(message)
+            }
+            Err(e) => Outcome::Failed(e),
+        },
+        outcome = heartbeat => outcome,
+    }
+}
+
+/// Records the outcome on the task and its resource (one transaction per outcome).
+async fn finish(
+    state: &AppState,
+    worker_id: &str,
+    task: &Claimed,
+    progress: &Progress,
+    outcome: Outcome,
+) -> Result<(), AppError> {
+    match outcome {
+        Outcome::LeaseLost => {
+            tracing::warn!("lease lost; another worker owns this task now");
+            Ok(())
+        }
+        Outcome::Finished(message) => {
+            if task.kind == TaskKind::Delete {
+                sqlx::query!(
+                    r#"UPDATE resources SET
+                           allocation_state = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'deleted' END,
+                           operational_state = 'pending', status_message = $2,
+                           backend_details = '{}'::jsonb, updated_at = now()
+                       WHERE id = $1"#,
+                    task.resource_id,
+                    message
+                )
+                .execute(&state.pool)
+                .await?;
+            }
+            complete(
+                &state.pool,
+                task.id,
+                worker_id,
+                TaskStatus::Finished,
+                &message,
+            )
+            .await
+        }
+        Outcome::Cancelled(message) => {
+            complete(
+                &state.pool,
+                task.id,
+                worker_id,
+                TaskStatus::Failed,
+                &message,
+            )
+            .await
+        }
+        Outcome::Failed(error) if error.retryable && task.attempts < task.max_attempts => {
+            let delay = backoff(task.attempts);
+            let message = format!(
+                "attempt {} of {} failed: {}; retrying in {} s",
+                task.attempts,
+                task.max_attempts,
+                error.message,
+                delay.as_secs()
+            );
+            tracing::warn!(error = %error.message, retry_in_s = delay.as_secs(), "task attempt failed");
+            sqlx::query!(
+                r#"UPDATE tasks SET status = 'queued', locked_by = NULL, locked_until = NULL,
+                       run_after = now() + make_interval(secs => $3), message = $4, updated_at = now()
+                   WHERE id = $1 AND locked_by = $2"#,
+                task.id,
+                worker_id,
+                delay.as_secs_f64(),
+                message
+            )
+            .execute(&state.pool)
+            .await?;
+            sqlx::query!(
+                "UPDATE resources SET status_message = $2, updated_at = now() WHERE id = $1",
+                task.resource_id,
+                message
+            )
+            .execute(&state.pool)
+            .await?;
+            Ok(())
+        }
+        Outcome::Failed(error) => {
+            tracing::warn!(error = %error.message, "task failed");
+            match task.kind {
+                TaskKind::Create => {
+                    // Leave nothing half-made behind: remove whatever the backend created.
+                    if let Ok(record) = ResourceRecord::load(state, task.resource_id).await {
+                        if let Some(backend) = state.backends.for_type(record.flavor_type) {
+                            if let Err(e) = backend.delete(&record, progress).await {
+                                tracing::warn!(error = %e.message, "cleanup after a failed create failed");
+                            }
+                        }
+                    }
+                    progress
+                        .set_resource(
+                            AllocationState::Failed,
+                            OperationalState::Error,
+                            &error.message,
+                            Some(&BackendDetails::default()),
+                        )
+                        .await;
+                }
+                TaskKind::Delete => {
+                    sqlx::query!(
+                        "UPDATE resources SET status_message = $2, operational_state = 'error', updated_at = now() WHERE id = $1",
+                        task.resource_id,
+                        format!("deletion failed: {}", error.message)
+                    )
+                    .execute(&state.pool)
+                    .await?;
+                }
+            }
+            complete(
+                &state.pool,
+                task.id,
+                worker_id,
+                TaskStatus::Failed,
+                &error.message,
+            )
+            .await
+        }
+    }
+}
+
+async fn complete(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    status: TaskStatus,
+    message: &str,
+) -> Result<(), AppError> {
+    sqlx::query!(
+        r#"UPDATE tasks SET status = $3, message = $4,
+               completed = CASE WHEN $3 = 'finished' THEN 100 ELSE completed END,
+               locked_by = NULL, locked_until = NULL, finished_at = now(), updated_at = now()
+           WHERE id = $1 AND locked_by = $2"#,
+        id,
+        worker_id,
+        status.as_str(),
+        message
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// 2^attempt seconds, at most 60.
+pub fn backoff(attempt: i32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_grows_and_caps() {
+        let secs: Vec<u64> = (1..=8).map(|a| super::backoff(a).as_secs()).collect();
+        assert_eq!(secs, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}

@@ -1,0 +1,332 @@
+//! `/admin`: the catalog editor (images and flavors: create, edit, hide, delete), shown to
+//! admins only (`ADMIN_USER_IDS`); every server function checks the right again.
+
+// The save functions take one argument per form field (ActionForm posts fields flat), and
+// `#[server]` does not carry an item-level `allow` over to the client function it generates.
+#![allow(clippy::too_many_arguments)]
+
+use super::{ErrorBox, FieldError, FormError, SignedIn};
+use crate::error::AppError;
+use crate::model::{DiskImage, Flavor};
+use leptos::prelude::*;
+
+#[cfg(feature = "ssr")]
+async fn admin() -> Result<crate::ssr::state::AppState, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    auth.acting().require_admin()?;
+    Ok(state)
+}
+
+/// Parses a whole number from a form field.
+pub fn form_number(field: &str, value: &str) -> Result<i32, AppError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(0);
+    }
+    value
+        .parse()
+        .map_err(|_| AppError::invalid(field, format!("`{value}` is not a whole number")))
+}
+
+/// The value of a field of the entry being edited, or empty for a new one.
+fn field<T>(item: &Option<T>, get: fn(&T) -> String) -> String {
+    item.as_ref().map(get).unwrap_or_default()
+}
+
+/// Every image (hidden too) and flavor.
+#[server(endpoint = "admin-catalog")]
+pub async fn admin_catalog() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError> {
+    let state = admin().await?;
+    let images = crate::ssr::catalog::list_images(&state.pool, state.site(), true).await?;
+    let flavors = crate::ssr::catalog::list_flavors(&state.pool, state.site()).await?;
+    Ok((images, flavors))
+}
+
+/// Creates (empty `id`) or edits a flavor.
+#[server(endpoint = "admin-save-flavor")]
+pub async fn save_flavor(
+    id: String,
+    friendly_name: String,
+    description: String,
+    flavor_type: String,
+    vcpus: String,
+    ram_mib: String,
+    disk_mb: String,
+) -> Result<Flavor, AppError> {
+    use crate::model::{FlavorInput, FlavorPatch, FlavorType};
+    let state = admin().await?;
+    let flavor_type = FlavorType::parse(&flavor_type)
+        .ok_or_else(|| AppError::invalid("flavor_type", "`vm` or `k8s`"))?;
+    let vcpus = form_number("vcpus", &vcpus)?;
+    let ram_mib = form_number("ram_mib", &ram_mib)?;
+    let disk_mb = form_number("disk_mb", &disk_mb)?;
+    if id.is_empty() {
+        let input = FlavorInput {
+            friendly_name,
+            description,
+            flavor_type,
+            ram_mib,
+            vcpus,
+            disk_mb,
+        };
+        crate::ssr::catalog::create_flavor(&state.pool, state.site(), &input).await
+    } else {
+        let patch = FlavorPatch {
+            friendly_name: Some(friendly_name),
+            description: Some(description),
+            flavor_type: Some(flavor_type),
+            ram_mib: Some(ram_mib),
+            vcpus: Some(vcpus),
+            disk_mb: Some(disk_mb),
+        };
+        crate::ssr::catalog::update_flavor(&state.pool, state.site(), &id, &patch).await
+    }
+}
+
+/// Creates (empty `id`) or edits an image.
+#[server(endpoint = "admin-save-image")]
+pub async fn save_image(
+    id: String,
+    friendly_name: String,
+    location: String,
+    default_username: String,
+    cluster_id: String,
+    short_description: String,
+    min_disk_mb: String,
+    min_ram_mib: String,
+) -> Result<DiskImage, AppError> {
+    use crate::model::{DiskImageInput, DiskImagePatch};
+    let state = admin().await?;
+    let min_disk_mb = form_number("min_disk_mb", &min_disk_mb)?;
+    let min_ram_mib = form_number("min_ram_mib", &min_ram_mib)?;
+    let cluster_id = Some(cluster_id.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "default".into());
+    if id.is_empty() {
+        let input = DiskImageInput {
+            friendly_name,
+            cluster_id,
+            location,
+            default_username,
+            min_disk_mb,
+            min_ram_mib,
+            short_description,
+            ..DiskImageInput::default()
+        };
+        crate::ssr::catalog::create_image(&state.pool, state.site(), &input).await
+    } else {
+        let patch = DiskImagePatch {
+            friendly_name: Some(friendly_name),
+            cluster_id: Some(cluster_id),
+            location: Some(location),
+            default_username: Some(default_username),
+            min_disk_mb: Some(min_disk_mb),
+            min_ram_mib: Some(min_ram_mib),
+            short_description: Some(short_description),
+            ..DiskImagePatch::default()
+        };
+        crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await
+    }
+}
+
+/// Hides or shows an image.
+#[server(endpoint = "admin-hide-image")]
+pub async fn set_image_hidden(id: String, hidden: bool) -> Result<(), AppError> {
+    let state = admin().await?;
+    let patch = crate::model::DiskImagePatch {
+        hidden: Some(hidden),
+        ..Default::default()
+    };
+    crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await?;
+    Ok(())
+}
+
+/// Deletes a catalog entry (`kind` = `image` or `flavor`).
+#[server(endpoint = "admin-delete")]
+pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
+    let state = admin().await?;
+    match kind.as_str() {
+        "image" => crate::ssr::catalog::delete_image(&state.pool, state.site(), &id).await,
+        "flavor" => crate::ssr::catalog::delete_flavor(&state.pool, state.site(), &id).await,
+        _ => Err(AppError::invalid("kind", "`image` or `flavor`")),
+    }
+}
+
+/// `/admin`.
+#[component]
+pub fn AdminPage() -> impl IntoView {
+    view! {
+        <SignedIn page=|viewer: crate::model::Viewer| {
+                if viewer.is_admin {
+                    view! { <AdminPanel /> }.into_any()
+                } else {
+                    view! {
+                        <p class="warning" data-testid="admin-forbidden">
+                            "The catalog editor is for site admins only."
+                        </p>
+                    }
+                        .into_any()
+                }
+            } />
+    }
+}
+
+#[component]
+fn AdminPanel() -> impl IntoView {
+    let save_flavor = ServerAction::<SaveFlavor>::new();
+    let save_image = ServerAction::<SaveImage>::new();
+    let hide = ServerAction::<SetImageHidden>::new();
+    let delete = ServerAction::<DeleteEntry>::new();
+    let catalog = Resource::new(
+        move || {
+            (
+                save_flavor.version().get(),
+                save_image.version().get(),
+                hide.version().get(),
+                delete.version().get(),
+            )
+        },
+        |_| admin_catalog(),
+    );
+    let (edit_flavor, set_edit_flavor) = signal(None::<Flavor>);
+    let (edit_image, set_edit_image) = signal(None::<DiskImage>);
+    let flavor_result = Signal::derive(move || save_flavor.value().get());
+    let image_result = Signal::derive(move || save_image.value().get());
+    // Leave edit mode after a successful save.
+    Effect::new(move |_| {
+        if matches!(save_flavor.value().get(), Some(Ok(_))) {
+            set_edit_flavor.set(None);
+        }
+        if matches!(save_image.value().get(), Some(Ok(_))) {
+            set_edit_image.set(None);
+        }
+    });
+    view! {
+        <div data-testid="admin-panel">
+            <h1>"Catalog admin"</h1>
+            {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+            {move || hide.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+            <div class="grid2">
+                <section class="card">
+                    <h2>{move || if edit_flavor.get().is_some() { "Edit flavor" } else { "New flavor" }}</h2>
+                    {move || {
+                        let f = edit_flavor.get();
+                                                view! {
+                            <ActionForm action=save_flavor>
+                                <input type="hidden" name="id" value=field(&f, |f| f.id.clone()) />
+                                <label>"Name"<input name="friendly_name" data-testid="flavor-name" required value=field(&f, |f| f.friendly_name.clone()) /></label>
+                                <FieldError result=flavor_result field="friendly_name" />
+                                <label>"Description"<input name="description" data-testid="flavor-description" value=field(&f, |f| f.description.clone()) /></label>
+                                <label>"Type"
+                                    <select name="flavor_type" data-testid="flavor-type">
+                                        <option value="k8s" selected=f.as_ref().is_none_or(|f| f.flavor_type == crate::model::FlavorType::K8s)>"k8s (Kubernetes pod)"</option>
+                                        <option value="vm" selected=f.as_ref().is_some_and(|f| f.flavor_type == crate::model::FlavorType::Vm)>"vm (OpenStack server)"</option>
+                                    </select>
+                                </label>
+                                <div class="grid3">
+                                    <label>"vCPUs"<input name="vcpus" type="number" min="1" data-testid="flavor-vcpus" required value=f.as_ref().map(|f| f.vcpus.to_string()).unwrap_or_else(|| "1".into()) /></label>
+                                    <label>"RAM (MiB)"<input name="ram_mib" type="number" min="1" data-testid="flavor-ram" required value=f.as_ref().map(|f| f.ram_mib.to_string()).unwrap_or_else(|| "256".into()) /></label>
+                                    <label>"Disk (MB)"<input name="disk_mb" type="number" min="0" data-testid="flavor-disk" value=f.as_ref().map(|f| f.disk_mb.to_string()).unwrap_or_else(|| "0".into()) /></label>
+                                </div>
+                                <FieldError result=flavor_result field="vcpus" />
+                                <FieldError result=flavor_result field="ram_mib" />
+                                <FieldError result=flavor_result field="disk_mb" />
+                                <FormError result=flavor_result fields=&["friendly_name", "vcpus", "ram_mib", "disk_mb"] />
+                                <button type="submit" class="primary" data-testid="flavor-submit">"Save flavor"</button>
+                                {f.is_some().then(|| view! { <button type="button" on:click=move |_| set_edit_flavor.set(None)>"Cancel"</button> })}
+                            </ActionForm>
+                        }
+                    }}
+                </section>
+                <section class="card">
+                    <h2>{move || if edit_image.get().is_some() { "Edit disk image" } else { "New disk image" }}</h2>
+                    {move || {
+                        let i = edit_image.get();
+                                                view! {
+                            <ActionForm action=save_image>
+                                <input type="hidden" name="id" value=field(&i, |i| i.id.clone()) />
+                                <label>"Name"<input name="friendly_name" data-testid="image-name" required value=field(&i, |i| i.friendly_name.clone()) /></label>
+                                <FieldError result=image_result field="friendly_name" />
+                                <label>"Location (Glance name/id, or container image)"<input name="location" data-testid="image-location" required value=field(&i, |i| i.location.clone()) /></label>
+                                <FieldError result=image_result field="location" />
+                                <div class="grid3">
+                                    <label>"Default user"<input name="default_username" data-testid="image-username" value=field(&i, |i| i.default_username.clone()) /></label>
+                                    <label>"Cloud"<input name="cluster_id" placeholder="default" value=field(&i, |i| i.cluster_id.clone()) /></label>
+                                    <label>"Min disk (MB)"<input name="min_disk_mb" type="number" min="0" value=field(&i, |i| i.min_disk_mb.to_string()) /></label>
+                                </div>
+                                <label>"Min RAM (MiB)"<input name="min_ram_mib" type="number" min="0" value=field(&i, |i| i.min_ram_mib.to_string()) /></label>
+                                <label>"Short description"<input name="short_description" value=field(&i, |i| i.short_description.clone()) /></label>
+                                <FormError result=image_result fields=&["friendly_name", "location"] />
+                                <button type="submit" class="primary" data-testid="image-submit">"Save image"</button>
+                                {i.is_some().then(|| view! { <button type="button" on:click=move |_| set_edit_image.set(None)>"Cancel"</button> })}
+                            </ActionForm>
+                        }
+                    }}
+                </section>
+            </div>
+            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match catalog.await {
+                        Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                        Ok((images, flavors)) => view! {
+                            <section class="card">
+                                <h2>"Flavors"</h2>
+                                <div class="table-wrap"><table data-testid="admin-flavors">
+                                    <thead><tr><th>"Name"</th><th>"Type"</th><th>"vCPUs"</th><th>"RAM"</th><th>"Disk"</th><th></th></tr></thead>
+                                    <tbody>
+                                        {flavors.into_iter().map(|f| {
+                                            let for_edit = f.clone();
+                                            let id = f.id.clone();
+                                            view! {
+                                                <tr data-testid="admin-flavor-row" data-name=f.friendly_name.clone()>
+                                                    <td>{f.friendly_name.clone()}</td>
+                                                    <td>{f.flavor_type.as_str()}</td>
+                                                    <td>{f.vcpus}</td>
+                                                    <td>{format!("{} MiB", f.ram_mib)}</td>
+                                                    <td>{format!("{} MB", f.disk_mb)}</td>
+                                                    <td class="actions">
+                                                        <button on:click=move |_| set_edit_flavor.set(Some(for_edit.clone()))>"Edit"</button>
+                                                        <button class="danger" on:click=move |_| { delete.dispatch(DeleteEntry { kind: "flavor".into(), id: id.clone() }); }>"Delete"</button>
+                                                    </td>
+                                                </tr>
+                                            }
+                                        }).collect_view()}
+                                    </tbody>
+                                </table></div>
+                            </section>
+                            <section class="card">
+                                <h2>"Disk images"</h2>
+                                <div class="table-wrap"><table data-testid="admin-images">
+                                    <thead><tr><th>"Name"</th><th>"Location"</th><th>"User"</th><th>"Visible"</th><th></th></tr></thead>
+                                    <tbody>
+                                        {images.into_iter().map(|i| {
+                                            let for_edit = i.clone();
+                                            let id = i.id.clone();
+                                            let id2 = i.id.clone();
+                                            let hidden = i.hidden;
+                                            view! {
+                                                <tr data-testid="admin-image-row" data-name=i.friendly_name.clone()>
+                                                    <td>{i.friendly_name.clone()}</td>
+                                                    <td><code>{i.location.clone()}</code></td>
+                                                    <td>{i.default_username.clone()}</td>
+                                                    <td>{if hidden { "hidden" } else { "listed" }}</td>
+                                                    <td class="actions">
+                                                        <button on:click=move |_| set_edit_image.set(Some(for_edit.clone()))>"Edit"</button>
+                                                        <button on:click=move |_| { hide.dispatch(SetImageHidden { id: id2.clone(), hidden: !hidden }); }>
+                                                            {if hidden { "Show" } else { "Hide" }}
+                                                        </button>
+                                                        <button class="danger" on:click=move |_| { delete.dispatch(DeleteEntry { kind: "image".into(), id: id.clone() }); }>"Delete"</button>
+                                                    </td>
+                                                </tr>
+                                            }
+                                        }).collect_view()}
+                                    </tbody>
+                                </table></div>
+                            </section>
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
+        </div>
+    }
+}

@@ -1,0 +1,173 @@
+//! Sign-in by pasting SLICES tokens, the dev sign-in, sign-out.
+
+use super::{ErrorBox, FieldError, ViewerContext};
+use crate::error::AppError;
+use crate::model::Viewer;
+use leptos::prelude::*;
+
+/// The signed-in user (never a token), or `None`.
+#[server(endpoint = "viewer")]
+pub async fn get_viewer() -> Result<Option<Viewer>, AppError> {
+    use crate::ssr::session;
+    let state = crate::ssr::state::app_state()?;
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    Ok(session::current(&state, &session)
+        .await?
+        .map(|a| a.viewer()))
+}
+
+/// Whether the dev issuer is on (shows the one-click dev sign-in).
+#[server(endpoint = "dev-issuer-enabled")]
+pub async fn dev_issuer_enabled() -> Result<bool, AppError> {
+    let state = crate::ssr::state::app_state()?;
+    Ok(state.auth.dev_issuer().is_some())
+}
+
+/// Signs in with a user token and, optionally, an experiment token.
+#[server(endpoint = "sign-in")]
+pub async fn sign_in(user_token: String, experiment_token: String) -> Result<(), AppError> {
+    let state = crate::ssr::state::app_state()?;
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    if user_token.trim().is_empty() {
+        return Err(AppError::invalid(
+            "user_token",
+            "paste your user token (`slices auth id-token <url>`)",
+        ));
+    }
+    let experiment = Some(experiment_token.trim()).filter(|t| !t.is_empty());
+    crate::ssr::session::sign_in(&state, &session, &user_token, experiment).await?;
+    leptos_axum::redirect("/resources");
+    Ok(())
+}
+
+/// One-click sign-in with dev tokens (dev issuer only): `admin` or `user`.
+#[server(endpoint = "dev-sign-in")]
+pub async fn dev_sign_in(role: String) -> Result<(), AppError> {
+    use std::time::Duration;
+    let state = crate::ssr::state::app_state()?;
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    let dev = state
+        .auth
+        .dev_issuer()
+        .ok_or_else(|| AppError::Forbidden("the dev issuer is off on this site".into()))?;
+    let (user_id, name) = match role.as_str() {
+        "admin" => ("user_dev.local_admin", "Dev Admin"),
+        "user" => ("user_dev.local_alice", "Alice (dev)"),
+        _ => return Err(AppError::invalid("role", "`admin` or `user`")),
+    };
+    let audience = state.auth.audience().to_string();
+    let mint = |r| dev.mint(&r).map_err(crate::ssr::internal);
+    let user_token = mint(dev.user_token(&audience, user_id, Some(name)))?;
+    let experiment_token = mint(dev.experiment_token(
+        &audience,
+        &state.config.auth.claims,
+        "exp_dev.local_demo",
+        "proj_dev.local_qkd",
+        Some(user_id),
+        None,
+        Duration::from_secs(8 * 3600),
+    ))?;
+    crate::ssr::session::sign_in(&state, &session, &user_token, Some(&experiment_token)).await?;
+    leptos_axum::redirect("/resources");
+    Ok(())
+}
+
+/// Signs out.
+#[server(endpoint = "sign-out")]
+pub async fn sign_out() -> Result<(), AppError> {
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    crate::ssr::session::sign_out(&session).await?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+/// `/login`.
+#[component]
+pub fn LoginPage() -> impl IntoView {
+    let ViewerContext(viewer) = expect_context();
+    let sign_in = ServerAction::<SignIn>::new();
+    let dev = ServerAction::<DevSignIn>::new();
+    let dev_enabled = Resource::new(|| (), |_| dev_issuer_enabled());
+    // Refresh the shared viewer after a sign-in (the server answers with a redirect).
+    Effect::new(move |_| {
+        if sign_in.version().get() > 0 || dev.version().get() > 0 {
+            viewer.refetch();
+        }
+    });
+    let result = Signal::derive(move || sign_in.value().get());
+    view! {
+        <section class="card narrow">
+            <h1>"Sign in"</h1>
+            <p class="hint">
+                "Paste your SLICES tokens. Your user token says who you are; an experiment token lets you request and delete resources of that experiment. They stay on the server, in your session."
+            </p>
+            <ActionForm action=sign_in>
+                <label for="user_token">"User token"</label>
+                <p class="hint"><code>"slices auth id-token <this site's URL>"</code></p>
+                <textarea
+                    id="user_token"
+                    name="user_token"
+                    rows="3"
+                    required
+                    autocomplete="off"
+                    spellcheck="false"
+                    data-testid="login-user-token"
+                ></textarea>
+                <FieldError result field="user_token" />
+                <label for="experiment_token">"Experiment token (optional)"</label>
+                <p class="hint"><code>"slices experiment jwt <experiment name>"</code></p>
+                <textarea
+                    id="experiment_token"
+                    name="experiment_token"
+                    rows="3"
+                    autocomplete="off"
+                    spellcheck="false"
+                    data-testid="login-experiment-token"
+                ></textarea>
+                <FieldError result field="experiment_token" />
+                <div data-testid="login-error-box">
+                    {move || {
+                        result.with(|r| match r {
+                            Some(Err(e)) => Some(view! {
+                                <p class="error" role="alert" data-testid="login-error">{e.to_string()}</p>
+                            }),
+                            _ => None,
+                        })
+                    }}
+                </div>
+                <button type="submit" class="primary" data-testid="login-submit">
+                    "Sign in"
+                </button>
+            </ActionForm>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match dev_enabled.await {
+                        Ok(true) => Some(view! {
+                            <div class="dev-signin">
+                                <p class="hint">"Dev issuer is on (local runs only):"</p>
+                                <ActionForm action=dev attr:class="inline">
+                                    <input type="hidden" name="role" value="admin" />
+                                    <button type="submit" data-testid="dev-signin-admin">"Dev sign-in as admin"</button>
+                                </ActionForm>
+                                <ActionForm action=dev attr:class="inline">
+                                    <input type="hidden" name="role" value="user" />
+                                    <button type="submit" data-testid="dev-signin-user">"Dev sign-in as user"</button>
+                                </ActionForm>
+                                {move || dev.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+                            </div>
+                        }),
+                        _ => None,
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}

@@ -1,0 +1,471 @@
+//! `/resources` (live list with delete), `/resources/new` (request form) and
+//! `/resources/:id` (detail with the task history).
+
+use super::{short_time, ErrorBox, FieldError, FormError, SignedIn};
+use crate::error::AppError;
+use crate::model::{DiskImage, Flavor, Resource as ComputeResource, Task, Viewer};
+use leptos::prelude::*;
+use leptos_router::components::A;
+use leptos_router::hooks::use_params_map;
+
+/// How often the live parts refresh, milliseconds.
+const REFRESH_MS: u64 = 1500;
+
+/// The resources the dashboard may show: the session experiment's (or, without a valid
+/// experiment token, the ones this user requested).
+#[server(endpoint = "resources")]
+pub async fn list_my_resources() -> Result<Vec<ComputeResource>, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    let query = crate::ssr::resources::ListQuery {
+        limit: Some(crate::ssr::resources::MAX_PAGE),
+        ..Default::default()
+    };
+    crate::ssr::resources::list_resources(&state, &auth.acting(), &query).await
+}
+
+/// One resource and its tasks.
+#[server(endpoint = "resource-detail")]
+pub async fn resource_detail(id: String) -> Result<(ComputeResource, Vec<Task>), AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    let principal = auth.acting();
+    let resource = crate::ssr::resources::get_resource(&state, &principal, &id).await?;
+    let tasks = crate::ssr::tasks::list_tasks(&state, &principal, &id).await?;
+    Ok((resource, tasks))
+}
+
+/// Requests one resource, exactly as `POST /resources` would with the session's
+/// experiment token and the user token in `tokens`.
+#[server(endpoint = "request-resource")]
+pub async fn request_resource(
+    disk_image_id: String,
+    flavor_id: String,
+    friendly_name: String,
+    expires_at: String,
+    ssh_authorized_keys: String,
+    userdata: String,
+) -> Result<String, AppError> {
+    use crate::model::{CreateResourcesRequest, ResourceSpec, TokenRef};
+    let (state, auth) = crate::ssr::session::require().await?;
+    let Some(experiment) = auth.experiment.as_ref() else {
+        return Err(AppError::Forbidden(
+            "requesting resources needs an experiment token: sign in again and paste one".into(),
+        ));
+    };
+    let expires_at = parse_expiry(&expires_at)?;
+    let request = CreateResourcesRequest {
+        expires_at,
+        resources: vec![ResourceSpec {
+            friendly_name,
+            disk_image_id,
+            flavor_id,
+            network_name: None,
+            userdata: Some(userdata).filter(|u| !u.trim().is_empty()),
+        }],
+        ssh_authorized_keys: ssh_authorized_keys
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        tokens: vec![TokenRef {
+            jwt: auth.user_token.clone(),
+        }],
+    };
+    let created = crate::ssr::resources::create_resources(&state, experiment, &request).await?;
+    leptos_axum::redirect("/resources");
+    Ok(created
+        .resources
+        .first()
+        .map(|r| r.id.clone())
+        .unwrap_or_default())
+}
+
+/// `YYYY-MM-DDTHH:MM[:SS]` (an `<input type="datetime-local">`, read as UTC) or RFC 3339.
+pub fn parse_expiry(value: &str) -> Result<chrono::DateTime<chrono::Utc>, AppError> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let value = value.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(value, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(AppError::invalid(
+        "expires_at",
+        "expected a date and time such as 2026-12-01T12:00 (UTC)",
+    ))
+}
+
+/// Requests deletion of a resource.
+#[server(endpoint = "delete-resource")]
+pub async fn delete_resource(id: String) -> Result<Task, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    crate::ssr::resources::delete_resource(&state, &auth.acting(), &id).await
+}
+
+/// Catalog entries offered in the request form.
+#[server(endpoint = "request-options")]
+pub async fn request_options() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError> {
+    super::catalog::list_catalog().await
+}
+
+/// A signal that ticks every [`REFRESH_MS`] in the browser (never on the server).
+fn ticker() -> ReadSignal<u64> {
+    let (tick, set_tick) = signal(0u64);
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(
+            move || set_tick.update(|t| *t += 1),
+            std::time::Duration::from_millis(REFRESH_MS),
+        ) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+    tick
+}
+
+fn state_class(r: &ComputeResource) -> &'static str {
+    use crate::model::{AllocationState as A, OperationalState as O};
+    match (r.allocation_state, r.operational_state) {
+        (A::Failed, _) | (_, O::Error) => "state state-bad",
+        (A::Provisioned, O::Ready) => "state state-ok",
+        (A::Deleting | A::Deleted | A::Expired, _) => "state state-gone",
+        _ => "state state-busy",
+    }
+}
+
+/// `/resources`.
+#[component]
+pub fn ResourcesPage() -> impl IntoView {
+    view! { <SignedIn page=|viewer| view! { <ResourcesList viewer /> } /> }
+}
+
+#[component]
+fn ResourcesList(viewer: Viewer) -> impl IntoView {
+    let tick = ticker();
+    let delete = ServerAction::<DeleteResource>::new();
+    // Which row asks "delete for good?": kept here because rows are rebuilt on every refresh.
+    let confirming = RwSignal::new(None::<String>);
+    let list = Resource::new(
+        move || (tick.get(), delete.version().get()),
+        |_| list_my_resources(),
+    );
+    let can_write = viewer.experiment.is_some();
+    view! {
+        <div class="page-head">
+            <h1>"Resources"</h1>
+            {can_write.then(|| view! { <A href="/resources/new" attr:class="button primary">"Request a resource"</A> })}
+        </div>
+        {viewer.experiment.clone().map(|e| view! {
+            <p class="hint">
+                "Experiment " <code>{e.name.clone().unwrap_or(e.experiment_id.clone())}</code>
+                " · project " <code>{e.project_id.clone()}</code>
+                " · resources may live until " {short_time(&e.max_expires_at)}
+            </p>
+        })}
+        {viewer.experiment_token_expired.then(|| view! {
+            <p class="warning">"Your experiment token has expired: the list shows what you requested; sign in again with a fresh experiment token to make changes."</p>
+        })}
+        {(!can_write && !viewer.experiment_token_expired).then(|| view! {
+            <p class="warning">"Signed in with a user token only: you can look, but requesting and deleting needs an experiment token."</p>
+        })}
+        {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match list.await {
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                    Ok(items) if items.is_empty() => view! {
+                        <p class="empty" data-testid="resources-empty">"No resources yet."</p>
+                        <table data-testid="resources-table" class="hidden"><tbody></tbody></table>
+                    }.into_any(),
+                    Ok(items) => view! {
+                        <div class="table-wrap">
+                            <table data-testid="resources-table">
+                                <thead><tr><th>"Name"</th><th>"Type"</th><th>"State"</th><th>"Address"</th><th>"Expires"</th><th></th></tr></thead>
+                                <tbody>
+                                    {items.into_iter().map(|r| view! { <ResourceRow resource=r delete can_write confirming /> }).collect_view()}
+                                </tbody>
+                            </table>
+                        </div>
+                    }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn ResourceRow(
+    resource: ComputeResource,
+    delete: ServerAction<DeleteResource>,
+    can_write: bool,
+    confirming: RwSignal<Option<String>>,
+) -> impl IntoView {
+    let id = resource.id.clone();
+    let asking = {
+        let id = id.clone();
+        move || confirming.with(|c| c.as_deref() == Some(id.as_str()))
+    };
+    let name = resource.friendly_name.clone();
+    let deletable = !matches!(
+        resource.allocation_state,
+        crate::model::AllocationState::Deleting
+            | crate::model::AllocationState::Deleted
+            | crate::model::AllocationState::Expired
+    );
+    let address = resource
+        .details
+        .addresses
+        .first()
+        .cloned()
+        .or_else(|| resource.details.pod_ip.clone())
+        .unwrap_or_default();
+    let class = state_class(&resource);
+    let state_text = format!(
+        "{} · {}",
+        resource.allocation_state.as_str(),
+        resource.operational_state.as_str()
+    );
+    let href = format!("/resources/{}", resource.id);
+    let label = resource.friendly_name.clone();
+    let flavor = resource.flavor_type.as_str();
+    let message = resource.status_message.clone();
+    let expires = short_time(&resource.expires_at);
+    view! {
+        <tr data-testid="resource-row" data-name=name>
+            <td>
+                <A href=href attr:data-testid="resource-link">
+                    {label}
+                </A>
+            </td>
+            <td><span class="badge">{flavor}</span></td>
+            <td>
+                <span class=class data-testid="resource-state">
+                    {state_text}
+                </span>
+                <div class="hint small">{message}</div>
+            </td>
+            <td><code>{address}</code></td>
+            <td>{expires}</td>
+            <td class="actions">
+                {(can_write && deletable).then(|| {
+                    let id = id.clone();
+                    view! {
+                        <Show
+                            when=asking.clone()
+                            fallback={
+                                let id = id.clone();
+                                move || {
+                                    let id = id.clone();
+                                    view! {
+                                        <button class="danger" data-testid="resource-delete" on:click=move |_| confirming.set(Some(id.clone()))>
+                                            "Delete"
+                                        </button>
+                                    }
+                                }
+                            }
+                        >
+                            <span class="confirm">
+                                "Delete for good? "
+                                <button
+                                    class="danger"
+                                    data-testid="resource-delete-confirm"
+                                    on:click={
+                                        let id = id.clone();
+                                        move |_| {
+                                            delete.dispatch(DeleteResource { id: id.clone() });
+                                            confirming.set(None);
+                                        }
+                                    }
+                                >
+                                    "Yes, delete"
+                                </button>
+                                <button on:click=move |_| confirming.set(None)>"Cancel"</button>
+                            </span>
+                        </Show>
+                    }
+                })}
+            </td>
+        </tr>
+    }
+}
+
+/// `/resources/new`.
+#[component]
+pub fn RequestPage() -> impl IntoView {
+    view! { <SignedIn page=|viewer| view! { <RequestForm viewer /> } /> }
+}
+
+#[component]
+fn RequestForm(viewer: Viewer) -> impl IntoView {
+    let options = Resource::new(|| (), |_| request_options());
+    let action = ServerAction::<RequestResource>::new();
+    let result = Signal::derive(move || action.value().get());
+    let Some(experiment) = viewer.experiment.clone() else {
+        return view! {
+            <h1>"Request a resource"</h1>
+            <p class="warning">"Requesting resources needs an experiment token: sign out, then sign in again and paste one (`slices experiment jwt <name>`)."</p>
+        }
+        .into_any();
+    };
+    // Default expiry: one day, or the experiment's end if sooner (UTC, minute precision).
+    let default_expiry = (chrono::Utc::now() + chrono::Duration::days(1))
+        .min(experiment.max_expires_at)
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let max_expiry = experiment
+        .max_expires_at
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    view! {
+        <h1>"Request a resource"</h1>
+        <Suspense fallback=|| view! { <p class="loading">"Loading the catalog…"</p> }>
+            {move || {
+                let default_expiry = default_expiry.clone();
+                let max_expiry = max_expiry.clone();
+                Suspend::new(async move {
+                match options.await {
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                    Ok((images, flavors)) => view! {
+                        <section class="card">
+                            <ActionForm action>
+                                <div class="grid2">
+                                    <div>
+                                        <label for="disk_image_id">"Disk image"</label>
+                                        <select id="disk_image_id" name="disk_image_id" data-testid="req-image" required>
+                                            {images.into_iter().map(|i| view! {
+                                                <option value=i.id.clone()>{format!("{} ({})", i.friendly_name, i.location)}</option>
+                                            }).collect_view()}
+                                        </select>
+                                        <FieldError result field="disk_image_id" />
+                                    </div>
+                                    <div>
+                                        <label for="flavor_id">"Flavor"</label>
+                                        <select id="flavor_id" name="flavor_id" data-testid="req-flavor" required>
+                                            {flavors.into_iter().map(|f| view! {
+                                                <option value=f.id.clone()>{format!("{} — {}: {} vCPU, {} MiB", f.friendly_name, f.flavor_type.as_str(), f.vcpus, f.ram_mib)}</option>
+                                            }).collect_view()}
+                                        </select>
+                                        <FieldError result field="flavor_id" />
+                                    </div>
+                                    <div>
+                                        <label for="friendly_name">"Name"</label>
+                                        <input id="friendly_name" name="friendly_name" data-testid="req-name" required maxlength="63"
+                                            placeholder="qkd-alice" autocomplete="off" />
+                                        <p class="hint small">"Pods: lowercase letters, digits and -, e.g. qkd-alice."</p>
+                                        <FieldError result field="friendly_name" />
+                                    </div>
+                                    <div>
+                                        <label for="expires_at">"Expires at (UTC)"</label>
+                                        <input id="expires_at" name="expires_at" type="datetime-local" data-testid="req-expires"
+                                            value=default_expiry max=max_expiry required />
+                                        <FieldError result field="expires_at" />
+                                    </div>
+                                </div>
+                                <label for="ssh_authorized_keys">"SSH public keys (one per line)"</label>
+                                <textarea id="ssh_authorized_keys" name="ssh_authorized_keys" rows="3" data-testid="req-ssh-keys"
+                                    placeholder="ssh-ed25519 AAAA… you@laptop" spellcheck="false"></textarea>
+                                <FieldError result field="ssh_authorized_keys" />
+                                <label for="userdata">"User data (cloud-init for VMs; handed to pods as USERDATA)"</label>
+                                <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
+                                    placeholder="#cloud-config" spellcheck="false"></textarea>
+                                <FieldError result field="userdata" />
+                                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "ssh_authorized_keys", "userdata"] />
+                                <button type="submit" class="primary" data-testid="req-submit" disabled=move || action.pending().get()>
+                                    {move || if action.pending().get() { "Requesting…" } else { "Request" }}
+                                </button>
+                            </ActionForm>
+                        </section>
+                    }.into_any(),
+                }
+            })}}
+        </Suspense>
+    }
+    .into_any()
+}
+
+/// `/resources/:id`.
+#[component]
+pub fn ResourceDetailPage() -> impl IntoView {
+    view! { <SignedIn page=|_viewer| view! { <ResourceDetail /> } /> }
+}
+
+#[component]
+fn ResourceDetail() -> impl IntoView {
+    let params = use_params_map();
+    let tick = ticker();
+    let detail = Resource::new(
+        move || (params.with(|p| p.get("id").unwrap_or_default()), tick.get()),
+        |(id, _)| resource_detail(id),
+    );
+    view! {
+        <p><A href="/resources">"← Resources"</A></p>
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                    Ok((r, tasks)) => {
+                        let d = r.details.clone();
+                        view! {
+                            <section class="card" data-testid="resource-detail">
+                                <h1>{r.friendly_name.clone()}</h1>
+                                <dl class="facts">
+                                    <dt>"State"</dt>
+                                    <dd><span class=state_class(&r) data-testid="detail-state">{format!("{} · {}", r.allocation_state.as_str(), r.operational_state.as_str())}</span>
+                                        <div class="hint">{r.status_message.clone()}</div></dd>
+                                    <dt>"Id"</dt><dd><code>{r.id.clone()}</code></dd>
+                                    <dt>"Type"</dt><dd>{r.flavor_type.as_str()}</dd>
+                                    <dt>"Experiment"</dt><dd><code>{r.experiment_id.clone()}</code></dd>
+                                    <dt>"Requested by"</dt><dd>{r.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
+                                    <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
+                                    <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
+                                    <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
+                                    <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
+                                    {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code>{c}</code></dd> })}
+                                    <dt>"Expires"</dt><dd>{short_time(&r.expires_at)}</dd>
+                                    <dt>"Created"</dt><dd>{short_time(&r.created_at)}</dd>
+                                </dl>
+                            </section>
+                            <section class="card">
+                                <h2>"Tasks"</h2>
+                                <div class="table-wrap">
+                                    <table data-testid="task-history">
+                                        <thead><tr><th>"Task"</th><th>"Status"</th><th>"Progress"</th><th>"Message"</th><th>"Attempts"</th><th>"Updated"</th></tr></thead>
+                                        <tbody>
+                                            {tasks.into_iter().rev().map(|t| view! {
+                                                <tr data-testid="task-row">
+                                                    <td>{t.kind.as_str()}</td>
+                                                    <td>{t.status.as_str()}</td>
+                                                    <td><progress max="100" value=t.completed></progress>{format!(" {}%", t.completed)}</td>
+                                                    <td>{t.message.clone()}</td>
+                                                    <td>{t.attempts}</td>
+                                                    <td>{short_time(&t.updated_at)}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </div>
+                            </section>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_accepts_form_and_rfc3339() {
+        let a = parse_expiry("2026-12-01T12:30").expect("form");
+        assert_eq!(a.to_rfc3339(), "2026-12-01T12:30:00+00:00");
+        let b = parse_expiry("2026-12-01T13:30:00+01:00").expect("rfc3339");
+        assert_eq!(a, b);
+        let e = parse_expiry("tomorrow").expect_err("bad");
+        assert_eq!(e.field(), Some("expires_at"));
+    }
+}

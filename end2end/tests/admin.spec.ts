@@ -1,0 +1,49 @@
+import { expect, test } from '@playwright/test';
+import { aliceTokens, pathIs, signInDev, signInWithTokens, uniqueSuffix, waitHydrated } from './helpers';
+
+test.describe('admin', () => {
+  test('an admin creates a k8s flavor that then shows in the admin table and the catalog', async ({ page }) => {
+    const name = `e2e-flavor-${uniqueSuffix()}`;
+    await signInDev(page, 'admin');
+
+    await expect(page.getByTestId('nav-admin')).toBeVisible();
+    await page.getByTestId('nav-admin').click();
+    await expect(page).toHaveURL(pathIs('/admin'));
+    await waitHydrated(page);
+    await expect(page.getByTestId('admin-panel')).toBeVisible();
+
+    await page.getByTestId('flavor-name').fill(name);
+    await page.getByTestId('flavor-description').fill('created through the admin form');
+    await page.getByTestId('flavor-type').selectOption('k8s');
+    await page.getByTestId('flavor-vcpus').fill('1');
+    await page.getByTestId('flavor-ram').fill('64');
+    await page.getByTestId('flavor-disk').fill('0');
+    await page.getByTestId('flavor-submit').click();
+
+    await expect(
+      page.getByTestId('admin-flavors').locator(`[data-testid="admin-flavor-row"][data-name="${name}"]`),
+    ).toBeVisible();
+
+    await page.getByTestId('nav-catalog').click();
+    await expect(page).toHaveURL(pathIs('/catalog'));
+    await expect(
+      page.getByTestId('flavors-table').locator(`[data-testid="flavor-row"][data-name="${name}"]`),
+    ).toBeVisible();
+  });
+
+  test('a non-admin (dev sign-in) has no admin link and is refused on /admin', async ({ page }) => {
+    await signInDev(page, 'user');
+    await expect(page.getByTestId('nav-admin')).toHaveCount(0);
+    await page.goto('/admin');
+    await expect(page.getByTestId('admin-forbidden')).toBeVisible();
+    await expect(page.getByTestId('admin-panel')).toHaveCount(0);
+  });
+
+  test('a non-admin (pasted tokens) has no admin link and is refused on /admin', async ({ page }) => {
+    await signInWithTokens(page, aliceTokens());
+    await expect(page.getByTestId('nav-admin')).toHaveCount(0);
+    await page.goto('/admin');
+    await expect(page.getByTestId('admin-forbidden')).toBeVisible();
+    await expect(page.getByTestId('admin-panel')).toHaveCount(0);
+  });
+});

@@ -1,0 +1,70 @@
+import { expect, test } from '@playwright/test';
+import { aliceTokens, createK8sCatalog, pathIs, signInWithTokens, uniqueSuffix, waitHydrated, type CatalogEntry } from './helpers';
+
+// The worker creates real Pods: needs the Kubernetes API (scripts/test starts the test server).
+test.skip(!!process.env.SKIP_K8S_TESTS, 'SKIP_K8S_TESTS is set: no Kubernetes API for the tests');
+
+let catalog: { flavor: CatalogEntry; image: CatalogEntry };
+
+test.beforeAll(async ({ playwright }, testInfo) => {
+  const request = await playwright.request.newContext({ baseURL: testInfo.project.use.baseURL });
+  catalog = await createK8sCatalog(request, 'e2e-pod');
+  await request.dispose();
+});
+
+test.describe('pod resources', () => {
+  test('request a pod, watch it become ready without reloading, inspect it, delete it', async ({ page }) => {
+    const name = `e2e-pod-${uniqueSuffix()}`;
+    await signInWithTokens(page, aliceTokens());
+
+    await page.getByTestId('nav-new').click();
+    await expect(page).toHaveURL(pathIs('/resources/new'));
+    await waitHydrated(page);
+    // selectOption waits until the option is present in the <select>.
+    await page.getByTestId('req-image').selectOption(catalog.image.id);
+    await page.getByTestId('req-flavor').selectOption(catalog.flavor.id);
+    await page.getByTestId('req-name').fill(name);
+    await expect(page.getByTestId('req-expires')).not.toHaveValue(''); // prefilled
+    await page.getByTestId('req-submit').click();
+
+    await expect(page).toHaveURL(pathIs('/resources'));
+    const row = page.locator(`[data-testid="resource-row"][data-name="${name}"]`);
+    await expect(row).toBeVisible();
+
+    // A marker in the window object survives client-side updates but not a page reload: it
+    // proves the list refreshed itself.
+    await page.evaluate(() => ((window as unknown as Record<string, unknown>).__e2eNoReload = true));
+    await expect(row.getByTestId('resource-state')).toContainText(/\bready\b/i, { timeout: 60_000 });
+    expect(await page.evaluate(() => (window as unknown as Record<string, unknown>).__e2eNoReload)).toBe(true);
+
+    await row.getByTestId('resource-link').click();
+    await expect(page).toHaveURL(/\/resources\/[^/?#]+(\?.*)?$/);
+    await expect(page.getByTestId('resource-detail')).toBeVisible();
+    await expect(page.getByTestId('detail-pod-name')).toHaveText(name);
+    await expect(page.getByTestId('detail-namespace')).not.toHaveText('');
+    await expect(page.getByTestId('detail-ip')).toHaveText(/\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+/i);
+    await expect(page.getByTestId('task-history')).toBeVisible();
+    await expect(page.getByTestId('task-row').first()).toBeVisible();
+
+    await page.getByTestId('nav-resources').click();
+    await expect(page).toHaveURL(pathIs('/resources'));
+    await waitHydrated(page);
+    await expect(row).toBeVisible();
+    await row.getByTestId('resource-delete').click();
+    // The confirmation is inline; only one is open at a time.
+    await page.getByTestId('resource-delete-confirm').click();
+    await expect(row).toHaveCount(0, { timeout: 60_000 });
+  });
+
+  test('an invalid name is refused with a field error', async ({ page }) => {
+    await signInWithTokens(page, aliceTokens());
+    await page.goto('/resources/new');
+    await waitHydrated(page);
+    await page.getByTestId('req-image').selectOption(catalog.image.id);
+    await page.getByTestId('req-flavor').selectOption(catalog.flavor.id);
+    await page.getByTestId('req-name').fill('Bad_Name!');
+    await page.getByTestId('req-submit').click();
+    await expect(page.getByTestId('err-friendly_name')).toBeVisible();
+    await expect(page).toHaveURL(pathIs('/resources/new'));
+  });
+});

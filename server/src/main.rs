@@ -1,0 +1,242 @@
+//! `slices-blueprint`: the dashboard, the SLICES REST API and the task worker in one
+//! binary. Subcommands: `serve` (default), `worker`, `migrate`, `dev-token`.
+
+use anyhow::Context as _;
+use app::ssr::api;
+use app::ssr::config::{Config, Settings};
+use app::ssr::server;
+use app::ssr::state::AppState;
+use clap::{Parser, Subcommand};
+use leptos::prelude::get_configuration;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "slices-blueprint",
+    version,
+    about = "SLICES-RI blueprint backend and dashboard"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the dashboard and API, with the task worker inside (unless RUN_WORKER=false).
+    Serve,
+    /// Run only the task worker (more workers = more processes; they never run a task twice).
+    Worker,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print a token signed by the dev issuer (DEV_ISSUER=true; local runs and tests only).
+    DevToken {
+        #[command(subcommand)]
+        kind: DevTokenKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevTokenKind {
+    /// A user token (like `slices auth id-token`).
+    User {
+        #[arg(long, default_value = "user_dev.local_alice")]
+        user_id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// An experiment token (like `slices experiment jwt`).
+    Experiment {
+        #[arg(long, default_value = "exp_dev.local_demo")]
+        experiment_id: String,
+        #[arg(long, default_value = "proj_dev.local_qkd")]
+        project_id: String,
+        /// The acting user (claim SLICES_CLAIM_ACTING_USER).
+        #[arg(long)]
+        user_id: Option<String>,
+        /// Token lifetime, seconds.
+        #[arg(long, default_value_t = 900)]
+        expires_in_secs: u64,
+        /// The experiment's own expiry, seconds from now (claim SLICES_CLAIM_EXPERIMENT_EXPIRES).
+        #[arg(long)]
+        experiment_expires_in_secs: Option<i64>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        // One line, the whole chain; the configuration errors already name the variable.
+        eprintln!("slices-blueprint: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn,kube=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::DevToken { kind } => dev_token(&cli.settings, kind),
+        Command::Migrate => {
+            init_tracing();
+            let config = cli.settings.validate(true)?;
+            let pool = connect(&config).await?;
+            app::ssr::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Worker => {
+            init_tracing();
+            let state = build_state(cli.settings.validate(true)?).await?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            app::ssr::tasks::run_worker(state, rx).await
+        }
+        Command::Serve => {
+            init_tracing();
+            serve(cli.settings.validate(true)?).await
+        }
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let pool = server::connect(config).await?;
+    app::ssr::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(pool)
+}
+
+async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let pool = connect(&config).await?;
+    let conf = get_configuration(None).context("reading the LEPTOS_* settings")?;
+    server::assemble(config, pool, conf.leptos_options).await
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.site_addr;
+    let public_url = config.public_url.clone();
+    let state = build_state(config).await?;
+    let router = server::router(&state).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = state.config.run_worker.then(|| {
+        let state = state.clone();
+        tokio::spawn(async move { app::ssr::tasks::run_worker(state, stop_rx).await })
+    });
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on LEPTOS_SITE_ADDR {addr}"))?;
+    report(&state, &public_url);
+    axum::serve(listener, router.into_make_service())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let _ = stop_tx.send(true);
+    if let Some(worker) = worker {
+        if let Ok(Err(e)) = worker.await {
+            tracing::warn!(error = %e, "the worker stopped with an error");
+        }
+    }
+    Ok(())
+}
+
+/// The start-up report: where to go and what is connected.
+fn report(state: &AppState, public_url: &str) {
+    let k8s = match (&state.backends.kubernetes, &state.backends.kubernetes_error) {
+        (Some(_), _) => "connected".to_string(),
+        (None, Some(e)) => format!("not connected ({})", e.lines().next().unwrap_or(e)),
+        (None, None) => "not connected".to_string(),
+    };
+    let auth = match (&state.config.auth.issuer, state.auth.dev_issuer()) {
+        (Some(iss), Some(_)) => format!("{iss} + dev issuer"),
+        (Some(iss), None) => iss.clone(),
+        (None, Some(_)) => "dev issuer only (DEV_ISSUER=true; local use)".into(),
+        (None, None) => "none".into(),
+    };
+    println!("slices-blueprint is up");
+    println!("  dashboard   {public_url}/");
+    println!("  API         {public_url}{}", api::BASE);
+    println!("  API docs    {public_url}/docs  and  {public_url}/redoc");
+    println!("  database    connected");
+    println!("  kubernetes  {k8s}");
+    println!("  openstack   not configured");
+    println!("  tokens      {auth}");
+    println!(
+        "  worker      {}",
+        if state.config.run_worker {
+            "running in this process"
+        } else {
+            "off (RUN_WORKER=false)"
+        }
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+fn dev_token(settings: &Settings, kind: DevTokenKind) -> anyhow::Result<()> {
+    let config = settings.validate(false)?;
+    let key_file = config.auth.dev_issuer_key_file.clone().ok_or_else(|| {
+        anyhow::anyhow!("configuration error: DEV_ISSUER: must be true to mint dev tokens")
+    })?;
+    let dev = app::ssr::auth::DevIssuer::load_or_create(&key_file, &config.auth.dev_issuer_url)?;
+    let audience = config.auth.audience.clone();
+    let request = match kind {
+        DevTokenKind::User { user_id, name } => {
+            dev.user_token(&audience, &user_id, name.as_deref())
+        }
+        DevTokenKind::Experiment {
+            experiment_id,
+            project_id,
+            user_id,
+            expires_in_secs,
+            experiment_expires_in_secs,
+        } => dev.experiment_token(
+            &audience,
+            &config.auth.claims,
+            &experiment_id,
+            &project_id,
+            user_id.as_deref(),
+            experiment_expires_in_secs.map(|s| chrono::Utc::now() + chrono::Duration::seconds(s)),
+            Duration::from_secs(expires_in_secs),
+        ),
+    };
+    println!("{}", dev.mint(&request)?);
+    Ok(())
+}

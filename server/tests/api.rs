@@ -1,0 +1,490 @@
+//! The REST API against a real PostgreSQL (fresh database per test) and a real token issuer
+//! on loopback: authentication, the catalog rules, validation of `POST /resources`,
+//! visibility between experiments. The worker is off here; provisioning is in pods.rs.
+
+mod common;
+
+use common::{experiment_id, in_an_hour, Options, TestApp, ADMIN, ALICE, BOB};
+use jsonwebtoken::Algorithm;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn api_only() -> Options {
+    Options {
+        no_worker: true,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn tokens_are_verified_against_the_issuers_jwks(pool: PgPool) {
+    let app = TestApp::start(pool, api_only()).await;
+    let iss = &app.issuer;
+
+    // No header, not a bearer, garbage: 401 with a JSON body saying which.
+    let (s, body) = app.call(Method::GET, "/flavors", None, None).await;
+    assert_eq!(s, 401);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Authorization"),
+        "{body}"
+    );
+    let (s, body) = app.get("/flavors", "not-a-jwt").await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+
+    // RS256 (user) and ES256 (experiment) tokens, keys chosen by kid.
+    assert_eq!(app.get("/flavors", &iss.user(ALICE)).await.0, 200);
+    assert_eq!(
+        app.get("/flavors", &iss.experiment(&experiment_id(), ALICE))
+            .await
+            .0,
+        200
+    );
+
+    // Expired, other audience, other issuer, unknown subject type.
+    let past = chrono::Utc::now().timestamp() - 3600;
+    let cases = [
+        (
+            json!({"sub": ALICE, "exp": past, "iat": past - 60}),
+            "expired",
+        ),
+        (
+            json!({"sub": ALICE, "aud": "https://elsewhere.example"}),
+            "audience",
+        ),
+        (
+            json!({"sub": ALICE, "iss": "https://evil.example"}),
+            "issuer",
+        ),
+        (json!({"sub": "svc_x_y"}), "neither a user"),
+    ];
+    for (claims, words) in cases {
+        let token = iss.sign(Algorithm::ES256, claims);
+        let (s, body) = app.get("/flavors", &token).await;
+        assert_eq!(s, 401, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(words),
+            "{words}: {body}"
+        );
+    }
+
+    // A token signed by a key the issuer does not publish.
+    let (rogue, _) = common::new_ec_key("rogue");
+    let forged = iss.sign_with(&rogue, "ec-1", Algorithm::ES256, &mut json!({"sub": ALICE}));
+    let (s, body) = app.get("/flavors", &forged).await;
+    assert_eq!(s, 401);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signature"),
+        "{body}"
+    );
+    let unknown = iss.sign_with(
+        &rogue,
+        "never-published",
+        Algorithm::ES256,
+        &mut json!({"sub": ALICE}),
+    );
+    assert_eq!(app.get("/flavors", &unknown).await.0, 401);
+
+    // Key rotation: a newly published kid is fetched on first sight (after the 1 s cooldown).
+    let (next, jwk) = common::new_ec_key("ec-2");
+    iss.publish(jwk);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rotated = iss.sign_with(&next, "ec-2", Algorithm::ES256, &mut json!({"sub": ALICE}));
+    let (s, body) = app.get("/flavors", &rotated).await;
+    assert_eq!(s, 200, "{body}");
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn catalog_writes_are_for_admins_and_hidden_images_for_admins_only(pool: PgPool) {
+    let app = TestApp::start(pool, api_only()).await;
+    let admin = app.issuer.user(ADMIN);
+    let alice = app.issuer.user(ALICE);
+    let flavor =
+        json!({"friendly_name": "k8s.small", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 128});
+
+    let (s, body) = app.post("/flavors", &alice, flavor.clone()).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    // An experiment token whose acting user is an admin may write too.
+    let admin_exp = app.issuer.experiment(&experiment_id(), ADMIN);
+    let (s, created) = app.post("/flavors", &admin_exp, flavor.clone()).await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().expect("id");
+    assert!(
+        id.starts_with("flavor_tld-city-bp1_") && id.len() == "flavor_tld-city-bp1_".len() + 26
+    );
+
+    // Bad values name the field; unknown fields and wrong types too.
+    for (body, field) in [
+        (
+            json!({"friendly_name": "x", "flavor_type": "k8s", "vcpus": 0, "ram_mib": 1}),
+            "vcpus",
+        ),
+        (
+            json!({"friendly_name": " ", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 1}),
+            "friendly_name",
+        ),
+        (
+            json!({"friendly_name": "x", "flavor_type": "gpu", "vcpus": 1, "ram_mib": 1}),
+            "flavor_type",
+        ),
+        (
+            json!({"friendly_name": "x", "flavor_type": "k8s", "vcpus": "two", "ram_mib": 1}),
+            "vcpus",
+        ),
+        (
+            json!({"friendly_name": "x", "flavor_type": "k8s", "vcpus": 1}),
+            "body",
+        ),
+        (
+            json!({"friendly_name": "x", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 1, "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (s, err) = app.post("/flavors", &admin, body).await;
+        assert_eq!(s, 422, "{err}");
+        assert_eq!(err["field"].as_str(), Some(field), "{err}");
+    }
+    let (s, err) = app.call(Method::POST, "/flavors", Some(&admin), None).await;
+    assert_eq!(s, 400, "{err}");
+
+    // PATCH changes only what it names.
+    let (s, patched) = app
+        .call(
+            Method::PATCH,
+            &format!("/flavors/{id}"),
+            Some(&admin),
+            Some(json!({"ram_mib": 256})),
+        )
+        .await;
+    assert_eq!(s, 200, "{patched}");
+    assert_eq!(
+        (patched["ram_mib"].as_i64(), patched["vcpus"].as_i64()),
+        (Some(256), Some(1))
+    );
+
+    // Hidden images: listed and readable for admins only.
+    let (s, image) = app
+        .post(
+            "/disk-images",
+            &admin,
+            json!({"friendly_name": "secret", "location": "busybox", "hidden": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{image}");
+    let image_id = image["id"].as_str().expect("id");
+    let (_, list) = app.get("/disk-images", &alice).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let (_, list) = app.get("/disk-images", &admin).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        app.get(&format!("/disk-images/{image_id}"), &alice).await.0,
+        404
+    );
+
+    // Ids: wrong type or malformed → 400; another site's → 404.
+    let (s, err) = app.get(&format!("/flavors/{image_id}"), &alice).await;
+    assert_eq!(s, 400, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("image id"),
+        "{err}"
+    );
+    assert_eq!(app.get("/flavors/flavor_x", &alice).await.0, 400);
+    let other_site = id.replace("tld-city-bp1", "be-gent1-bi-vm1");
+    assert_eq!(
+        app.get(&format!("/flavors/{other_site}"), &alice).await.0,
+        404
+    );
+
+    // Delete: 204, then 404.
+    assert_eq!(
+        app.delete(&format!("/disk-images/{image_id}"), &admin)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        app.delete(&format!("/disk-images/{image_id}"), &admin)
+            .await
+            .0,
+        404
+    );
+}
+
+fn request(image: &str, flavor: &str, names: &[&str]) -> Value {
+    json!({
+        "expires_at": in_an_hour(),
+        "resources": names.iter().map(|n| json!({"friendly_name": n, "disk_image_id": image, "flavor_id": flavor})).collect::<Vec<_>>(),
+        "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test@example"],
+    })
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
+    let app = TestApp::start(pool, api_only()).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+
+    // A user token may read but not write.
+    let (s, err) = app
+        .post(
+            "/resources",
+            &app.issuer.user(ALICE),
+            request(&image, &flavor, &["a"]),
+        )
+        .await;
+    assert_eq!(s, 403, "{err}");
+
+    let mut cases: Vec<(Value, u16, &str)> = vec![
+        (request(&image, &flavor, &[]), 422, "resources"),
+        (
+            request(&image, &flavor, &["Bad_Name!"]),
+            422,
+            "resources[0].friendly_name",
+        ),
+        (
+            request(&image, &flavor, &[""]),
+            422,
+            "resources[0].friendly_name",
+        ),
+        (
+            request(&image, &flavor, &["ok", "ok"]),
+            422,
+            "resources[1].friendly_name",
+        ),
+        (
+            request(&flavor, &flavor, &["a"]),
+            422,
+            "resources[0].disk_image_id",
+        ),
+        (
+            request(
+                &image,
+                "flavor_tld-city-bp1_00000000000000000000000000",
+                &["a"],
+            ),
+            422,
+            "resources[0].flavor_id",
+        ),
+    ];
+    let mut past = request(&image, &flavor, &["a"]);
+    past["expires_at"] = json!("2020-01-01T00:00:00Z");
+    cases.push((past, 422, "expires_at"));
+    let mut too_late = request(&image, &flavor, &["a"]);
+    too_late["expires_at"] = json!((chrono::Utc::now() + chrono::Duration::days(200)).to_rfc3339());
+    cases.push((too_late, 422, "expires_at"));
+    let mut bad_time = request(&image, &flavor, &["a"]);
+    bad_time["expires_at"] = json!("next tuesday");
+    cases.push((bad_time, 422, "expires_at"));
+    let mut bad_key = request(&image, &flavor, &["a"]);
+    bad_key["ssh_authorized_keys"] = json!(["hello"]);
+    cases.push((bad_key, 422, "ssh_authorized_keys[0]"));
+    let mut bad_user = request(&image, &flavor, &["a"]);
+    bad_user["tokens"] = json!([{"jwt": "nope"}]);
+    cases.push((bad_user, 422, "tokens[0].jwt"));
+    let mut wrong_kind = request(&image, &flavor, &["a"]);
+    wrong_kind["tokens"] = json!([{"jwt": token}]);
+    cases.push((wrong_kind, 422, "tokens[0].jwt"));
+    let mut missing = request(&image, &flavor, &["a"]);
+    missing["resources"][0]
+        .as_object_mut()
+        .expect("obj")
+        .remove("flavor_id");
+    cases.push((missing, 422, "resources[0]"));
+    for (body, status, field) in cases {
+        let (s, err) = app.post("/resources", &token, body).await;
+        assert_eq!(s, status, "{field}: {err}");
+        assert_eq!(err["field"].as_str(), Some(field), "{err}");
+        assert!(!err["detail"].as_str().unwrap_or_default().is_empty());
+    }
+    // Nothing was created by any of them (all or nothing).
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    // Oversized body → 413; not JSON → 400.
+    let mut huge = request(&image, &flavor, &["a"]);
+    huge["resources"][0]["userdata"] = json!("x".repeat(300 * 1024));
+    let (s, err) = app.post("/resources", &token, huge).await;
+    assert_eq!(s, 413, "{err}");
+    let response = app
+        .http
+        .post(format!("{}/resources", app.api))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+
+    // A good request: 202, one task per resource; the requester comes from `tokens`.
+    let mut good = request(&image, &flavor, &["qkd-alice", "qkd-bob"]);
+    good["tokens"] = json!([{"jwt": app.issuer.user(BOB)}]);
+    let (s, created) = app.post("/resources", &token, good).await;
+    assert_eq!(s, 202, "{created}");
+    assert_eq!(created["tasks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(created["resources"][0]["requested_by"].as_str(), Some(BOB));
+    assert_eq!(created["tasks"][0]["status"].as_str(), Some("queued"));
+    // The same live name again → 409 naming the field.
+    let (s, err) = app
+        .post("/resources", &token, request(&image, &flavor, &["qkd-bob"]))
+        .await;
+    assert_eq!(
+        (s, err["field"].as_str()),
+        (409, Some("resources[0].friendly_name")),
+        "{err}"
+    );
+
+    // Another experiment sees none of it: empty list, 404 on the id and its task.
+    let resource_id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
+    let other = app.issuer.experiment(&experiment_id(), ALICE);
+    let (_, list) = app.get("/resources", &other).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        app.get(&format!("/resources/{resource_id}"), &other)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(app.get(&format!("/tasks/{task_id}"), &other).await.0, 404);
+    assert_eq!(
+        app.delete(&format!("/resources/{resource_id}"), &other)
+            .await
+            .0,
+        404
+    );
+    // The requesting user's own token sees what they requested (read only).
+    let bob = app.issuer.user(BOB);
+    let (_, list) = app.get("/resources", &bob).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(
+        app.delete(&format!("/resources/{resource_id}"), &bob)
+            .await
+            .0,
+        403
+    );
+
+    // Pagination: a full page carries a Link to the next one.
+    let response = app
+        .http
+        .get(format!("{}/resources?limit=1", app.api))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("send");
+    let link = response
+        .headers()
+        .get("link")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        link.contains("offset=1") && link.contains("rel=\"next\""),
+        "{link}"
+    );
+    let (s, _) = app.get("/resources?limit=0", &token).await;
+    assert_eq!(s, 400);
+
+    // PATCH extends within the experiment's life; DELETE answers with the same task twice.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(5)).to_rfc3339();
+    let (s, r) = app
+        .call(
+            Method::PATCH,
+            &format!("/resources/{resource_id}"),
+            Some(&token),
+            Some(json!({"expires_at": later})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, first) = app
+        .delete(&format!("/resources/{resource_id}"), &token)
+        .await;
+    assert_eq!(
+        (s, first["kind"].as_str()),
+        (202, Some("delete")),
+        "{first}"
+    );
+    let (_, second) = app
+        .delete(&format!("/resources/{resource_id}"), &token)
+        .await;
+    assert_eq!(first["id"], second["id"]);
+    let (_, tasks) = app
+        .get(&format!("/tasks?resource_id={resource_id}"), &token)
+        .await;
+    assert_eq!(tasks.as_array().map(Vec::len), Some(2), "{tasks}");
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn openapi_and_docs_are_served_offline(pool: PgPool) {
+    let app = TestApp::start(pool, api_only()).await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.api))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["paths"]["/apis/bi.slices.eu/v1alpha2/resources"]["post"].is_object(),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"].as_str(),
+        Some("bearer")
+    );
+    let docs = app
+        .http
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(docs.status().as_u16(), 200);
+    let page = docs.text().await.expect("text");
+    assert!(
+        !page.contains("cdn.") && !page.contains("unpkg"),
+        "Swagger UI must not load from a CDN"
+    );
+    let redoc = app
+        .http
+        .get(format!("{}/redoc", app.base))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert!(redoc.contains("/vendor/redoc/redoc.standalone.js"));
+    let health: Value = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["database"].as_str(), Some("ok"));
+}

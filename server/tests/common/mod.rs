@@ -1,0 +1,357 @@
+//! Test harness: a token issuer serving OIDC discovery and a JWKS over HTTP on loopback (as
+//! the SLICES portal would), and the real router + task worker on a fresh database.
+#![allow(dead_code)]
+
+use app::ssr::backend::{kubernetes::KubernetesBackend, Backends};
+use app::ssr::config::Settings;
+use app::ssr::state::AppState;
+use axum::routing::get;
+use axum::Json;
+use base64::Engine as _;
+use clap::Parser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Test-only RSA key (generated for these tests; it protects nothing).
+const RSA_PEM: &str = include_str!("../fixtures/test-rsa-key.pem");
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An OIDC issuer on 127.0.0.1 with one RS256 and one ES256 key; more keys can be published.
+pub struct Issuer {
+    pub url: String,
+    jwks: Arc<RwLock<Vec<Value>>>,
+    rsa: EncodingKey,
+    ec: EncodingKey,
+    pub audience: String,
+}
+
+/// A new P-256 key: its signing key and public JWK.
+pub fn new_ec_key(kid: &str) -> (EncodingKey, Value) {
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).expect("pem");
+    let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).expect("jwk");
+    jwk["kid"] = kid.into();
+    jwk["alg"] = "ES256".into();
+    jwk["use"] = "sig".into();
+    (
+        EncodingKey::from_ec_pem(pem.as_bytes()).expect("ec key"),
+        jwk,
+    )
+}
+
+impl Issuer {
+    pub async fn start(audience: &str) -> Issuer {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(RSA_PEM).expect("rsa pem");
+        let rsa_jwk = json!({
+            "kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig",
+            "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be()),
+        });
+        let (ec, ec_jwk) = new_ec_key("ec-1");
+        let jwks = Arc::new(RwLock::new(vec![rsa_jwk, ec_jwk]));
+        let discovery = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks.json") });
+        let served = jwks.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || {
+                    let d = discovery.clone();
+                    async move { Json(d) }
+                }),
+            )
+            .route(
+                "/jwks.json",
+                get(move || {
+                    let keys = served.read().expect("lock").clone();
+                    async move { Json(json!({ "keys": keys })) }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Issuer {
+            url,
+            jwks,
+            rsa: EncodingKey::from_rsa_pem(RSA_PEM.as_bytes()).expect("rsa"),
+            ec,
+            audience: audience.to_string(),
+        }
+    }
+
+    /// Publishes another key in the JWKS (key rotation).
+    pub fn publish(&self, jwk: Value) {
+        self.jwks.write().expect("lock").push(jwk);
+    }
+
+    /// Signs `claims` (iss/aud/iat/exp filled in unless given) with the RS256 or ES256 key.
+    pub fn sign(&self, alg: Algorithm, mut claims: Value) -> String {
+        let (key, kid) = match alg {
+            Algorithm::RS256 => (&self.rsa, "rsa-1"),
+            _ => (&self.ec, "ec-1"),
+        };
+        self.sign_with(key, kid, alg, &mut claims)
+    }
+
+    pub fn sign_with(
+        &self,
+        key: &EncodingKey,
+        kid: &str,
+        alg: Algorithm,
+        claims: &mut Value,
+    ) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let obj = claims.as_object_mut().expect("object");
+        obj.entry("iss").or_insert(self.url.clone().into());
+        obj.entry("aud").or_insert(self.audience.clone().into());
+        obj.entry("iat").or_insert(now.into());
+        obj.entry("exp").or_insert((now + 900).into());
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, &claims, key).expect("sign")
+    }
+
+    /// A user token (RS256, like the portal's id tokens).
+    pub fn user(&self, user_id: &str) -> String {
+        self.sign(
+            Algorithm::RS256,
+            json!({ "sub": user_id, "preferred_username": user_id.rsplit('_').next(), "email": "u@example.org" }),
+        )
+    }
+
+    /// An experiment token (ES256) for `experiment_id`, acting user `user_id`.
+    pub fn experiment(&self, experiment_id: &str, user_id: &str) -> String {
+        self.sign(
+            Algorithm::ES256,
+            json!({ "sub": experiment_id, "proj": "proj_test_qkd", "user_id": user_id,
+                    "experiment_name": "qkd" }),
+        )
+    }
+}
+
+/// What a test app needs beyond the defaults.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Kubeconfig of the cluster to use (default: `KUBECONFIG`; none = not connected).
+    pub kubeconfig: Option<String>,
+    pub pod_ready_timeout_secs: Option<u64>,
+    pub no_kubernetes: bool,
+    pub no_worker: bool,
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The service on a loopback port, with its worker.
+pub struct TestApp {
+    pub base: String,
+    pub api: String,
+    pub state: AppState,
+    pub issuer: Issuer,
+    pub http: reqwest::Client,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+pub const ADMIN: &str = "user_test.portal_admin";
+pub const ALICE: &str = "user_test.portal_alice";
+pub const BOB: &str = "user_test.portal_bob";
+
+/// Whether the Kubernetes tiers are to be skipped (no cluster on this machine).
+pub fn skip_k8s() -> bool {
+    std::env::var("SKIP_K8S_TESTS").is_ok_and(|v| v == "1")
+        || (std::env::var_os("KUBECONFIG").is_none()
+            && !std::path::Path::new(&format!(
+                "{}/.kube/config",
+                std::env::var("HOME").unwrap_or_default()
+            ))
+            .exists())
+}
+
+/// A unique experiment id (namespaces on the shared test cluster stay apart).
+pub fn experiment_id() -> String {
+    format!(
+        "exp_test.portal_{}",
+        app::ids::encode_suffix(uuid::Uuid::now_v7())
+    )
+}
+
+impl TestApp {
+    pub async fn start(pool: PgPool, options: Options) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        let issuer = Issuer::start(&base).await;
+        let dir = std::env::temp_dir().join(format!("sb-test-{}", uuid::Uuid::now_v7()));
+        let timeout = options.pod_ready_timeout_secs.unwrap_or(60).to_string();
+        let key_file = dir.join("secret.key");
+        let args = vec![
+            "test".to_string(),
+            "--database-url".into(),
+            "postgres://unused".into(),
+            "--site-addr".into(),
+            addr.to_string(),
+            "--slices-issuer".into(),
+            issuer.url.clone(),
+            "--admin-user-ids".into(),
+            ADMIN.into(),
+            "--pod-ready-timeout-secs".into(),
+            timeout,
+            "--secret-key-file".into(),
+            key_file.display().to_string(),
+            "--site-id".into(),
+            "tld-city-bp1".into(),
+            "--worker-concurrency".into(),
+            "4".into(),
+        ];
+        let config = TestCli::parse_from(args)
+            .settings
+            .validate(true)
+            .expect("test config");
+        let leptos_options = leptos::prelude::LeptosOptions::builder()
+            .output_name("slices-blueprint")
+            .build();
+        let mut state = app::ssr::server::assemble(config, pool, leptos_options)
+            .await
+            .expect("assemble");
+        // Backends: the cluster named by the test, or none.
+        let mut backends = Backends::default();
+        if !options.no_kubernetes {
+            let client = match &options.kubeconfig {
+                Some(path) => {
+                    let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+                    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                        .await
+                        .expect("kube config");
+                    kube::Client::try_from(cfg).expect("client")
+                }
+                // API-only tests never reach the cluster (their worker is off): without one
+                // on this machine they get a client for an address nothing listens on.
+                None if skip_k8s() => {
+                    let url = "http://127.0.0.1:9".parse().expect("url");
+                    kube::Client::try_from(kube::Config::new(url)).expect("client")
+                }
+                None => kube::Client::try_default()
+                    .await
+                    .expect("KUBECONFIG client"),
+            };
+            backends.kubernetes = Some(Arc::new(KubernetesBackend::new(
+                client,
+                &state.config.k8s_namespace_prefix,
+                state.config.pod_ready_timeout,
+            )));
+        }
+        state.backends = Arc::new(backends);
+        let router = app::ssr::server::router(&state).await.expect("router");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        if !options.no_worker {
+            let worker_state = state.clone();
+            tokio::spawn(async move { app::ssr::tasks::run_worker(worker_state, rx).await });
+        }
+        TestApp {
+            api: format!("{base}/apis/bi.slices.eu/v1alpha2"),
+            base,
+            state,
+            issuer,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Creates a k8s image (`location`) and flavor as admin; returns their ids.
+    pub async fn k8s_catalog(&self, location: &str) -> (String, String) {
+        let admin = self.issuer.user(ADMIN);
+        let (s, image) = self
+            .post(
+                "/disk-images",
+                &admin,
+                json!({ "friendly_name": "test image", "location": location, "default_username": "root" }),
+            )
+            .await;
+        assert_eq!(s, 201, "{image}");
+        let (s, flavor) = self
+            .post(
+                "/flavors",
+                &admin,
+                json!({ "friendly_name": "k8s.test", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 64 }),
+            )
+            .await;
+        assert_eq!(s, 201, "{flavor}");
+        (
+            image["id"].as_str().expect("id").to_string(),
+            flavor["id"].as_str().expect("id").to_string(),
+        )
+    }
+
+    /// Polls a task until it is `finished` or `failed` (at most `secs`).
+    pub async fn wait_task(&self, task_id: &str, token: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (status, task) = self.get(&format!("/tasks/{task_id}"), token).await;
+            assert_eq!(status, 200, "{task}");
+            if matches!(task["status"].as_str(), Some("finished" | "failed")) {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task still {task} after {secs} s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `expires_at` one hour from now.
+pub fn in_an_hour() -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
+}

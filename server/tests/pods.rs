@@ -1,0 +1,324 @@
+//! Pods on a real Kubernetes API server (../shared/k8s-testserver, or any cluster in
+//! KUBECONFIG): the whole lifecycle through the API, adoption of a pod a crashed attempt
+//! made, and the timeout path on a cluster whose kubelet never starts pods.
+
+mod common;
+
+use app::ids::{parse_id, IdKind};
+use app::ssr::backend::{ComputeBackend, ResourceRecord};
+use app::ssr::tasks::Progress;
+use common::{experiment_id, in_an_hour, skip_k8s, Options, TestApp, ALICE};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use serde_json::json;
+use sqlx::PgPool;
+
+fn pod_request(image: &str, flavor: &str, name: &str) -> serde_json::Value {
+    json!({
+        "expires_at": in_an_hour(),
+        "resources": [{"friendly_name": name, "disk_image_id": image, "flavor_id": flavor,
+                        "userdata": "#cloud-config\nruncmd: [echo hi]"}],
+        "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE alice@laptop"],
+    })
+}
+
+async fn pods_api(app: &TestApp, experiment: &str) -> Api<Pod> {
+    let client = kube::Client::try_default().await.expect("client");
+    let ns = app
+        .state
+        .backends
+        .kubernetes
+        .as_ref()
+        .expect("kubernetes")
+        .namespace_for(experiment);
+    Api::namespaced(client, &ns)
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
+    if skip_k8s() {
+        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
+        return;
+    }
+    let app = TestApp::start(pool, Options::default()).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            pod_request(&image, &flavor, "qkd-node"),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let task_id = created["tasks"][0]["id"]
+        .as_str()
+        .expect("task")
+        .to_string();
+    let resource_id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let task = app.wait_task(&task_id, &token, 60).await;
+    assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
+    assert_eq!(task["completed"].as_i64(), Some(100));
+
+    let (_, resource) = app.get(&format!("/resources/{resource_id}"), &token).await;
+    assert_eq!(
+        resource["allocation_state"].as_str(),
+        Some("provisioned"),
+        "{resource}"
+    );
+    assert_eq!(resource["operational_state"].as_str(), Some("ready"));
+    assert_eq!(resource["details"]["pod_name"].as_str(), Some("qkd-node"));
+    assert!(
+        resource["details"]["pod_ip"]
+            .as_str()
+            .is_some_and(|ip| !ip.is_empty()),
+        "{resource}"
+    );
+
+    // The pod as Kubernetes has it: image, flavor-sized resources, ownership labels, keys.
+    let pods = pods_api(&app, &exp).await;
+    let pod = pods.get("qkd-node").await.expect("pod exists");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("slices.eu/resource-id"), Some(&resource_id));
+    assert_eq!(labels.get("slices.eu/experiment-id"), Some(&exp));
+    assert_eq!(
+        labels.get("slices.eu/project-id").map(String::as_str),
+        Some("proj_test_qkd")
+    );
+    let container = &pod.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(container.image.as_deref(), Some("nginx:alpine"));
+    let limits = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("64Mi"));
+    assert_eq!(limits.get("cpu").map(|q| q.0.as_str()), Some("1"));
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations["slices.eu/ssh-authorized-keys"].contains("alice@laptop"));
+    assert!(annotations["slices.eu/userdata"].starts_with("#cloud-config"));
+    // Ownership is queryable by label.
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels(&format!("slices.eu/experiment-id={exp}")))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+
+    let (s, delete_task) = app
+        .delete(&format!("/resources/{resource_id}"), &token)
+        .await;
+    assert_eq!(s, 202, "{delete_task}");
+    let done = app
+        .wait_task(delete_task["id"].as_str().expect("id"), &token, 60)
+        .await;
+    assert_eq!(done["status"].as_str(), Some("finished"), "{done}");
+    assert!(
+        pods.get_opt("qkd-node").await.expect("get").is_none(),
+        "pod must be gone"
+    );
+    let (_, resource) = app.get(&format!("/resources/{resource_id}"), &token).await;
+    assert_eq!(
+        resource["allocation_state"].as_str(),
+        Some("deleted"),
+        "{resource}"
+    );
+    // Deleted resources leave the default list but stay visible on request.
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0));
+    let (_, list) = app.get("/resources?include_deleted=true", &token).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_retried_create_adopts_the_pod_instead_of_making_a_second(pool: PgPool) {
+    if skip_k8s() {
+        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
+        return;
+    }
+    // The worker is off: we play a worker that created the pod and then crashed.
+    let app = TestApp::start(
+        pool.clone(),
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+    let (_, created) = app
+        .post(
+            "/resources",
+            &token,
+            pod_request(&image, &flavor, "adopt-me"),
+        )
+        .await;
+    let resource_id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
+    let uuid = parse_id(IdKind::Resource, "tld-city-bp1", &resource_id).expect("uuid");
+    let record = ResourceRecord::load(&app.state, uuid)
+        .await
+        .expect("record");
+    let backend = app.state.backends.kubernetes.clone().expect("k8s");
+    let task_uuid = parse_id(IdKind::Task, "tld-city-bp1", &task_id).expect("uuid");
+    let progress = Progress::new(pool.clone(), task_uuid, uuid, "crashed-worker");
+    backend
+        .create(&record, &progress)
+        .await
+        .expect("first attempt");
+    let pods = pods_api(&app, &exp).await;
+    let first_uid = pods.get("adopt-me").await.expect("pod").metadata.uid;
+
+    // Now a real worker runs the (still queued) task: it must adopt the pod.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(app::ssr::tasks::run_worker(app.state.clone(), rx));
+    let task = app.wait_task(&task_id, &token, 60).await;
+    assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
+    assert_eq!(
+        pods.get("adopt-me").await.expect("pod").metadata.uid,
+        first_uid,
+        "same pod, adopted"
+    );
+    let listed = pods.list(&Default::default()).await.expect("list");
+    assert_eq!(listed.items.len(), 1, "no second pod");
+
+    // Deleting twice is fine (404 = done).
+    backend.delete(&record, &progress).await.expect("delete");
+    backend
+        .delete(&record, &progress)
+        .await
+        .expect("delete again");
+    assert!(pods.get_opt("adopt-me").await.expect("get").is_none());
+    let _ = stop.send(true);
+    let _ = worker.await;
+}
+
+/// A private API server whose fake kubelet is off: pods stay Pending forever.
+struct StuckCluster {
+    dir: std::path::PathBuf,
+    script_dir: std::path::PathBuf,
+}
+
+impl StuckCluster {
+    fn start() -> Option<Self> {
+        let script_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-testserver");
+        if !script_dir.join("start").exists() {
+            return None;
+        }
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()
+                .map(|a| a.port())
+        };
+        let (api, etcd) = (free()?, free()?);
+        let dir = std::env::temp_dir().join(format!("stuck-kube-{}", uuid::Uuid::now_v7()));
+        let status = std::process::Command::new(script_dir.join("start"))
+            .arg(&dir)
+            .arg(api.to_string())
+            .arg(etcd.to_string())
+            .arg("--no-fake-kubelet")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Self { dir, script_dir })
+    }
+
+    fn kubeconfig(&self) -> String {
+        self.dir.join("kubeconfig").display().to_string()
+    }
+}
+
+impl Drop for StuckCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.script_dir.join("stop"))
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
+    if skip_k8s() {
+        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
+        return;
+    }
+    let Some(cluster) = StuckCluster::start() else {
+        eprintln!("SKIPPED: ../shared/k8s-testserver is not available to start a stuck cluster");
+        return;
+    };
+    let app = TestApp::start(
+        pool,
+        Options {
+            kubeconfig: Some(cluster.kubeconfig()),
+            pod_ready_timeout_secs: Some(2),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+    let (_, created) = app
+        .post(
+            "/resources",
+            &token,
+            pod_request(&image, &flavor, "never-runs"),
+        )
+        .await;
+    let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
+    let resource_id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let task = app.wait_task(&task_id, &token, 60).await;
+    assert_eq!(task["status"].as_str(), Some("failed"), "{task}");
+    let message = task["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("did not become Running within 2 s"),
+        "{message}"
+    );
+    let (_, resource) = app.get(&format!("/resources/{resource_id}"), &token).await;
+    assert_eq!(
+        resource["allocation_state"].as_str(),
+        Some("failed"),
+        "{resource}"
+    );
+    assert_eq!(resource["operational_state"].as_str(), Some("error"));
+
+    // Nothing half-made is left behind (the stuck cluster completes no graceful delete, so
+    // the pod is at least marked for deletion).
+    let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("cfg");
+    let client = kube::Client::try_from(cfg).expect("client");
+    let ns = app
+        .state
+        .backends
+        .kubernetes
+        .as_ref()
+        .expect("k8s")
+        .namespace_for(&exp);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    match pods.get_opt("never-runs").await.expect("get") {
+        None => {}
+        Some(p) => assert!(
+            p.metadata.deletion_timestamp.is_some(),
+            "pod left behind: {:?}",
+            p.metadata
+        ),
+    }
+}
