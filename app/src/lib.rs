@@ -2,6 +2,9 @@
 //! server functions (both builds; server bodies under `ssr`), and — with feature `ssr` — all
 //! server-side services in [`ssr`].
 
+// Leptos view types nest deeply (see frontend/src/lib.rs).
+#![recursion_limit = "256"]
+
 pub mod error;
 pub mod ids;
 pub mod model;
