@@ -37,6 +37,9 @@ pub enum AppError {
     /// 413: the body is larger than allowed.
     #[error("request body too large (limit {limit_bytes} bytes)")]
     PayloadTooLarge { limit_bytes: usize },
+    /// 502: the cloud behind a resource refused or failed the request; the text is its own.
+    #[error("{0}")]
+    Upstream(String),
     /// 503: a backend this request needs is not configured or not reachable.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +62,7 @@ impl AppError {
             AppError::Invalid { .. } => 422,
             AppError::Conflict { .. } => 409,
             AppError::PayloadTooLarge { .. } => 413,
+            AppError::Upstream(_) => 502,
             AppError::Unavailable(_) => 503,
             AppError::Internal { .. } | AppError::ServerFn(_) => 500,
         }
@@ -74,6 +78,7 @@ impl AppError {
             AppError::Invalid { .. } => "invalid_field",
             AppError::Conflict { .. } => "conflict",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
+            AppError::Upstream(_) => "upstream",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal { .. } => "internal",
             AppError::ServerFn(_) => "transport",

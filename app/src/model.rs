@@ -430,3 +430,95 @@ pub struct ExperimentInfo {
     /// When the experiment token itself stops being accepted.
     pub token_expires_at: DateTime<Utc>,
 }
+
+/// One cloud of a user's clouds.yaml, redacted: never a password, secret or token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct CloudSummary {
+    /// The key under `clouds:` in the file.
+    pub name: String,
+    /// Keystone, e.g. `https://keystone.example.org:5000/v3`.
+    pub auth_url: String,
+    /// `password` or `v3applicationcredential`.
+    pub auth_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The user name or id (password auth; application credentials referred to by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The application credential's id or name (`v3applicationcredential`); never its secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_credential: Option<String>,
+    pub region_name: Option<String>,
+    /// Endpoint interface taken from the service catalog: `public` (default), `internal`, `admin`.
+    pub interface: String,
+}
+
+/// What the server keeps of a user's clouds.yaml, as shown back to them (`GET /clouds-yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct CloudsYamlSummary {
+    pub clouds: Vec<CloudSummary>,
+    /// The cloud used for images whose `cluster_id` is `default`.
+    pub default_cloud: String,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+/// Body of `PATCH /clouds-yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DefaultCloudPatch {
+    pub default_cloud: String,
+}
+
+/// Result of a connection test: Keystone authentication, then the Glance images visible.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct ConnectionTest {
+    pub ok: bool,
+    pub cloud: String,
+    /// Names of the images the credentials can see (when `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+    /// Keystone's or Glance's own error message (when not `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One catalog entry touched by an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct ImportedEntry {
+    pub name: String,
+    /// The Glance image id or Nova flavor id it came from.
+    pub source_id: String,
+}
+
+/// What a catalog import from a site cloud did (`POST /catalog/import`,
+/// `slices-blueprint sync-catalog`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct ImportReport {
+    pub cloud: String,
+    pub images_added: Vec<ImportedEntry>,
+    pub images_updated: Vec<ImportedEntry>,
+    pub images_unchanged: Vec<ImportedEntry>,
+    /// Private or shared images, which users' projects could not boot.
+    pub images_skipped: Vec<ImportedEntry>,
+    pub flavors_added: Vec<ImportedEntry>,
+    pub flavors_updated: Vec<ImportedEntry>,
+    pub flavors_unchanged: Vec<ImportedEntry>,
+}
+
+/// The tail of a VM's console (Nova `os-getConsoleOutput`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct ConsoleLog {
+    pub resource_id: String,
+    /// The last `lines` lines Nova returned (may be empty while the VM boots).
+    pub output: String,
+    pub lines: u32,
+}

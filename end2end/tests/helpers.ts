@@ -86,6 +86,16 @@ export async function signInWithTokens(page: Page, tokens: { user: string; exper
   await expect(page.getByTestId('nav-user')).toBeVisible();
 }
 
+/** Signs in by pasting tokens into the plain POST form, for pages without JavaScript. */
+export async function signInWithTokensNoJs(page: Page, tokens: { user: string; experiment: string }): Promise<void> {
+  await page.goto('/login');
+  await page.getByTestId('login-user-token').fill(tokens.user);
+  await page.getByTestId('login-experiment-token').fill(tokens.experiment);
+  await page.getByTestId('login-submit').click();
+  await expect(page).toHaveURL(pathIs('/resources'));
+  await expect(page.getByTestId('nav-user')).toBeVisible();
+}
+
 /** Signs in with one of the dev issuer's buttons on /login (only there when DEV_ISSUER=true). */
 export async function signInDev(page: Page, who: 'admin' | 'user'): Promise<void> {
   await page.goto('/login');

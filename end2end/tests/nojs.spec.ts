@@ -1,5 +1,5 @@
 import { expect, test } from '@playwright/test';
-import { aliceTokens, createK8sCatalog, pathIs } from './helpers';
+import { aliceTokens, createK8sCatalog, signInWithTokensNoJs } from './helpers';
 
 // Server-side rendering without any JavaScript: the login form is a plain POST form, and the
 // catalog and resource tables come from SSR.
@@ -9,14 +9,7 @@ test.describe('without JavaScript', () => {
   test('the login form works and /catalog and /resources render their tables', async ({ page, request }) => {
     const { flavor, image } = await createK8sCatalog(request, 'e2e-nojs');
 
-    await page.goto('/login');
-    const tokens = aliceTokens();
-    await page.getByTestId('login-user-token').fill(tokens.user);
-    await page.getByTestId('login-experiment-token').fill(tokens.experiment);
-    await page.getByTestId('login-submit').click();
-
-    await expect(page).toHaveURL(pathIs('/resources'));
-    await expect(page.getByTestId('nav-user')).toBeVisible();
+    await signInWithTokensNoJs(page, aliceTokens());
     // Attached, not visible: a table without any rows may have no size at all.
     await expect(page.getByTestId('resources-table')).toBeAttached();
     // Nothing hydrated this page: it is all server-rendered HTML.
@@ -31,5 +24,22 @@ test.describe('without JavaScript', () => {
     await expect(
       page.getByTestId('flavors-table').locator(`[data-testid="flavor-row"][data-name="${flavor.friendly_name}"]`),
     ).toBeVisible();
+  });
+
+  test('a clouds.yaml pasted without JavaScript is stored and only its summary comes back', async ({ page }) => {
+    await signInWithTokensNoJs(page, aliceTokens());
+
+    await page.goto('/clouds');
+    const secret = `nojs-secret-${Date.now()}`;
+    await page.getByTestId('clouds-text').fill(
+      `clouds:\n  lab:\n    auth:\n      auth_url: https://keystone.lab.example:5000/v3\n      username: alice\n      password: ${secret}\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n`,
+    );
+    await page.getByTestId('clouds-upload').click();
+    await page.goto('/clouds');
+    const row = page.locator('[data-testid="cloud-row"][data-name="lab"]');
+    await expect(row).toBeVisible();
+    await expect(row).toContainText('https://keystone.lab.example:5000/v3');
+    await expect(row).toContainText('qkd');
+    expect(await page.content()).not.toContain(secret);
   });
 });

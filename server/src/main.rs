@@ -1,5 +1,6 @@
 //! `slices-blueprint`: the dashboard, the SLICES REST API and the task worker in one
-//! binary. Subcommands: `serve` (default), `worker`, `migrate`, `dev-token`.
+//! binary. Subcommands: `serve` (default), `worker`, `migrate`, `dev-token`, `sync-catalog`,
+//! `rotate-clouds-key`.
 
 use anyhow::Context as _;
 use app::ssr::api;
@@ -31,6 +32,19 @@ enum Command {
     Worker,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Import the Glance images and Nova flavors of a site cloud (SITE_CLOUDS_YAML) into the
+    /// catalog; prints what was added, updated, unchanged. Safe to repeat.
+    SyncCatalog {
+        /// A cloud of SITE_CLOUDS_YAML (default: its first cloud).
+        #[arg(long)]
+        cloud: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-seal every stored clouds.yaml with CLOUDS_ENCRYPTION_KEY (after a rotation, with
+    /// the old key in CLOUDS_ENCRYPTION_KEY_PREVIOUS).
+    RotateCloudsKey,
     /// Print a token signed by the dev issuer (DEV_ISSUER=true; local runs and tests only).
     DevToken {
         #[command(subcommand)]
@@ -75,12 +89,15 @@ async fn main() {
     }
 }
 
+/// Logs go to stderr: stdout carries what a command prints for people and scripts
+/// (`sync-catalog --json`, `dev-token`, the start-up report).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn,kube=warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -107,6 +124,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = tx.send(true);
             });
             app::ssr::tasks::run_worker(state, rx).await
+        }
+        Command::SyncCatalog { cloud, json } => {
+            init_tracing();
+            let state = build_state(cli.settings.validate(true)?).await?;
+            let report = app::ssr::catalog_import::import_site_cloud(&state, cloud.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_import(&report);
+            }
+            Ok(())
+        }
+        Command::RotateCloudsKey => {
+            init_tracing();
+            let config = cli.settings.validate(true)?;
+            let pool = connect(&config).await?;
+            let keys = server::clouds_keys(&config)?;
+            let count = app::ssr::clouds::reseal_all(&pool, &keys)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("re-sealed {count} clouds.yaml with the current CLOUDS_ENCRYPTION_KEY");
+            if keys.previous.is_some() {
+                println!("CLOUDS_ENCRYPTION_KEY_PREVIOUS can now be removed");
+            }
+            Ok(())
         }
         Command::Serve => {
             init_tracing();
@@ -177,7 +221,13 @@ fn report(state: &AppState, public_url: &str) {
     println!("  API docs    {public_url}/docs  and  {public_url}/redoc");
     println!("  database    connected");
     println!("  kubernetes  {k8s}");
-    println!("  openstack   not configured");
+    println!(
+        "  openstack   each user's own clouds.yaml (catalog import: {})",
+        match &state.config.site_clouds_yaml {
+            Some(path) => format!("SITE_CLOUDS_YAML {}", path.display()),
+            None => "off, SITE_CLOUDS_YAML not set".into(),
+        }
+    );
     println!("  tokens      {auth}");
     println!(
         "  worker      {}",
@@ -187,6 +237,26 @@ fn report(state: &AppState, public_url: &str) {
             "off (RUN_WORKER=false)"
         }
     );
+}
+
+/// The `sync-catalog` report as a table-like listing.
+fn print_import(report: &app::model::ImportReport) {
+    println!("catalog import from cloud `{}`", report.cloud);
+    let groups = [
+        ("images added", &report.images_added),
+        ("images updated", &report.images_updated),
+        ("images unchanged", &report.images_unchanged),
+        ("images skipped (not public)", &report.images_skipped),
+        ("flavors added", &report.flavors_added),
+        ("flavors updated", &report.flavors_updated),
+        ("flavors unchanged", &report.flavors_unchanged),
+    ];
+    for (label, entries) in groups {
+        println!("  {label}: {}", entries.len());
+        for e in entries {
+            println!("    {}  ({})", e.name, e.source_id);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -48,6 +48,17 @@ async fn tokens_are_verified_against_the_issuers_jwks(pool: PgPool) {
         200
     );
 
+    // A verified token is remembered, but only that exact token: the same claims with a
+    // changed signature are checked (and refused) again.
+    let good = iss.user(BOB);
+    assert_eq!(app.get("/flavors", &good).await.0, 200);
+    assert_eq!(app.get("/flavors", &good).await.0, 200);
+    let (head, signature) = good.rsplit_once('.').expect("jwt");
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let tampered = format!("{head}.{flipped}{}", &signature[1..]);
+    let (s, body) = app.get("/flavors", &tampered).await;
+    assert_eq!(s, 401, "a tampered token passed: {body}");
+
     // Expired, other audience, other issuer, unknown subject type.
     let past = chrono::Utc::now().timestamp() - 3600;
     let cases = [

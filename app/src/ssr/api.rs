@@ -10,7 +10,7 @@ use crate::model::*;
 use crate::ssr::auth::Principal;
 use crate::ssr::resources::ListQuery;
 use crate::ssr::state::AppState;
-use crate::ssr::{catalog, resources, tasks};
+use crate::ssr::{catalog, catalog_import, clouds, resources, tasks};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
@@ -149,6 +149,16 @@ pub fn router() -> Router<AppState> {
                 .patch(extend_resource)
                 .delete(delete_resource),
         )
+        .route("/resources/{id}/console", get(get_console_log))
+        .route(
+            "/clouds-yaml",
+            get(get_clouds_yaml)
+                .put(put_clouds_yaml)
+                .patch(patch_clouds_yaml)
+                .delete(delete_clouds_yaml),
+        )
+        .route("/clouds-yaml/test", axum::routing::post(test_clouds_yaml))
+        .route("/catalog/import", axum::routing::post(import_catalog))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
         .fallback(|| async { AppError::NotFound("no such API route".into()) })
@@ -306,7 +316,7 @@ async fn list_resources(
             ("project", &query.project),
         ] {
             if let Some(v) = value {
-                next.push_str(&format!("&{key}={}", urlencode(v)));
+                next.push_str(&format!("&{key}={}", crate::ssr::query_value(v)));
             }
         }
         if query.include_deleted {
@@ -317,17 +327,6 @@ async fn list_resources(
         }
     }
     Ok(response)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/resources", tag = "resources",
@@ -415,6 +414,155 @@ async fn get_task(
     tasks::get_task(&s, &p, &id).await.map(Json)
 }
 
+/// Query of `GET /resources/{id}/console`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsoleQuery {
+    /// How many of the last lines to return (1-2000, default 200).
+    pub lines: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}/console", tag = "resources",
+    params(("id" = String, Path, description = "resource_<site>_<suffix> of a VM"), ConsoleQuery),
+    responses((status = 200, body = ConsoleLog), (status = 404), (status = 409, description = "not a VM, or no server"),
+              (status = 422, description = "lines out of range"), (status = 502, description = "Nova refused")))]
+async fn get_console_log(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ConsoleQuery>,
+) -> Result<Json<ConsoleLog>, AppError> {
+    resources::console_log(&s, &p, &id, q.lines).await.map(Json)
+}
+
+/// Query of `PUT /clouds-yaml`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The default cloud (default: the file's first cloud).
+    pub default_cloud: Option<String>,
+}
+
+#[utoipa::path(put, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
+    params(UploadQuery),
+    request_body(content = String, content_type = "application/yaml",
+        description = "The whole clouds.yaml (also accepted as text/plain), at most 64 KiB"),
+    responses((status = 200, body = CloudsYamlSummary, description = "stored; the redacted summary"),
+              (status = 400, description = "not UTF-8 text, or a content type other than YAML/plain text"),
+              (status = 413, description = "larger than 64 KiB"),
+              (status = 422, description = "malformed or hostile YAML (aliases, nesting over 12, over 4000 nodes), or a field missing or wrong; `field` names it with its line, e.g. `clouds.x.auth (line 3)`")))]
+async fn put_clouds_yaml(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<CloudsYamlSummary>, AppError> {
+    let user = clouds::owner(&p)?;
+    if let Some(kind) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let kind = kind.split(';').next().unwrap_or_default().trim();
+        if !matches!(
+            kind,
+            "application/yaml"
+                | "application/x-yaml"
+                | "text/yaml"
+                | "text/x-yaml"
+                | "text/plain"
+                | "application/octet-stream"
+        ) {
+            return Err(AppError::BadRequest(format!(
+                "send the clouds.yaml text as application/yaml or text/plain, not {kind}"
+            )));
+        }
+    }
+    if body.len() > clouds::MAX_BYTES {
+        return Err(AppError::PayloadTooLarge {
+            limit_bytes: clouds::MAX_BYTES,
+        });
+    }
+    let text = zeroize::Zeroizing::new(
+        String::from_utf8(body.to_vec())
+            .map_err(|_| AppError::BadRequest("the clouds.yaml is not UTF-8 text".into()))?,
+    );
+    clouds::store(&s, user, &text, q.default_cloud.as_deref())
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
+    responses((status = 200, body = CloudsYamlSummary, description = "never a password or secret"),
+              (status = 404, description = "nothing uploaded")))]
+async fn get_clouds_yaml(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+) -> Result<Json<CloudsYamlSummary>, AppError> {
+    clouds::summary(&s.pool, clouds::owner(&p)?).await.map(Json)
+}
+
+#[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
+    request_body = DefaultCloudPatch,
+    responses((status = 200, body = CloudsYamlSummary), (status = 404), (status = 422)))]
+async fn patch_clouds_yaml(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiJson(patch): ApiJson<DefaultCloudPatch>,
+) -> Result<Json<CloudsYamlSummary>, AppError> {
+    clouds::set_default(&s.pool, clouds::owner(&p)?, patch.default_cloud.trim())
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
+    responses((status = 204, description = "forgotten"), (status = 404)))]
+async fn delete_clouds_yaml(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+) -> Result<StatusCode, AppError> {
+    clouds::remove(&s.pool, clouds::owner(&p)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `POST /clouds-yaml/test` and `POST /catalog/import`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CloudQuery {
+    /// The cloud to use (default: the default cloud / the site file's first cloud).
+    pub cloud: Option<String>,
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml/test", tag = "clouds",
+    params(CloudQuery),
+    responses((status = 200, body = ConnectionTest, description = "`ok` false carries Keystone's own message"),
+              (status = 404, description = "nothing uploaded"), (status = 422, description = "no such cloud")))]
+async fn test_clouds_yaml(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiQuery(q): ApiQuery<CloudQuery>,
+) -> Result<Json<ConnectionTest>, AppError> {
+    clouds::test_connection(&s, clouds::owner(&p)?, q.cloud.as_deref())
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/catalog/import", tag = "catalog",
+    params(CloudQuery),
+    responses((status = 200, body = ImportReport, description = "what was added, updated, unchanged, skipped"),
+              (status = 403, description = "admins only"), (status = 422, description = "no such site cloud"),
+              (status = 503, description = "no SITE_CLOUDS_YAML, or the cloud is unreachable")))]
+async fn import_catalog(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiQuery(q): ApiQuery<CloudQuery>,
+) -> Result<Json<ImportReport>, AppError> {
+    p.require_admin()?;
+    catalog_import::import_site_cloud(&s, q.cloud.as_deref())
+        .await
+        .map(Json)
+}
+
 struct BearerScheme;
 
 impl Modify for BearerScheme {
@@ -441,13 +589,17 @@ impl Modify for BearerScheme {
     info(title = "slices-blueprint", description = "SLICES-RI blueprint backend: catalog, resources (OpenStack VMs, Kubernetes pods) and tasks."),
     paths(list_images, get_image, create_image, update_image, delete_image,
           list_flavors, get_flavor, create_flavor, update_flavor, delete_flavor,
+          import_catalog,
           list_resources, create_resources, get_resource, extend_resource, delete_resource,
-          list_tasks, get_task),
+          get_console_log,
+          list_tasks, get_task,
+          put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
     tags((name = "catalog", description = "Disk images and flavors (writes: admins)"),
          (name = "resources", description = "VMs and pods of an experiment"),
-         (name = "tasks", description = "Asynchronous operations"))
+         (name = "tasks", description = "Asynchronous operations"),
+         (name = "clouds", description = "Your own OpenStack clouds.yaml, used for your VMs (stored encrypted; never sent back)"))
 )]
 pub struct ApiDoc;
 

@@ -8,6 +8,11 @@
 //! `jwks_uri`); it is cached and fetched again when a token names an unknown `kid`
 //! (at most once per second, so forged `kid`s cannot flood the portal).
 //!
+//! A verified token is remembered (its mapped [`Principal`]) for at most
+//! [`VERIFIED_TTL_SECS`] and never past its `exp`, so a client's repeated requests with one
+//! token skip the signature check (an ES256 verification costs far more than the rest of a list
+//! request). The cache holds at most [`VERIFIED_CACHE_MAX`] tokens.
+//!
 //! The dev issuer (`DEV_ISSUER=true`) signs ES256 tokens with a local P-256 key for local
 //! runs and tests; its tokens are verified exactly like the portal's.
 
@@ -26,6 +31,11 @@ use tokio::sync::{Mutex, RwLock};
 pub const MAX_EXPERIMENT_LIFETIME_DAYS: i64 = 89;
 const LEEWAY_SECS: u64 = 30;
 const JWKS_REFRESH_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest a verified token is trusted without checking its signature again, seconds (bounds
+/// how long a token signed by a key the issuer has since withdrawn stays accepted).
+pub const VERIFIED_TTL_SECS: i64 = 300;
+/// Most verified tokens remembered at once.
+pub const VERIFIED_CACHE_MAX: usize = 4096;
 
 /// Which kind of SLICES token this is (decided by the type of its `sub`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +125,8 @@ pub struct Authenticator {
     http: reqwest::Client,
     remote: Option<RemoteIssuer>,
     dev: Option<DevIssuer>,
+    /// Verified tokens → (principal, trusted until, seconds since the epoch).
+    verified: std::sync::Mutex<HashMap<String, (Principal, i64)>>,
 }
 
 impl Authenticator {
@@ -135,6 +147,7 @@ impl Authenticator {
             http,
             remote,
             dev,
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -155,6 +168,41 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AppError::Unauthenticated("empty bearer token".into()));
         }
+        let now = Utc::now().timestamp();
+        if let Some(principal) = self.remembered(token, now) {
+            return Ok(principal);
+        }
+        let principal = self.verify_signed(token).await?;
+        self.remember(token, &principal, now);
+        Ok(principal)
+    }
+
+    /// The principal of a token verified less than [`VERIFIED_TTL_SECS`] ago and not expired.
+    fn remembered(&self, token: &str, now: i64) -> Option<Principal> {
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(token)
+            .filter(|(_, until)| now < *until)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(&self, token: &str, principal: &Principal, now: i64) {
+        let until = principal
+            .token_expires_at
+            .timestamp()
+            .min(now + VERIFIED_TTL_SECS);
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.retain(|_, (_, until)| now < *until);
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), (principal.clone(), until));
+    }
+
+    /// The signature, algorithm, `iss`, `aud` and `exp` checks, then the claim mapping.
+    async fn verify_signed(&self, token: &str) -> Result<Principal, AppError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AppError::Unauthenticated(format!("malformed token: {e}")))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {

@@ -2,6 +2,7 @@
 //! [`Config`]. Every setting is listed with its default in `.env.example`.
 //! A missing or malformed setting stops start-up with one line naming the variable.
 
+use crate::ssr::secrets::SecretBox;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,27 @@ pub struct Settings {
     /// 32-byte key encrypting secrets at rest (created when missing).
     #[arg(long, env = "SECRET_KEY_FILE", default_value = ".data/secret.key")]
     pub secret_key_file: PathBuf,
+    /// Key sealing users' clouds.yaml at rest: 64 hex characters or base64 of 32 bytes.
+    /// When unset, the key in CLOUDS_ENCRYPTION_KEY_FILE is used (created when missing).
+    #[arg(long, env = "CLOUDS_ENCRYPTION_KEY", hide_env_values = true)]
+    pub clouds_encryption_key: Option<String>,
+    /// The key being rotated out: stored clouds.yaml sealed with it still open until
+    /// `slices-blueprint rotate-clouds-key` re-seals them with CLOUDS_ENCRYPTION_KEY.
+    #[arg(long, env = "CLOUDS_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
+    pub clouds_encryption_key_previous: Option<String>,
+    /// Key file used when CLOUDS_ENCRYPTION_KEY is unset (created, mode 0600, when missing).
+    #[arg(
+        long,
+        env = "CLOUDS_ENCRYPTION_KEY_FILE",
+        default_value = ".data/clouds.key"
+    )]
+    pub clouds_encryption_key_file: PathBuf,
+    /// The operator's clouds.yaml for catalog import (`sync-catalog`, admin "Import").
+    #[arg(long, env = "SITE_CLOUDS_YAML")]
+    pub site_clouds_yaml: Option<PathBuf>,
+    /// How long a Nova server may take to become ACTIVE before its task fails.
+    #[arg(long, env = "VM_READY_TIMEOUT_SECS", default_value_t = 600)]
+    pub vm_ready_timeout_secs: u64,
     /// Add a demo image and flavor when the catalog is empty.
     #[arg(long, env = "SEED_DEMO_CATALOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub seed_demo_catalog: bool,
@@ -115,6 +137,12 @@ pub struct Config {
     pub run_worker: bool,
     pub secret_key_file: PathBuf,
     pub seed_demo_catalog: bool,
+    /// CLOUDS_ENCRYPTION_KEY, parsed (None: use `clouds_key_file`).
+    pub clouds_key: Option<SecretBox>,
+    pub clouds_key_previous: Option<SecretBox>,
+    pub clouds_key_file: PathBuf,
+    pub site_clouds_yaml: Option<PathBuf>,
+    pub vm_ready_timeout: Duration,
 }
 
 /// A configuration problem, displayed as one line naming the variable.
@@ -206,6 +234,27 @@ impl Settings {
         if self.pod_ready_timeout_secs == 0 {
             return Err(err("POD_READY_TIMEOUT_SECS", "must be at least 1"));
         }
+        if self.vm_ready_timeout_secs == 0 {
+            return Err(err("VM_READY_TIMEOUT_SECS", "must be at least 1"));
+        }
+        let clouds_key = self
+            .clouds_encryption_key
+            .as_deref()
+            .map(|k| parse_key_value("CLOUDS_ENCRYPTION_KEY", k))
+            .transpose()?;
+        let clouds_key_previous = self
+            .clouds_encryption_key_previous
+            .as_deref()
+            .map(|k| parse_key_value("CLOUDS_ENCRYPTION_KEY_PREVIOUS", k))
+            .transpose()?;
+        if let Some(path) = &self.site_clouds_yaml {
+            if !path.is_file() {
+                return Err(err(
+                    "SITE_CLOUDS_YAML",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
         if self.worker_concurrency == 0 || self.worker_concurrency > 256 {
             return Err(err("WORKER_CONCURRENCY", "must be between 1 and 256"));
         }
@@ -240,6 +289,11 @@ impl Settings {
             run_worker: self.run_worker,
             secret_key_file: self.secret_key_file.clone(),
             seed_demo_catalog: self.seed_demo_catalog,
+            clouds_key,
+            clouds_key_previous,
+            clouds_key_file: self.clouds_encryption_key_file.clone(),
+            site_clouds_yaml: self.site_clouds_yaml.clone(),
+            vm_ready_timeout: Duration::from_secs(self.vm_ready_timeout_secs),
         })
     }
 }
@@ -250,6 +304,17 @@ fn check_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
     } else {
         Err(err(variable, format!("`{url}` is not an http(s) URL")))
     }
+}
+
+/// A 32-byte key given inline: 64 hex characters or standard base64 (e.g. `openssl rand
+/// -base64 32`).
+fn parse_key_value(variable: &'static str, raw: &str) -> Result<SecretBox, ConfigError> {
+    SecretBox::from_text(raw).ok_or_else(|| {
+        err(
+            variable,
+            "expected 32 bytes as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)",
+        )
+    })
 }
 
 /// `ADMIN_USER_IDS`: `a,b,c` or `["a","b"]`.
@@ -299,6 +364,10 @@ mod tests {
         s.pod_ready_timeout_secs = 300;
         s.worker_concurrency = 4;
         s.dev_issuer = false;
+        s.clouds_encryption_key = None;
+        s.clouds_encryption_key_previous = None;
+        s.site_clouds_yaml = None;
+        s.vm_ready_timeout_secs = 600;
         s
     }
 
@@ -349,6 +418,19 @@ mod tests {
             ),
             (|s| s.worker_concurrency = 0, "WORKER_CONCURRENCY"),
             (|s| s.admin_user_ids = "[1,".into(), "ADMIN_USER_IDS"),
+            (
+                |s| s.clouds_encryption_key = Some("short".into()),
+                "CLOUDS_ENCRYPTION_KEY",
+            ),
+            (
+                |s| s.clouds_encryption_key_previous = Some("ab".repeat(31)),
+                "CLOUDS_ENCRYPTION_KEY_PREVIOUS",
+            ),
+            (
+                |s| s.site_clouds_yaml = Some("/nonexistent/clouds.yaml".into()),
+                "SITE_CLOUDS_YAML",
+            ),
+            (|s| s.vm_ready_timeout_secs = 0, "VM_READY_TIMEOUT_SECS"),
         ];
         for (change, variable) in cases {
             let mut s = valid();

@@ -5,7 +5,10 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod catalog;
+pub mod catalog_import;
+pub mod clouds;
 pub mod config;
+pub mod openstack;
 pub mod resources;
 pub mod secrets;
 pub mod server;
@@ -50,4 +53,10 @@ pub fn field_id(
     id: &str,
 ) -> Result<uuid::Uuid, AppError> {
     crate::ids::parse_id(kind, site, id).map_err(|e| AppError::invalid(field, e.to_string()))
+}
+
+/// `value` encoded for a URL query (`application/x-www-form-urlencoded`, WHATWG URL
+/// standard), e.g. `^qkd vm$` → `%5Eqkd+vm%24`.
+pub fn query_value(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

@@ -201,6 +201,42 @@ struct Planned {
     userdata: Option<String>,
 }
 
+/// A VM is made with its requesting user's clouds.yaml: refuse early (422) when no user is
+/// known, the user has uploaded none, or it lacks the cloud the image's `cluster_id` names.
+async fn check_vm_credentials(
+    state: &AppState,
+    user: Option<&str>,
+    image: &crate::model::DiskImage,
+    image_field: &str,
+) -> Result<(), AppError> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Err(AppError::invalid(
+            "tokens",
+            "a VM is created with the requesting user's clouds.yaml: send your user token in `tokens[0].jwt`",
+        ));
+    };
+    let summary = match crate::ssr::clouds::summary(&state.pool, user).await {
+        Ok(summary) => summary,
+        Err(AppError::NotFound(_)) => {
+            return Err(AppError::invalid(
+                "tokens",
+                format!("user `{user}` has not uploaded a clouds.yaml yet (dashboard page Clouds, or PUT /clouds-yaml)"),
+            ))
+        }
+        Err(other) => return Err(other),
+    };
+    if image.cluster_id != "default" && !summary.clouds.iter().any(|c| c.name == image.cluster_id) {
+        return Err(AppError::invalid(
+            image_field,
+            format!(
+                "this image lives on cloud `{}`, which your clouds.yaml does not define",
+                image.cluster_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /resources`: validates everything first, then inserts every resource and its
 /// create task in one transaction (all or nothing) and wakes the workers.
 pub async fn create_resources(
@@ -306,6 +342,10 @@ pub async fn create_resources(
                 }
             )));
         }
+        if flavor.flavor_type == FlavorType::Vm {
+            check_vm_credentials(state, requested_by.as_deref(), &image, &f("disk_image_id"))
+                .await?;
+        }
         if let Some(userdata) = &spec.userdata {
             if userdata.len() > MAX_USERDATA_BYTES {
                 return Err(AppError::invalid(
@@ -322,7 +362,6 @@ pub async fn create_resources(
                 ));
             }
         }
-        let _ = image;
         planned.push(Planned {
             id: Uuid::now_v7(),
             friendly_name: name,
@@ -549,6 +588,56 @@ pub async fn extend_resource(
         });
     }
     fetch(state, &scope, uuid).await
+}
+
+/// Most console lines one request may ask for.
+pub const MAX_CONSOLE_LINES: u32 = 2000;
+
+/// `GET /resources/{id}/console?lines=N`: the tail of a VM's console (Nova
+/// `os-getConsoleOutput`, Compute API "Show Console Output"), read with the requesting
+/// user's clouds.yaml. 409 for Pods and for VMs without a server; 502 when Nova refuses.
+pub async fn console_log(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    lines: Option<u32>,
+) -> Result<crate::model::ConsoleLog, AppError> {
+    let lines = lines.unwrap_or(200);
+    if !(1..=MAX_CONSOLE_LINES).contains(&lines) {
+        return Err(AppError::invalid(
+            "lines",
+            format!("must be between 1 and {MAX_CONSOLE_LINES}"),
+        ));
+    }
+    let uuid = path_id(IdKind::Resource, state.site(), id)?;
+    let resource = fetch(state, &Scope::of(principal), uuid).await?;
+    if resource.flavor_type != FlavorType::Vm {
+        return Err(AppError::Conflict {
+            field: "id".into(),
+            message: "only VMs have a console log; read a Pod's logs with kubectl".into(),
+        });
+    }
+    if resource.details.server_id.is_none() {
+        return Err(AppError::Conflict {
+            field: "id".into(),
+            message: "the VM has no server yet (or any more): no console to read".into(),
+        });
+    }
+    let backend = state
+        .backends
+        .openstack
+        .clone()
+        .ok_or_else(|| AppError::Unavailable("this site has no OpenStack backend".into()))?;
+    let record = crate::ssr::backend::ResourceRecord::load(state, uuid).await?;
+    let output = backend
+        .console_log(&record, lines)
+        .await
+        .map_err(|e| AppError::Upstream(e.message))?;
+    Ok(crate::model::ConsoleLog {
+        resource_id: resource.id,
+        output,
+        lines,
+    })
 }
 
 #[cfg(test)]

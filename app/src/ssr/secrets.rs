@@ -65,6 +65,20 @@ impl SecretBox {
         Ok(Self::from_key(&key))
     }
 
+    /// A box from a key written as 64 hex characters or standard base64 of 32 bytes;
+    /// `None` when it is neither.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let bytes = match hex::decode(text) {
+            Ok(bytes) => bytes,
+            Err(_) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?,
+        };
+        let key = <[u8; 32]>::try_from(bytes.as_slice()).ok()?;
+        Some(Self::from_key(&key))
+    }
+
     /// Encrypts `plaintext`; every call uses a fresh random nonce.
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);

@@ -3,8 +3,10 @@
 
 use crate::ssr::api;
 use crate::ssr::auth::Authenticator;
-use crate::ssr::backend::{kubernetes::KubernetesBackend, Backends};
+use crate::ssr::backend::{kubernetes::KubernetesBackend, openstack::OpenStackBackend, Backends};
+use crate::ssr::clouds::{CloudsKeys, DbClouds};
 use crate::ssr::config::Config;
+use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::secrets::SecretBox;
 use crate::ssr::state::AppState;
 use crate::{shell, App};
@@ -51,6 +53,16 @@ pub async fn assemble(
             backends.kubernetes_error = Some(format!("{e:#}"));
         }
     }
+    let clouds_keys = clouds_keys(&config)?;
+    let openstack = Arc::new(OpenStackClient::new()?);
+    backends.openstack = Some(Arc::new(OpenStackBackend::new(
+        openstack.clone(),
+        Arc::new(DbClouds {
+            pool: pool.clone(),
+            keys: clouds_keys.clone(),
+        }),
+        config.vm_ready_timeout,
+    )));
     if config.seed_demo_catalog
         && crate::ssr::catalog::seed_demo(&pool, &config.site_id)
             .await
@@ -65,6 +77,22 @@ pub async fn assemble(
         auth: Arc::new(auth),
         secrets,
         backends: Arc::new(backends),
+        clouds_keys,
+        openstack,
+    })
+}
+
+/// The clouds.yaml keys: CLOUDS_ENCRYPTION_KEY (+ _PREVIOUS during a rotation), else the
+/// key file CLOUDS_ENCRYPTION_KEY_FILE, created on first use.
+pub fn clouds_keys(config: &Config) -> anyhow::Result<CloudsKeys> {
+    let current = match &config.clouds_key {
+        Some(key) => key.clone(),
+        None => SecretBox::load_or_create(&config.clouds_key_file)
+            .context("CLOUDS_ENCRYPTION_KEY_FILE")?,
+    };
+    Ok(CloudsKeys {
+        current,
+        previous: config.clouds_key_previous.clone(),
     })
 }
 

@@ -3,7 +3,9 @@
 
 use crate::ssr::auth::Authenticator;
 use crate::ssr::backend::Backends;
+use crate::ssr::clouds::CloudsKeys;
 use crate::ssr::config::Config;
+use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::secrets::SecretBox;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
@@ -19,6 +21,11 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub secrets: SecretBox,
     pub backends: Arc<Backends>,
+    /// Keys sealing users' clouds.yaml at rest.
+    pub clouds_keys: CloudsKeys,
+    /// Keystone/Nova/Glance/Neutron client with its token cache (shared by the VM backend,
+    /// connection tests and catalog import).
+    pub openstack: Arc<OpenStackClient>,
 }
 
 impl AppState {

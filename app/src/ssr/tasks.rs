@@ -417,6 +417,8 @@ async fn supervise(
     let work = async {
         match task.kind {
             TaskKind::Create => {
+                // One write before the backend starts (the claim already marked the task
+                // running): the sooner the Pod or server is requested, the sooner it runs.
                 progress
                     .set_resource(
                         AllocationState::Provisioning,
@@ -425,7 +427,6 @@ async fn supervise(
                         None,
                     )
                     .await;
-                progress.report(10, "provisioning").await;
                 backend
                     .create(&record, progress)
                     .await

@@ -152,6 +152,45 @@ pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
     }
 }
 
+/// Imports the Glance images and Nova flavors of a site cloud (`SITE_CLOUDS_YAML`); `cloud`
+/// may be empty (the file's first cloud).
+#[server(endpoint = "admin-import")]
+pub async fn import_catalog(cloud: String) -> Result<crate::model::ImportReport, AppError> {
+    let state = admin().await?;
+    let cloud = Some(cloud.trim()).filter(|c| !c.is_empty());
+    crate::ssr::catalog_import::import_site_cloud(&state, cloud).await
+}
+
+/// The outcome of an import, one line per group.
+#[component]
+fn ImportSummary(report: crate::model::ImportReport) -> impl IntoView {
+    let groups = [
+        ("Images added", report.images_added),
+        ("Images updated", report.images_updated),
+        ("Images unchanged", report.images_unchanged),
+        ("Images skipped (not public)", report.images_skipped),
+        ("Flavors added", report.flavors_added),
+        ("Flavors updated", report.flavors_updated),
+        ("Flavors unchanged", report.flavors_unchanged),
+    ];
+    view! {
+        <div class="ok report" data-testid="import-report">
+            <strong>{format!("Imported from cloud `{}`", report.cloud)}</strong>
+            <ul class="report-list">
+                {groups.into_iter().map(|(label, entries)| {
+                    let names = entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>().join(", ");
+                    view! {
+                        <li data-testid="import-group" data-label=label>
+                            {format!("{label}: {}", entries.len())}
+                            {(!names.is_empty()).then(|| format!(" — {names}"))}
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
+        </div>
+    }
+}
+
 /// `/admin`.
 #[component]
 pub fn AdminPage() -> impl IntoView {
@@ -177,9 +216,11 @@ fn AdminPanel() -> impl IntoView {
     let save_image = ServerAction::<SaveImage>::new();
     let hide = ServerAction::<SetImageHidden>::new();
     let delete = ServerAction::<DeleteEntry>::new();
+    let import = ServerAction::<ImportCatalog>::new();
     let catalog = Resource::new(
         move || {
             (
+                import.version().get(),
                 save_flavor.version().get(),
                 save_image.version().get(),
                 hide.version().get(),
@@ -206,6 +247,22 @@ fn AdminPanel() -> impl IntoView {
             <h1>"Catalog admin"</h1>
             {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
             {move || hide.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+            <section class="card">
+                <h2>"Import from OpenStack"</h2>
+                <p class="hint">
+                    "Adds or updates catalog entries from the public Glance images and the Nova flavors of a site cloud ("
+                    <code>"SITE_CLOUDS_YAML"</code>"). Safe to repeat: entries remember where they came from."
+                </p>
+                <ActionForm action=import attr:class="inline-form">
+                    <label>"Cloud"<input name="cloud" placeholder="first cloud of SITE_CLOUDS_YAML" data-testid="import-cloud" /></label>
+                    <button type="submit" class="primary" data-testid="import-submit">"Import catalog"</button>
+                </ActionForm>
+                {move || import.pending().get().then(|| view! { <p class="loading">"Asking Glance and Nova…"</p> })}
+                {move || import.value().get().map(|r| match r {
+                    Ok(report) => view! { <ImportSummary report /> }.into_any(),
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                })}
+            </section>
             <div class="grid2">
                 <section class="card">
                     <h2>{move || if edit_flavor.get().is_some() { "Edit flavor" } else { "New flavor" }}</h2>

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod clouds;
 pub mod resources;
 
 use crate::error::AppError;
@@ -71,6 +72,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/resources") view=resources::ResourcesPage ssr=SsrMode::Async />
                     <Route path=path!("/resources/new") view=resources::RequestPage ssr=SsrMode::Async />
                     <Route path=path!("/resources/:id") view=resources::ResourceDetailPage ssr=SsrMode::Async />
+                    <Route path=path!("/clouds") view=clouds::CloudsPage ssr=SsrMode::Async />
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async />
                 </Routes>
             </main>
@@ -97,6 +99,9 @@ fn Nav(sign_out: ServerAction<auth::SignOut>) -> impl IntoView {
                                 </A>
                                 <A href="/catalog" attr:data-testid="nav-catalog">
                                     "Catalog"
+                                </A>
+                                <A href="/clouds" attr:data-testid="nav-clouds">
+                                    "Clouds"
                                 </A>
                                 <Show when=move || admin>
                                     <A href="/admin" attr:data-testid="nav-admin">

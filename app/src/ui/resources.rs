@@ -33,6 +33,17 @@ pub async fn resource_detail(id: String) -> Result<(ComputeResource, Vec<Task>),
     Ok((resource, tasks))
 }
 
+/// The tail of a VM's console (Nova `os-getConsoleOutput`), read with the requesting user's
+/// clouds.yaml.
+#[server(endpoint = "console-log")]
+pub async fn console_log(id: String) -> Result<crate::model::ConsoleLog, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    crate::ssr::resources::console_log(&state, &auth.acting(), &id, Some(CONSOLE_LINES)).await
+}
+
+/// Lines of console output the detail page shows.
+pub const CONSOLE_LINES: u32 = 200;
+
 /// Requests one resource, exactly as `POST /resources` would with the session's
 /// experiment token and the user token in `tokens`.
 #[server(endpoint = "request-resource")]
@@ -41,6 +52,7 @@ pub async fn request_resource(
     flavor_id: String,
     friendly_name: String,
     expires_at: String,
+    network_name: String,
     ssh_authorized_keys: String,
     userdata: String,
 ) -> Result<String, AppError> {
@@ -58,7 +70,7 @@ pub async fn request_resource(
             friendly_name,
             disk_image_id,
             flavor_id,
-            network_name: None,
+            network_name: Some(network_name.trim().to_string()).filter(|n| !n.is_empty()),
             userdata: Some(userdata).filter(|u| !u.trim().is_empty()),
         }],
         ssh_authorized_keys: ssh_authorized_keys
@@ -363,6 +375,10 @@ fn RequestForm(viewer: Viewer) -> impl IntoView {
                                         <FieldError result field="expires_at" />
                                     </div>
                                 </div>
+                                <label for="network_name">"Network (VMs; empty: the project's only network)"</label>
+                                <input id="network_name" name="network_name" data-testid="req-network" autocomplete="off"
+                                    placeholder="private" />
+                                <FieldError result field="network_name" />
                                 <label for="ssh_authorized_keys">"SSH public keys (one per line)"</label>
                                 <textarea id="ssh_authorized_keys" name="ssh_authorized_keys" rows="3" data-testid="req-ssh-keys"
                                     placeholder="ssh-ed25519 AAAA… you@laptop" spellcheck="false"></textarea>
@@ -371,7 +387,7 @@ fn RequestForm(viewer: Viewer) -> impl IntoView {
                                 <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
                                     placeholder="#cloud-config" spellcheck="false"></textarea>
                                 <FieldError result field="userdata" />
-                                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "ssh_authorized_keys", "userdata"] />
+                                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "network_name", "ssh_authorized_keys", "userdata"] />
                                 <button type="submit" class="primary" data-testid="req-submit" disabled=move || action.pending().get()>
                                     {move || if action.pending().get() { "Requesting…" } else { "Request" }}
                                 </button>
@@ -418,15 +434,25 @@ fn ResourceDetail() -> impl IntoView {
                                     <dt>"Type"</dt><dd>{r.flavor_type.as_str()}</dd>
                                     <dt>"Experiment"</dt><dd><code>{r.experiment_id.clone()}</code></dd>
                                     <dt>"Requested by"</dt><dd>{r.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
-                                    <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
-                                    <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
+                                    {if r.flavor_type == crate::model::FlavorType::Vm {
+                                        view! {
+                                            <dt>"Server"</dt><dd><code data-testid="detail-server-id">{d.server_id.clone().unwrap_or_default()}</code></dd>
+                                        }.into_any()
+                                    } else {
+                                        view! {
+                                            <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
+                                            <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
+                                            <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
+                                        }.into_any()
+                                    }}
                                     <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
-                                    <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
-                                    {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code>{c}</code></dd> })}
+                                    {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code data-testid="detail-ssh">{c}</code></dd> })}
                                     <dt>"Expires"</dt><dd>{short_time(&r.expires_at)}</dd>
                                     <dt>"Created"</dt><dd>{short_time(&r.created_at)}</dd>
                                 </dl>
                             </section>
+                            {(r.flavor_type == crate::model::FlavorType::Vm && d.server_id.is_some())
+                                .then(|| view! { <ConsolePanel id=r.id.clone() /> })}
                             <section class="card">
                                 <h2>"Tasks"</h2>
                                 <div class="table-wrap">
@@ -452,6 +478,32 @@ fn ResourceDetail() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+/// A VM's console log, fetched when asked (and again on "Refresh").
+#[component]
+fn ConsolePanel(id: String) -> impl IntoView {
+    let fetch = ServerAction::<ConsoleLog>::new();
+    let id2 = id;
+    view! {
+        <section class="card" data-testid="console-panel">
+            <div class="page-head">
+                <h2>"Console log"</h2>
+                <button data-testid="console-show" on:click=move |_| { fetch.dispatch(ConsoleLog { id: id2.clone() }); }>
+                    {move || if fetch.value().get().is_some() { "Refresh" } else { "Show console log" }}
+                </button>
+            </div>
+            {move || fetch.pending().get().then(|| view! { <p class="loading">"Asking Nova…"</p> })}
+            {move || fetch.value().get().map(|r| match r {
+                Ok(log) if log.output.is_empty() => view! {
+                    <p class="empty" data-testid="console-output">"(no output yet)"</p>
+                }.into_any(),
+                Ok(log) => view! { <pre class="console" data-testid="console-output">{log.output}</pre> }.into_any(),
+                Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+            })}
+            <p class="hint">{format!("The last {CONSOLE_LINES} lines, as Nova reports them.")}</p>
+        </section>
     }
 }
 

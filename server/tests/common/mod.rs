@@ -146,6 +146,9 @@ pub struct Options {
     pub pod_ready_timeout_secs: Option<u64>,
     pub no_kubernetes: bool,
     pub no_worker: bool,
+    pub vm_ready_timeout_secs: Option<u64>,
+    /// SITE_CLOUDS_YAML for catalog import.
+    pub site_clouds_yaml: Option<String>,
 }
 
 #[derive(Parser)]
@@ -198,7 +201,7 @@ impl TestApp {
         let dir = std::env::temp_dir().join(format!("sb-test-{}", uuid::Uuid::now_v7()));
         let timeout = options.pod_ready_timeout_secs.unwrap_or(60).to_string();
         let key_file = dir.join("secret.key");
-        let args = vec![
+        let mut args = vec![
             "test".to_string(),
             "--database-url".into(),
             "postgres://unused".into(),
@@ -212,11 +215,19 @@ impl TestApp {
             timeout,
             "--secret-key-file".into(),
             key_file.display().to_string(),
+            "--clouds-encryption-key-file".into(),
+            dir.join("clouds.key").display().to_string(),
+            "--vm-ready-timeout-secs".into(),
+            options.vm_ready_timeout_secs.unwrap_or(120).to_string(),
             "--site-id".into(),
             "tld-city-bp1".into(),
             "--worker-concurrency".into(),
             "4".into(),
         ];
+        if let Some(site) = &options.site_clouds_yaml {
+            args.push("--site-clouds-yaml".into());
+            args.push(site.clone());
+        }
         let config = TestCli::parse_from(args)
             .settings
             .validate(true)
@@ -228,7 +239,10 @@ impl TestApp {
             .await
             .expect("assemble");
         // Backends: the cluster named by the test, or none.
-        let mut backends = Backends::default();
+        let mut backends = Backends {
+            openstack: state.backends.openstack.clone(),
+            ..Backends::default()
+        };
         if !options.no_kubernetes {
             let client = match &options.kubeconfig {
                 Some(path) => {
@@ -303,6 +317,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, Some(token), None)
             .await
@@ -354,4 +373,34 @@ impl TestApp {
 /// `expires_at` one hour from now.
 pub fn in_an_hour() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
+}
+
+/// Runs the `slices-blueprint` binary of this build with `args` against the test's database.
+///
+/// `env` adds variables (e.g. `SITE_CLOUDS_YAML`); the key files live in a fresh temp folder and
+/// the dev issuer satisfies the token settings every command validates.
+pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let options = pool.connect_options();
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().expect("database name")
+    );
+    let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7()));
+    std::process::Command::new(env!("CARGO_BIN_EXE_slices-blueprint"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("SECRET_KEY_FILE", dir.join("secret.key"))
+        .env("CLOUDS_ENCRYPTION_KEY_FILE", dir.join("clouds.key"))
+        .env("RUST_LOG", "warn")
+        // Every command validates the token settings; the dev issuer satisfies them here.
+        .env_remove("SLICES_ISSUER")
+        .env_remove("SLICES_JWKS_URL")
+        .env("DEV_ISSUER", "true")
+        .env("DEV_ISSUER_KEY_FILE", dir.join("dev-key.pem"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run slices-blueprint")
 }

@@ -49,6 +49,9 @@ pub struct KubernetesBackend {
     client: Client,
     namespace_prefix: String,
     ready_timeout: Duration,
+    /// Namespaces this process has seen exist: a create in them skips the namespace call
+    /// (forgotten when a Pod create answers 404, i.e. the namespace was deleted meanwhile).
+    known_namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl KubernetesBackend {
@@ -68,6 +71,7 @@ impl KubernetesBackend {
             client,
             namespace_prefix: namespace_prefix.to_string(),
             ready_timeout,
+            known_namespaces: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -76,7 +80,37 @@ impl KubernetesBackend {
         namespace_name(&self.namespace_prefix, experiment_id)
     }
 
+    fn namespace_known(&self, name: &str) -> bool {
+        let known = self
+            .known_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        known.contains(name)
+    }
+
+    fn set_namespace_known(&self, name: &str, known: bool) {
+        let mut set = self
+            .known_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if known {
+            set.insert(name.to_string());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    /// Creates the experiment's namespace unless this process already saw it exist.
     async fn ensure_namespace(&self, name: &str, experiment_id: &str) -> Result<(), BackendError> {
+        if self.namespace_known(name) {
+            return Ok(());
+        }
+        self.create_namespace(name, experiment_id).await?;
+        self.set_namespace_known(name, true);
+        Ok(())
+    }
+
+    async fn create_namespace(&self, name: &str, experiment_id: &str) -> Result<(), BackendError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let namespace = Namespace {
             metadata: ObjectMeta {
@@ -277,13 +311,18 @@ impl ComputeBackend for KubernetesBackend {
         let namespace = self.namespace_for(&resource.experiment_id);
         self.ensure_namespace(&namespace, &resource.experiment_id)
             .await?;
-        progress
-            .report(30, &format!("namespace {namespace} ready"))
-            .await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let name = resource.friendly_name.as_str();
         let manifest = pod_manifest(resource, &namespace);
-        match pods.create(&PostParams::default(), &manifest).await {
+        let mut created = pods.create(&PostParams::default(), &manifest).await;
+        if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
+            // The namespace we remembered is gone (deleted by hand): make it again, once.
+            self.set_namespace_known(&namespace, false);
+            self.ensure_namespace(&namespace, &resource.experiment_id)
+                .await?;
+            created = pods.create(&PostParams::default(), &manifest).await;
+        }
+        match created {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let existing = pods
@@ -619,11 +658,14 @@ mod tests {
             flavor_type: crate::model::FlavorType::K8s,
             allocation_state: AllocationState::Requested,
             image_location: "nginx:alpine".into(),
+            image_name: "nginx".into(),
             image_cluster_id: "default".into(),
             default_username: "root".into(),
             vcpus: 2,
             ram_mib: 512,
             disk_mb: 0,
+            flavor_name: "k8s.small".into(),
+            flavor_source_id: None,
             network_name: None,
             userdata: Some("#cloud-config\n".into()),
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA a".into(), "ssh-rsa BBBB b".into()],

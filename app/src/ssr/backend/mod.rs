@@ -1,8 +1,9 @@
 //! Compute backends behind one trait: the task worker and the UI only see
-//! [`ComputeBackend`]. Kubernetes Pods now (`flavor_type = k8s`); the OpenStack adapter
-//! (`vm`) slots in as a second implementation.
+//! [`ComputeBackend`]: Kubernetes Pods (`flavor_type = k8s`) and OpenStack Nova servers
+//! (`vm`, with each requesting user's own clouds.yaml).
 
 pub mod kubernetes;
+pub mod openstack;
 
 use crate::error::AppError;
 use crate::model::{AllocationState, BackendDetails, FlavorType, OperationalState};
@@ -57,13 +58,20 @@ pub struct ResourceRecord {
     pub friendly_name: String,
     pub flavor_type: FlavorType,
     pub allocation_state: AllocationState,
-    /// The catalog image's `location` (container image reference for Pods).
+    /// The catalog image's `location` (container image reference for Pods; Glance id or
+    /// name for VMs).
     pub image_location: String,
+    /// The catalog image's `friendly_name` (fallback Glance name for VMs).
+    pub image_name: String,
     pub image_cluster_id: String,
     pub default_username: String,
     pub vcpus: i32,
     pub ram_mib: i32,
     pub disk_mb: i32,
+    /// The catalog flavor's `friendly_name` (the Nova flavor name for VMs).
+    pub flavor_name: String,
+    /// The Nova flavor id recorded at catalog import, if any.
+    pub flavor_source_id: Option<String>,
     pub network_name: Option<String>,
     pub userdata: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
@@ -77,8 +85,9 @@ impl ResourceRecord {
             r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
                       r.flavor_type, r.allocation_state, r.network_name, r.userdata,
                       r.ssh_authorized_keys, r.backend_details,
-                      i.location, i.cluster_id, i.default_username,
-                      f.vcpus, f.ram_mib, f.disk_mb
+                      i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
+                      f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
+                      f.source_id AS flavor_source_id
                FROM resources r
                JOIN disk_images i ON i.id = r.disk_image_id
                JOIN flavors f ON f.id = r.flavor_id
@@ -99,11 +108,14 @@ impl ResourceRecord {
             allocation_state: AllocationState::parse(&r.allocation_state)
                 .unwrap_or(AllocationState::Failed),
             image_location: r.location,
+            image_name: r.image_name,
             image_cluster_id: r.cluster_id,
             default_username: r.default_username,
             vcpus: r.vcpus,
             ram_mib: r.ram_mib,
             disk_mb: r.disk_mb,
+            flavor_name: r.flavor_name,
+            flavor_source_id: r.flavor_source_id,
             network_name: r.network_name,
             userdata: r.userdata,
             ssh_authorized_keys: r.ssh_authorized_keys,
@@ -141,6 +153,7 @@ pub struct Backends {
     pub kubernetes: Option<Arc<kubernetes::KubernetesBackend>>,
     /// Why Kubernetes is not connected, for the start-up report.
     pub kubernetes_error: Option<String>,
+    pub openstack: Option<Arc<openstack::OpenStackBackend>>,
 }
 
 impl Backends {
@@ -151,7 +164,7 @@ impl Backends {
                 .kubernetes
                 .clone()
                 .map(|k| k as Arc<dyn ComputeBackend>),
-            FlavorType::Vm => None,
+            FlavorType::Vm => self.openstack.clone().map(|o| o as Arc<dyn ComputeBackend>),
         }
     }
 

@@ -1,0 +1,261 @@
+//! `/clouds`: the signed-in user's OpenStack `clouds.yaml` — upload (file picker or paste),
+//! the redacted summary, the default cloud, "Test connection", delete. The file itself never
+//! comes back to the browser: only [`CloudsYamlSummary`] does.
+
+use super::{short_time, ErrorBox, FieldError, SignedIn};
+use crate::error::AppError;
+use crate::model::{CloudsYamlSummary, ConnectionTest};
+use leptos::prelude::*;
+
+#[cfg(feature = "ssr")]
+async fn owner() -> Result<(crate::ssr::state::AppState, String), AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    let user = crate::ssr::clouds::owner(&auth.user)?.to_string();
+    Ok((state, user))
+}
+
+/// The user's redacted clouds.yaml summary, `None` when nothing is uploaded.
+#[server(endpoint = "my-clouds")]
+pub async fn my_clouds() -> Result<Option<CloudsYamlSummary>, AppError> {
+    let (state, user) = owner().await?;
+    match crate::ssr::clouds::summary(&state.pool, &user).await {
+        Ok(summary) => Ok(Some(summary)),
+        Err(AppError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Validates and stores (replacing) the user's clouds.yaml; `default_cloud` may be empty.
+#[server(endpoint = "upload-clouds")]
+pub async fn upload_clouds(
+    text: String,
+    default_cloud: String,
+) -> Result<CloudsYamlSummary, AppError> {
+    let text = zeroize::Zeroizing::new(text);
+    let (state, user) = owner().await?;
+    if text.trim().is_empty() {
+        return Err(AppError::invalid(
+            "text",
+            "paste your clouds.yaml or pick the file",
+        ));
+    }
+    let default_cloud = Some(default_cloud.trim()).filter(|d| !d.is_empty());
+    crate::ssr::clouds::store(&state, &user, &text, default_cloud).await
+}
+
+/// Picks the default cloud.
+#[server(endpoint = "default-cloud")]
+pub async fn set_default_cloud(name: String) -> Result<CloudsYamlSummary, AppError> {
+    let (state, user) = owner().await?;
+    crate::ssr::clouds::set_default(&state.pool, &user, name.trim()).await
+}
+
+/// Forgets the user's clouds.yaml.
+#[server(endpoint = "delete-clouds")]
+pub async fn delete_clouds() -> Result<(), AppError> {
+    let (state, user) = owner().await?;
+    crate::ssr::clouds::remove(&state.pool, &user).await
+}
+
+/// Authenticates against Keystone with one cloud and lists the images it sees.
+#[server(endpoint = "test-cloud")]
+pub async fn test_cloud(cloud: String) -> Result<ConnectionTest, AppError> {
+    let (state, user) = owner().await?;
+    crate::ssr::clouds::test_connection(&state, &user, Some(cloud.trim())).await
+}
+
+#[component]
+pub fn CloudsPage() -> impl IntoView {
+    view! { <SignedIn page=|_viewer| view! { <CloudsPanel /> } /> }
+}
+
+/// Reads the picked file into the paste box (the browser reads it; nothing is sent yet).
+#[cfg(feature = "hydrate")]
+fn read_picked_file(ev: leptos::ev::Event, set_text: WriteSignal<String>) {
+    use wasm_bindgen::JsCast as _;
+    let Some(input) = ev
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+    else {
+        return;
+    };
+    let Some(file) = input.files().and_then(|files| files.get(0)) else {
+        return;
+    };
+    leptos::task::spawn_local(async move {
+        if let Ok(value) = wasm_bindgen_futures::JsFuture::from(file.text()).await {
+            if let Some(text) = value.as_string() {
+                set_text.set(text);
+            }
+        }
+    });
+}
+
+#[cfg(not(feature = "hydrate"))]
+fn read_picked_file(_ev: leptos::ev::Event, _set_text: WriteSignal<String>) {}
+
+#[component]
+fn CloudsPanel() -> impl IntoView {
+    let upload = ServerAction::<UploadClouds>::new();
+    let set_default = ServerAction::<SetDefaultCloud>::new();
+    let remove = ServerAction::<DeleteClouds>::new();
+    let test = ServerAction::<TestCloud>::new();
+    let current = Resource::new(
+        move || {
+            (
+                upload.version().get(),
+                set_default.version().get(),
+                remove.version().get(),
+            )
+        },
+        |_| my_clouds(),
+    );
+    let upload_result = Signal::derive(move || upload.value().get());
+    let (text, set_text) = signal(String::new());
+    // The pasted text leaves the page once it is stored.
+    Effect::new(move |_| {
+        if matches!(upload.value().get(), Some(Ok(_))) {
+            set_text.set(String::new());
+        }
+    });
+    view! {
+        <h1>"OpenStack credentials"</h1>
+        <p class="hint">
+            "Your VMs are created with your own OpenStack account. Upload your "
+            <code>"clouds.yaml"</code>
+            " once (password or application credential clouds); it is stored encrypted and never shown again — only the summary below."
+        </p>
+        {move || set_default.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match current.await {
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                    Ok(None) => view! {
+                        <p class="empty" data-testid="clouds-none">"No clouds.yaml uploaded yet."</p>
+                    }.into_any(),
+                    Ok(Some(summary)) => view! { <CloudsSummary summary set_default remove test /> }.into_any(),
+                }
+            })}
+        </Transition>
+        <section class="card">
+            <h2>"Upload clouds.yaml"</h2>
+            <ActionForm action=upload>
+                <label>
+                    "File"
+                    <input type="file" accept=".yaml,.yml,text/yaml" data-testid="clouds-file"
+                        on:change=move |ev| read_picked_file(ev, set_text) />
+                </label>
+                <label>
+                    "…or paste it"
+                    <textarea name="text" rows="12" spellcheck="false" class="mono" data-testid="clouds-text"
+                        placeholder="clouds:\n  mycloud:\n    auth:\n      auth_url: https://keystone.example.org:5000/v3\n      …"
+                        prop:value=move || text.get()
+                        on:input=move |ev| set_text.set(event_target_value(&ev))></textarea>
+                </label>
+                <FieldError result=upload_result field="text" />
+                <label>
+                    "Default cloud (optional: the first cloud otherwise)"
+                    <input name="default_cloud" data-testid="clouds-default-input" />
+                </label>
+                <FieldError result=upload_result field="default_cloud" />
+                // Validation errors name the field and its line, e.g. `clouds.x.auth (line 3)`;
+                // errors without a field (not signed in, too large) get the plain error box.
+                {move || upload_result.get().and_then(|r| r.err()).and_then(|e| match e.field() {
+                    Some("text" | "default_cloud") => None,
+                    Some(field) => Some(view! {
+                        <p class="field-error" data-testid="clouds-error">
+                            <code>{field.to_string()}</code>": "{e.message()}
+                        </p>
+                    }.into_any()),
+                    None => Some(view! { <ErrorBox error=e.clone() /> }.into_any()),
+                })}
+                <button type="submit" class="primary" data-testid="clouds-upload">"Upload"</button>
+            </ActionForm>
+        </section>
+    }
+}
+
+#[component]
+fn CloudsSummary(
+    summary: CloudsYamlSummary,
+    set_default: ServerAction<SetDefaultCloud>,
+    remove: ServerAction<DeleteClouds>,
+    test: ServerAction<TestCloud>,
+) -> impl IntoView {
+    let default_cloud = summary.default_cloud.clone();
+    let asking = RwSignal::new(false);
+    view! {
+        <section class="card" data-testid="clouds-summary">
+            <h2>"Your clouds"</h2>
+            <p class="hint">"Uploaded " {short_time(&summary.uploaded_at)}</p>
+            <div class="table-wrap">
+                <table data-testid="clouds-table">
+                    <thead><tr>
+                        <th>"Cloud"</th><th>"Keystone"</th><th>"Auth"</th><th>"Project"</th>
+                        <th>"Region"</th><th>"Interface"</th><th></th>
+                    </tr></thead>
+                    <tbody>
+                        {summary.clouds.into_iter().map(|c| {
+                            let is_default = c.name == default_cloud;
+                            let name = c.name.clone();
+                            let name2 = c.name.clone();
+                            view! {
+                                <tr data-testid="cloud-row" data-name=c.name.clone()>
+                                    <td>{c.name.clone()}{is_default.then(|| view! { <span class="badge" data-testid="cloud-default">" default"</span> })}</td>
+                                    <td><code>{c.auth_url.clone()}</code></td>
+                                    <td>{c.auth_type.clone()}</td>
+                                    <td>{c.project_name.clone().or(c.project_id.clone()).unwrap_or_else(|| "(from the credential)".into())}</td>
+                                    <td>{c.region_name.clone().unwrap_or_default()}</td>
+                                    <td>{c.interface.clone()}</td>
+                                    <td class="actions">
+                                        <button data-testid="cloud-test" on:click=move |_| { test.dispatch(TestCloud { cloud: name.clone() }); }>
+                                            "Test connection"
+                                        </button>
+                                        {(!is_default).then(|| view! {
+                                            <button data-testid="cloud-make-default" on:click=move |_| { set_default.dispatch(SetDefaultCloud { name: name2.clone() }); }>
+                                                "Make default"
+                                            </button>
+                                        })}
+                                    </td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            </div>
+            {move || test.pending().get().then(|| view! { <p class="loading">"Asking Keystone…"</p> })}
+            {move || test.value().get().map(|r| match r {
+                Ok(t) if t.ok => view! {
+                    <p class="ok" data-testid="cloud-test-result">
+                        {format!("Cloud `{}`: Keystone accepted the credentials; {} image(s) visible: ", t.cloud, t.images.as_ref().map_or(0, Vec::len))}
+                        {t.images.unwrap_or_default().join(", ")}
+                    </p>
+                }.into_any(),
+                Ok(t) => view! {
+                    <p class="error" data-testid="cloud-test-result">
+                        {format!("Cloud `{}`: {}", t.cloud, t.error.unwrap_or_default())}
+                    </p>
+                }.into_any(),
+                Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+            })}
+            {move || if asking.get() {
+                view! {
+                    <p class="warning">
+                        "Forget your clouds.yaml? Running VMs stay; new VMs need a new upload. "
+                        <button class="danger" data-testid="clouds-delete-confirm" on:click=move |_| { asking.set(false); remove.dispatch(DeleteClouds {}); }>
+                            "Yes, delete"
+                        </button>
+                        <button on:click=move |_| asking.set(false)>"Cancel"</button>
+                    </p>
+                }.into_any()
+            } else {
+                view! {
+                    <button class="danger" data-testid="clouds-delete" on:click=move |_| asking.set(true)>
+                        "Delete clouds.yaml"
+                    </button>
+                }.into_any()
+            }}
+        </section>
+    }
+}

@@ -1,0 +1,337 @@
+//! What slices-blueprint adds to the time a Nova server takes to become ACTIVE, and how many
+//! Keystone tokens it asks for. Not a test: it prints figures. `bench/run` starts the server
+//! (with its log at BENCH_SERVER_LOG) and the OpenStack test cloud, and passes:
+//!   BENCH_BASE_URL, BENCH_EXP_TOKEN, BENCH_USER_TOKEN (the requesting user, whose clouds.yaml
+//!   is uploaded), BENCH_VM_IMAGE_ID, BENCH_VM_FLAVOR_ID, BENCH_CLOUDS_YAML (the file with the
+//!   clouds `ostest` and `ostest-admin`), BENCH_SERVER_LOG, BENCH_ITERATIONS (default 5).
+//!
+//! 1. Direct: `POST /servers` → `GET /servers/{id}` every 100 ms until ACTIVE, with the demo
+//!    project's own token (Compute API "Create Server", "Show Server Details").
+//! 2. Through the API: `POST /resources` → `GET /tasks/{id}` every 100 ms until `finished`.
+//!    Iterations alternate 1 and 2, so both see the same cloud load.
+//! 3. Ten VMs in one `POST /resources` for the first time for this user: the Keystone token
+//!    requests the server made, counted from its log ("requested a Keystone token").
+
+use app::ssr::clouds::{parse, Cloud};
+use app::ssr::openstack::{OpenStackClient, Token};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("vm_overhead: {name} is not set (run bench/run)");
+        std::process::exit(2)
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn line(label: &str, values: &mut [f64]) -> f64 {
+    let m = median(values);
+    println!(
+        "{label:<36} n={:<2} median {m:8.0} ms   min {:8.0} ms   max {:8.0} ms",
+        values.len(),
+        values.first().copied().unwrap_or(f64::NAN),
+        values.last().copied().unwrap_or(f64::NAN)
+    );
+    m
+}
+
+/// Keystone token requests the server has logged so far.
+fn tokens_logged(log: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("requested a Keystone token")
+        .count()
+}
+
+struct Direct {
+    client: OpenStackClient,
+    cloud: Cloud,
+    token: Token,
+    compute: String,
+}
+
+impl Direct {
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<Value>> {
+        self.client
+            .call(&self.cloud, &self.token, method, url, body)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The first id Glance / Neutron / Nova lists for `url` under `key` with `name`.
+    async fn id_of(&self, url: &str, key: &str, name: &str) -> anyhow::Result<String> {
+        let body = self
+            .call(Method::GET, url, None)
+            .await?
+            .unwrap_or(Value::Null);
+        body[key]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["id"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no {key} called {name}"))
+    }
+
+    /// Create → ACTIVE, ms; then delete and wait for 404.
+    async fn create_active(
+        &self,
+        name: &str,
+        image: &str,
+        flavor: &str,
+        network: &str,
+    ) -> anyhow::Result<f64> {
+        let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor,
+                                      "networks": [{"uuid": network}]}});
+        let started = Instant::now();
+        let created = self
+            .call(
+                Method::POST,
+                &format!("{}/servers", self.compute),
+                Some(&body),
+            )
+            .await?
+            .unwrap_or(Value::Null);
+        let id = created["server"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let url = format!("{}/servers/{id}", self.compute);
+        let elapsed = loop {
+            let server = self
+                .call(Method::GET, &url, None)
+                .await?
+                .unwrap_or(Value::Null);
+            match server["server"]["status"].as_str() {
+                Some("ACTIVE") => break started.elapsed().as_secs_f64() * 1000.0,
+                Some("ERROR") => anyhow::bail!("direct server went ERROR: {server}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        self.call(Method::DELETE, &url, None).await?;
+        while self.call(Method::GET, &url, None).await?.is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(elapsed)
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    exp: String,
+    user: String,
+}
+
+impl Api {
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(
+                method.clone(),
+                format!("{}/apis/bi.slices.eu/v1alpha2{path}", self.base),
+            )
+            .bearer_auth(&self.exp);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {value}");
+        Ok(value)
+    }
+
+    async fn wait_task(&self, id: &str) -> anyhow::Result<()> {
+        loop {
+            let task = self
+                .send(Method::GET, &format!("/tasks/{id}"), None)
+                .await?;
+            match task["status"].as_str() {
+                Some("finished") => return Ok(()),
+                Some("failed") => anyhow::bail!("task failed: {task}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// POSTs `names` as VMs in one request; returns (resource ids, task ids).
+    async fn create(
+        &self,
+        names: &[String],
+        image: &str,
+        flavor: &str,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        let resources: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"friendly_name": n, "disk_image_id": image, "flavor_id": flavor, "network_name": "private"}))
+            .collect();
+        let created = self
+            .send(
+                Method::POST,
+                "/resources",
+                Some(json!({"expires_at": expires, "resources": resources, "tokens": [{"jwt": self.user}]})),
+            )
+            .await?;
+        let ids = |key: &str| -> Vec<String> {
+            created[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e["id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok((ids("resources"), ids("tasks")))
+    }
+
+    async fn delete_all(&self, ids: &[String]) -> anyhow::Result<()> {
+        let mut tasks = Vec::new();
+        for id in ids {
+            let task = self
+                .send(Method::DELETE, &format!("/resources/{id}"), None)
+                .await?;
+            tasks.push(task["id"].as_str().unwrap_or_default().to_string());
+        }
+        for t in tasks {
+            self.wait_task(&t).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let file = parse(&std::fs::read_to_string(env("BENCH_CLOUDS_YAML"))?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: env("BENCH_BASE_URL"),
+        exp: env("BENCH_EXP_TOKEN"),
+        user: env("BENCH_USER_TOKEN"),
+    };
+    let (image_id, flavor_id, log) = (
+        env("BENCH_VM_IMAGE_ID"),
+        env("BENCH_VM_FLAVOR_ID"),
+        env("BENCH_SERVER_LOG"),
+    );
+
+    // The demo project gets room for 10 VMs at once (the default quota is exactly 10).
+    let admin_cloud = file
+        .get("ostest-admin")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no ostest-admin cloud"))?;
+    let client = OpenStackClient::new()?;
+    let admin_token = client
+        .authenticate(&admin_cloud)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cloud = file
+        .get("ostest")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no ostest cloud"))?;
+    let token = client
+        .authenticate(&cloud)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let project = token.project_id.clone().unwrap_or_default();
+    let admin_compute = admin_token
+        .endpoint("compute", &admin_cloud)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client
+        .call(
+            &admin_cloud,
+            &admin_token,
+            Method::PUT,
+            &format!("{admin_compute}/os-quota-sets/{project}"),
+            Some(&json!({"quota_set": {"instances": 50, "cores": 100, "ram": 512000}})),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let direct = Direct {
+        compute: token
+            .endpoint("compute", &cloud)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        client,
+        cloud,
+        token,
+    };
+    let glance = direct
+        .token
+        .endpoint("image", &direct.cloud)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let neutron = direct
+        .token
+        .endpoint("network", &direct.cloud)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let image = direct
+        .id_of(&format!("{glance}/v2/images?name=tiny"), "images", "tiny")
+        .await?;
+    let flavor = direct
+        .id_of(&format!("{}/flavors", direct.compute), "flavors", "m1.nano")
+        .await?;
+    let network = direct
+        .id_of(
+            &format!("{neutron}/v2.0/networks?name=private"),
+            "networks",
+            "private",
+        )
+        .await?;
+
+    // 3 first: the user's very first VMs, so the token cache starts empty.
+    let run = std::process::id();
+    let names: Vec<String> = (0..10).map(|i| format!("tok-{run}-{i}")).collect();
+    let before = tokens_logged(&log);
+    let started = Instant::now();
+    let (ids, tasks) = api.create(&names, &image_id, &flavor_id).await?;
+    for t in &tasks {
+        api.wait_task(t).await?;
+    }
+    let ten = started.elapsed().as_secs_f64();
+    let tokens = tokens_logged(&log) - before;
+    api.delete_all(&ids).await?;
+
+    let (mut direct_ms, mut api_ms) = (Vec::new(), Vec::new());
+    for i in 0..iterations {
+        direct_ms.push(
+            direct
+                .create_active(&format!("direct-{run}-{i}"), &image, &flavor, &network)
+                .await?,
+        );
+        let name = format!("ovh-{run}-{i}");
+        let started = Instant::now();
+        let (ids, tasks) = api
+            .create(std::slice::from_ref(&name), &image_id, &flavor_id)
+            .await?;
+        api.wait_task(&tasks[0]).await?;
+        api_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        api.delete_all(&ids).await?;
+    }
+    println!(
+        "vm_overhead on {} ({iterations} iterations each, Nova fake driver)",
+        api.base
+    );
+    let d = line("direct Nova create → ACTIVE", &mut direct_ms);
+    let a = line("POST /resources → task finished", &mut api_ms);
+    println!("median overhead (API minus direct): {:.0} ms", a - d);
+    println!(
+        "10 VMs in one POST → all tasks finished: {ten:.1} s; Keystone token requests: {tokens}"
+    );
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Users' clouds.yaml at rest, without a cloud: the sealed row in a real PostgreSQL and a key
+//! rotation with the real `slices-blueprint rotate-clouds-key` command (README, "Secrets and
+//! key rotation").
+
+mod common;
+
+use app::ssr::clouds::{load, CloudsKeys};
+use app::ssr::secrets::SecretBox;
+use base64::Engine as _;
+use common::{Options, TestApp, ALICE};
+use sqlx::PgPool;
+
+const PASSWORD: &str = "rotate-me-7c1d";
+
+fn yaml() -> String {
+    format!(
+        "clouds:\n  lab:\n    auth:\n      auth_url: https://keystone.lab.example:5000/v3\n      username: alice\n      password: {PASSWORD}\n      project_name: qkd\n"
+    )
+}
+
+fn keys(current: &str, previous: Option<&str>) -> CloudsKeys {
+    CloudsKeys {
+        current: SecretBox::from_text(current).expect("key"),
+        previous: previous.map(|p| SecretBox::from_text(p).expect("key")),
+    }
+}
+
+async fn sealed(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT sealed_yaml FROM user_clouds WHERE user_id = $1")
+        .bind(ALICE)
+        .fetch_one(pool)
+        .await
+        .expect("row")
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
+    let app = TestApp::start(
+        pool.clone(),
+        Options {
+            no_kubernetes: true,
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let response = app
+        .http
+        .put(format!("{}/clouds-yaml", app.api))
+        .bearer_auth(app.issuer.user(ALICE))
+        .header("content-type", "application/yaml")
+        .body(yaml())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    let before = sealed(&pool).await;
+    assert!(!before.contains(PASSWORD) && !before.contains("auth_url"));
+
+    let old = std::fs::read_to_string(&app.state.config.clouds_key_file).expect("key file");
+    let old = old.trim().to_string();
+    let new = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+
+    // Without the previous key the stored file cannot be opened: the command says what to set.
+    let failed = tokio::task::spawn_blocking({
+        let (pool, new) = (pool.clone(), new.clone());
+        move || {
+            common::cli(
+                &pool,
+                &[("CLOUDS_ENCRYPTION_KEY", &new)],
+                &["rotate-clouds-key"],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("CLOUDS_ENCRYPTION_KEY_PREVIOUS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+    assert_eq!(sealed(&pool).await, before, "nothing changed");
+
+    let rotated = tokio::task::spawn_blocking({
+        let (pool, new, old) = (pool.clone(), new.clone(), old.clone());
+        move || {
+            common::cli(
+                &pool,
+                &[
+                    ("CLOUDS_ENCRYPTION_KEY", &new),
+                    ("CLOUDS_ENCRYPTION_KEY_PREVIOUS", &old),
+                ],
+                &["rotate-clouds-key"],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(stdout.contains("re-sealed 1 clouds.yaml"), "{stdout}");
+
+    // Sealed anew: the new key alone opens it, the old key alone no longer does.
+    let after = sealed(&pool).await;
+    assert_ne!(after, before);
+    assert!(!after.contains(PASSWORD));
+    let (file, default) = load(&pool, &keys(&new, None), ALICE)
+        .await
+        .expect("opens with the new key")
+        .expect("stored");
+    assert_eq!(
+        (file.clouds[0].name.as_str(), default.as_str()),
+        ("lab", "lab")
+    );
+    assert!(load(&pool, &keys(&old, None), ALICE).await.is_err());
+}
