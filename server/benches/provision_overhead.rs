@@ -9,7 +9,7 @@ use app::ssr::backend::kubernetes::namespace_name;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_pod_running};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let prefix = std::env::var("K8S_NAMESPACE_PREFIX").unwrap_or_else(|_| "slices-".into());
-    let client = Client::try_default().await?;
+    // The same client construction as the server's backend (TCP_NODELAY on).
+    let client = app::ssr::backend::kubernetes::kube_client(kube::Config::infer().await?)?;
     let http = reqwest::Client::new();
     let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
     let run = std::process::id();

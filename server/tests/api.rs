@@ -499,3 +499,107 @@ async fn openapi_and_docs_are_served_offline(pool: PgPool) {
         .expect("json");
     assert_eq!(health["database"].as_str(), Some("ok"));
 }
+
+/// `GET /resources` pages are served from memory (app/src/ssr/list_cache.rs) but never stale
+/// to the client that wrote, and changes by other processes arrive through PostgreSQL's
+/// notifications well before the 2 s safety limit.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn resource_list_pages_follow_every_change(pool: PgPool) {
+    let app = TestApp::start(pool.clone(), api_only()).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["friendly_name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // The listener connects in the background; until then pages are not kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !app.state.list_cache.is_on() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let (s, list) = app.get("/resources", &token).await;
+    assert_eq!((s, names(&list)), (200, vec![]), "{list}");
+
+    // Own writes: visible in the very next read.
+    let (s, created) = app
+        .post("/resources", &token, request(&image, &flavor, &["one"]))
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(names(&list), vec!["one"]);
+    let (s, _) = app
+        .post("/resources", &token, request(&image, &flavor, &["two"]))
+        .await;
+    assert_eq!(s, 202);
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(names(&list), vec!["one", "two"]);
+
+    // Another experiment's token never gets this experiment's page.
+    let other = app.issuer.experiment(&experiment_id(), BOB);
+    let (_, list) = app.get("/resources", &other).await;
+    assert_eq!(names(&list), Vec::<String>::new());
+
+    // A write by another process (here: plain SQL) arrives by notification.
+    let (_, list) = app.get("/resources", &token).await; // kept again
+    assert_eq!(list[0]["status_message"], "waiting for a worker");
+    let started = std::time::Instant::now();
+    sqlx::query(
+        "UPDATE resources SET status_message = 'changed elsewhere' WHERE friendly_name = 'one'",
+    )
+    .execute(&pool)
+    .await
+    .expect("update");
+    loop {
+        let (_, list) = app.get("/resources", &token).await;
+        if list[0]["status_message"] == "changed elsewhere" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "change not seen after {:?}: {list}",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // The page really is kept: a write that raises no notification (triggers off for the
+    // transaction) is not seen at once, and is seen once the 2 s limit has passed.
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(list[1]["status_message"], "waiting for a worker");
+    let mut tx = pool.begin().await.expect("tx");
+    for sql in [
+        "ALTER TABLE resources DISABLE TRIGGER resources_changed",
+        "UPDATE resources SET status_message = 'silent' WHERE friendly_name = 'two'",
+        "ALTER TABLE resources ENABLE TRIGGER resources_changed",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
+    }
+    tx.commit().await.expect("commit");
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(
+        list[1]["status_message"], "waiting for a worker",
+        "served from memory"
+    );
+    tokio::time::sleep(app::ssr::list_cache::MAX_AGE).await;
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(list[1]["status_message"], "silent", "dropped after MAX_AGE");
+
+    // Own delete: the next read shows it deleting.
+    let (s, task) = app.delete(&format!("/resources/{id}"), &token).await;
+    assert_eq!(s, 202, "{task}");
+    let (_, list) = app.get("/resources", &token).await;
+    assert_eq!(list[0]["allocation_state"], "deleting", "{list}");
+}

@@ -8,6 +8,7 @@
 use crate::error::AppError;
 use crate::model::*;
 use crate::ssr::auth::Principal;
+use crate::ssr::list_cache::{ListKey, Page};
 use crate::ssr::resources::ListQuery;
 use crate::ssr::state::AppState;
 use crate::ssr::{catalog, catalog_import, clouds, resources, tasks};
@@ -303,30 +304,69 @@ async fn list_resources(
     Bearer(p): Bearer,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, AppError> {
-    let items = resources::list_resources(&s, &p, &query).await?;
+    let scope = resources::Scope::of(&p);
     let limit = query.limit.unwrap_or(resources::DEFAULT_PAGE);
-    let mut response = Json(&items).into_response();
-    if items.len() as i64 == limit {
-        let mut next = format!(
-            "{BASE}/resources?limit={limit}&offset={}",
-            query.offset.unwrap_or(0) + limit
-        );
-        for (key, value) in [
-            ("experiment_id", &query.experiment_id),
-            ("project", &query.project),
-        ] {
-            if let Some(v) = value {
-                next.push_str(&format!("&{key}={}", crate::ssr::query_value(v)));
-            }
-        }
-        if query.include_deleted {
-            next.push_str("&include_deleted=true");
-        }
-        if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
-            response.headers_mut().insert(header::LINK, v);
+    let key = ListKey {
+        scope_experiment: scope.experiment_id,
+        scope_user: scope.requested_by,
+        experiment_id: query.experiment_id.clone(),
+        project: query.project.clone(),
+        include_deleted: query.include_deleted,
+        limit,
+        offset: query.offset.unwrap_or(0),
+    };
+    if let Some(page) = s.list_cache.get(&key) {
+        return Ok(page_response(page));
+    }
+    // Recorded before the database is read: a change committed meanwhile voids this fill.
+    let generation = s.list_cache.begin_fill();
+    let items = resources::list_resources(&s, &p, &query).await?;
+    let body = serde_json::to_vec(&items).map_err(crate::ssr::internal)?;
+    let page = Page {
+        body: body.into(),
+        next: (items.len() as i64 == limit)
+            .then(|| next_page_link(&query, limit))
+            .flatten(),
+    };
+    if let Some(generation) = generation {
+        s.list_cache.put(key, generation, page.clone());
+    }
+    Ok(page_response(page))
+}
+
+/// `Link: <…>; rel="next"` (RFC 8288) for the page after a full one.
+fn next_page_link(query: &ListQuery, limit: i64) -> Option<HeaderValue> {
+    let mut next = format!(
+        "{BASE}/resources?limit={limit}&offset={}",
+        query.offset.unwrap_or(0) + limit
+    );
+    for (key, value) in [
+        ("experiment_id", &query.experiment_id),
+        ("project", &query.project),
+    ] {
+        if let Some(v) = value {
+            next.push_str(&format!("&{key}={}", crate::ssr::query_value(v)));
         }
     }
-    Ok(response)
+    if query.include_deleted {
+        next.push_str("&include_deleted=true");
+    }
+    HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")).ok()
+}
+
+fn page_response(page: Page) -> Response {
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        page.body,
+    )
+        .into_response();
+    if let Some(next) = page.next {
+        response.headers_mut().insert(header::LINK, next);
+    }
+    response
 }
 
 #[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/resources", tag = "resources",

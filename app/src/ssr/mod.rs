@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod catalog_import;
 pub mod clouds;
 pub mod config;
+pub mod list_cache;
 pub mod openstack;
 pub mod resources;
 pub mod secrets;

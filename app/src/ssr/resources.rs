@@ -412,6 +412,7 @@ pub async fn create_resources(
         task_ids.push(tasks::enqueue(&mut tx, p.id, TaskKind::Create).await?);
     }
     tx.commit().await?;
+    state.list_cache.invalidate();
 
     let mut resources = Vec::with_capacity(planned.len());
     let mut created_tasks = Vec::with_capacity(planned.len());
@@ -558,6 +559,7 @@ pub async fn delete_resource(
         }
     };
     tx.commit().await?;
+    state.list_cache.invalidate();
     tasks::fetch(state, &scope, task_id).await
 }
 
@@ -581,6 +583,7 @@ pub async fn extend_resource(
     )
     .execute(&state.pool)
     .await?;
+    state.list_cache.invalidate();
     if updated.rows_affected() == 0 {
         return Err(AppError::Conflict {
             field: "expires_at".into(),

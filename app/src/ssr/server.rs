@@ -79,6 +79,7 @@ pub async fn assemble(
         backends: Arc::new(backends),
         clouds_keys,
         openstack,
+        list_cache: Arc::default(),
     })
 }
 
@@ -118,6 +119,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .with_expiry(Expiry::OnInactivity(
             tower_sessions::cookie::time::Duration::hours(12),
         ));
+    crate::ssr::list_cache::spawn_listener(&state.pool, &state.list_cache);
     let options = state.leptos_options.clone();
     let routes = generate_route_list(App);
     let ui = Router::new()

@@ -26,6 +26,8 @@ pub struct AppState {
     /// Keystone/Nova/Glance/Neutron client with its token cache (shared by the VM backend,
     /// connection tests and catalog import).
     pub openstack: Arc<OpenStackClient>,
+    /// Serialized `GET /resources` pages (see `list_cache`).
+    pub list_cache: Arc<crate::ssr::list_cache::ListCache>,
 }
 
 impl AppState {

@@ -520,24 +520,10 @@ async fn finish(
                 .execute(&state.pool)
                 .await?;
             }
-            complete(
-                &state.pool,
-                task.id,
-                worker_id,
-                TaskStatus::Finished,
-                &message,
-            )
-            .await
+            complete(state, task.id, worker_id, TaskStatus::Finished, &message).await
         }
         Outcome::Cancelled(message) => {
-            complete(
-                &state.pool,
-                task.id,
-                worker_id,
-                TaskStatus::Failed,
-                &message,
-            )
-            .await
+            complete(state, task.id, worker_id, TaskStatus::Failed, &message).await
         }
         Outcome::Failed(error) if error.retryable && task.attempts < task.max_attempts => {
             let delay = backoff(task.attempts);
@@ -601,7 +587,7 @@ async fn finish(
                 }
             }
             complete(
-                &state.pool,
+                state,
                 task.id,
                 worker_id,
                 TaskStatus::Failed,
@@ -612,13 +598,17 @@ async fn finish(
     }
 }
 
+/// Marks the task finished or failed. The resource's own writes are committed by now: the
+/// list cache is invalidated first, so a client that sees the task end never reads an older
+/// resource list afterwards.
 async fn complete(
-    pool: &PgPool,
+    state: &AppState,
     id: Uuid,
     worker_id: &str,
     status: TaskStatus,
     message: &str,
 ) -> Result<(), AppError> {
+    state.list_cache.invalidate();
     sqlx::query!(
         r#"UPDATE tasks SET status = $3, message = $4,
                completed = CASE WHEN $3 = 'finished' THEN 100 ELSE completed END,
@@ -629,7 +619,7 @@ async fn complete(
         status.as_str(),
         message
     )
-    .execute(pool)
+    .execute(&state.pool)
     .await?;
     Ok(())
 }

@@ -250,7 +250,7 @@ impl TestApp {
                     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                         .await
                         .expect("kube config");
-                    kube::Client::try_from(cfg).expect("client")
+                    app::ssr::backend::kubernetes::kube_client(cfg).expect("client")
                 }
                 // API-only tests never reach the cluster (their worker is off): without one
                 // on this machine they get a client for an address nothing listens on.
@@ -258,9 +258,10 @@ impl TestApp {
                     let url = "http://127.0.0.1:9".parse().expect("url");
                     kube::Client::try_from(kube::Config::new(url)).expect("client")
                 }
-                None => kube::Client::try_default()
-                    .await
-                    .expect("KUBECONFIG client"),
+                None => app::ssr::backend::kubernetes::kube_client(
+                    kube::Config::infer().await.expect("KUBECONFIG"),
+                )
+                .expect("KUBECONFIG client"),
             };
             backends.kubernetes = Some(Arc::new(KubernetesBackend::new(
                 client,

@@ -44,6 +44,51 @@ const ANNOTATION_REQUESTED_BY: &str = "slices.eu/requested-by";
 /// How long a delete may take before it is retried.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A Kubernetes client for `config` whose TCP connections set `TCP_NODELAY`.
+///
+/// `kube::Client::try_from` builds the same stack (kube's `ClientBuilder`: rustls connector,
+/// connect/read/write timeouts, base URI, retries of 429/503/504, auth, extra headers) on a
+/// `HttpConnector` that leaves Nagle's algorithm on. A Pod create body is written in more than
+/// one TLS record, so the second write waited for the API server's delayed ACK: ~40 ms per
+/// create, measured in `server/benches/provision_overhead.rs`. With a proxy in `config`, kube's
+/// own builder is used unchanged (it knows the proxy protocols).
+///
+/// Errors: the TLS or auth settings of `config` are unusable (`kube::Error`).
+pub fn kube_client(config: kube::Config) -> Result<Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use kube::client::retry::RetryPolicy;
+    use kube::client::ConfigExt;
+    use tower::retry::RetryLayer;
+    use tower::{BoxError, ServiceBuilder};
+
+    if config.proxy_url.is_some() {
+        return Client::try_from(config);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    let hyper_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(
+            config
+                .default_retry
+                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
+        )
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(BoxError::from)
+        .service(hyper_client);
+    Ok(Client::new(service, config.default_namespace))
+}
+
 /// Pods on a Kubernetes API server.
 pub struct KubernetesBackend {
     client: Client,
@@ -57,7 +102,7 @@ pub struct KubernetesBackend {
 impl KubernetesBackend {
     /// Connects with `KUBECONFIG` (or in-cluster config) and checks the API server answers.
     pub async fn connect(namespace_prefix: &str, ready_timeout: Duration) -> anyhow::Result<Self> {
-        let client = Client::try_default().await?;
+        let client = kube_client(kube::Config::infer().await?)?;
         let version = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
             .await
             .map_err(|_| anyhow::anyhow!("the API server did not answer within 5 s"))??;

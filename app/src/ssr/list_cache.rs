@@ -1,0 +1,271 @@
+//! Serialized `GET /resources` pages, kept until anything they show may have changed.
+//!
+//! The SLICES CLI, scripts and the dashboard poll the resource list while they wait; most polls
+//! see the same page as the one before. A page is kept as the exact JSON bytes sent, keyed by
+//! who may see what ([`ListKey`]: the token's scope and the query), and served again while it
+//! is still valid:
+//!
+//! - Every change that can alter a page (a `resources` row written, a task created, a disk
+//!   image's login name changed) raises a PostgreSQL notification on [`CHANNEL`] from a
+//!   statement trigger (migration `20261123000001_list_cache.sql`), from any process: the API,
+//!   in-process or separate workers, `psql`. [`listen`] turns each notification into
+//!   [`ListCache::invalidate`], which makes every kept page stale at once (a generation counter).
+//! - This process also invalidates right after its own writes (creating, patching or deleting
+//!   a resource, and before a task is marked finished or failed), so a client that saw its
+//!   POST answered or its task end never reads an older page afterwards.
+//! - Pages are filled only while the listener is connected; a lost connection (notifications
+//!   sent meanwhile are lost) empties the cache and turns it off until it is back. A page
+//!   fill that began before an invalidation is not kept. Pages are also dropped after
+//!   [`MAX_AGE`] whatever happens, and at most [`MAX_ENTRIES`] are kept.
+
+use axum::body::Bytes;
+use axum::http::HeaderValue;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// The notification channel the triggers of migration `20261123000001_list_cache.sql` use.
+pub const CHANNEL: &str = "slices_resources_changed";
+/// The longest a page is served from memory, even without any notification.
+pub const MAX_AGE: Duration = Duration::from_secs(2);
+/// The most pages kept (about 80 KB each at 100 rows); past it the cache starts over.
+pub const MAX_ENTRIES: usize = 1024;
+
+/// What a page depends on besides the data: the token's scope and the query string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    /// The experiment of an experiment token.
+    pub scope_experiment: Option<String>,
+    /// The user of a user token.
+    pub scope_user: Option<String>,
+    pub experiment_id: Option<String>,
+    pub project: Option<String>,
+    pub include_deleted: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One page as sent: the JSON body and the `Link: <…>; rel="next"` header, if any.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub body: Bytes,
+    pub next: Option<HeaderValue>,
+}
+
+struct Entry {
+    generation: u64,
+    filled: Instant,
+    page: Page,
+}
+
+/// The page cache of one server process (one per [`crate::ssr::state::AppState`]).
+#[derive(Default)]
+pub struct ListCache {
+    generation: AtomicU64,
+    listening: AtomicBool,
+    entries: Mutex<HashMap<ListKey, Entry>>,
+}
+
+impl ListCache {
+    /// The generation a page fill must record before it reads the database; `None` while the
+    /// cache is off (no listener connected), when pages must not be kept.
+    pub fn begin_fill(&self) -> Option<u64> {
+        self.listening
+            .load(Ordering::Acquire)
+            .then(|| self.generation.load(Ordering::Acquire))
+    }
+
+    /// The kept page for `key`, if it is still valid.
+    pub fn get(&self, key: &ListKey) -> Option<Page> {
+        if !self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        let current = self.generation.load(Ordering::Acquire);
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|e| e.generation == current && e.filled.elapsed() < MAX_AGE)
+            .map(|e| e.page.clone())
+    }
+
+    /// Keeps `page`, read by a fill that began at `generation`, unless anything changed since.
+    pub fn put(&self, key: ListKey, generation: u64, page: Page) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock: an invalidation after this point makes the entry stale.
+        if !self.listening.load(Ordering::Acquire)
+            || self.generation.load(Ordering::Acquire) != generation
+        {
+            return;
+        }
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
+            entries.retain(|_, e| e.generation == generation && e.filled.elapsed() < MAX_AGE);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            Entry {
+                generation,
+                filled: Instant::now(),
+                page,
+            },
+        );
+    }
+
+    /// Makes every kept page stale (and any fill in progress not kept).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn set_listening(&self, on: bool) {
+        self.invalidate();
+        self.listening.store(on, Ordering::Release);
+        if !on {
+            self.entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+
+    /// Whether pages are being kept (the listener is connected).
+    pub fn is_on(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+}
+
+/// Listens on [`CHANNEL`] and invalidates `cache` on every notification, reconnecting after
+/// errors (1 s apart). Ends when the pool is closed, or at the first notification or
+/// connection attempt after the cache was dropped.
+pub async fn listen(pool: PgPool, cache: Weak<ListCache>) {
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        let connected = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::debug!(error = %e, "list cache listener cannot connect; cache off");
+                if cache.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match cache.upgrade() {
+            Some(c) => c.set_listening(true),
+            None => return,
+        }
+        loop {
+            // `try_recv` answers `Ok(None)` when the connection was lost, and an error once the
+            // pool is closed.
+            let received = listener.try_recv().await;
+            let Some(c) = cache.upgrade() else { return };
+            match received {
+                Ok(Some(_)) => c.invalidate(),
+                Ok(None) | Err(_) => {
+                    tracing::debug!("list cache listener lost its connection; cache off");
+                    c.set_listening(false);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Starts [`listen`] for `cache` on the runtime.
+pub fn spawn_listener(pool: &PgPool, cache: &Arc<ListCache>) {
+    tokio::spawn(listen(pool.clone(), Arc::downgrade(cache)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(offset: i64) -> ListKey {
+        ListKey {
+            scope_experiment: Some("experiment_x".into()),
+            scope_user: None,
+            experiment_id: None,
+            project: None,
+            include_deleted: false,
+            limit: 100,
+            offset,
+        }
+    }
+
+    fn page(text: &'static str) -> Page {
+        Page {
+            body: Bytes::from_static(text.as_bytes()),
+            next: None,
+        }
+    }
+
+    #[test]
+    fn off_until_listening() {
+        let cache = ListCache::default();
+        assert_eq!(cache.begin_fill(), None);
+        cache.put(key(0), 0, page("[]"));
+        assert!(cache.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn kept_until_invalidated() {
+        let cache = ListCache::default();
+        cache.set_listening(true);
+        let generation = cache.begin_fill().expect("on");
+        cache.put(key(0), generation, page("[1]"));
+        assert_eq!(cache.get(&key(0)).expect("kept").body, "[1]");
+        assert!(
+            cache.get(&key(100)).is_none(),
+            "another page is another key"
+        );
+        cache.invalidate();
+        assert!(cache.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn a_fill_overtaken_by_a_change_is_not_kept() {
+        let cache = ListCache::default();
+        cache.set_listening(true);
+        let generation = cache.begin_fill().expect("on");
+        cache.invalidate(); // a write committed while the page was being read
+        cache.put(key(0), generation, page("[old]"));
+        assert!(cache.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn losing_the_listener_empties_and_disables() {
+        let cache = ListCache::default();
+        cache.set_listening(true);
+        let generation = cache.begin_fill().expect("on");
+        cache.put(key(0), generation, page("[1]"));
+        cache.set_listening(false);
+        assert!(cache.get(&key(0)).is_none());
+        assert_eq!(cache.begin_fill(), None);
+        cache.set_listening(true);
+        assert!(cache.get(&key(0)).is_none(), "nothing survives a reconnect");
+    }
+
+    #[test]
+    fn bounded() {
+        let cache = ListCache::default();
+        cache.set_listening(true);
+        let generation = cache.begin_fill().expect("on");
+        for offset in 0..(MAX_ENTRIES as i64 + 10) {
+            cache.put(key(offset), generation, page("[]"));
+        }
+        let kept = cache.entries.lock().expect("lock").len();
+        assert!(kept <= MAX_ENTRIES, "{kept} entries");
+    }
+}
