@@ -120,3 +120,82 @@ async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
     );
     assert!(load(&pool, &keys(&old, None), ALICE).await.is_err());
 }
+
+/// A multi-VM request is checked against the requesting user's clouds.yaml (read once) before
+/// anything is stored: an image on a cloud the file lacks is refused naming that resource's
+/// `disk_image_id`; images on `default` pass.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn vm_requests_are_checked_against_the_users_clouds(pool: PgPool) {
+    let app = TestApp::start(
+        pool.clone(),
+        Options {
+            no_kubernetes: true,
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let user = app.issuer.user(ALICE);
+    let response = app
+        .http
+        .put(format!("{}/clouds-yaml", app.api))
+        .bearer_auth(&user)
+        .header("content-type", "application/yaml")
+        .body(yaml())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    let admin = app.issuer.user(common::ADMIN);
+    let mut images = Vec::new();
+    for cloud in ["default", "elsewhere"] {
+        let (s, image) = app
+            .post(
+                "/disk-images",
+                &admin,
+                serde_json::json!({"friendly_name": cloud, "location": "cirros", "cluster_id": cloud, "default_username": "cirros"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{image}");
+        images.push(image["id"].as_str().expect("id").to_string());
+    }
+    let (s, flavor) = app
+        .post(
+            "/flavors",
+            &admin,
+            serde_json::json!({"friendly_name": "m1.tiny", "flavor_type": "vm", "vcpus": 1, "ram_mib": 512}),
+        )
+        .await;
+    assert_eq!(s, 201, "{flavor}");
+    let flavor = flavor["id"].as_str().expect("id");
+    let token = app.issuer.experiment(&common::experiment_id(), ALICE);
+    let body = |second_image: &str| {
+        serde_json::json!({
+            "expires_at": common::in_an_hour(),
+            "tokens": [{"jwt": user}],
+            "resources": [
+                {"friendly_name": "vm-a", "disk_image_id": images[0], "flavor_id": flavor},
+                {"friendly_name": "vm-b", "disk_image_id": second_image, "flavor_id": flavor},
+            ]
+        })
+    };
+    let (s, e) = app.post("/resources", &token, body(&images[1])).await;
+    assert_eq!(s, 422, "{e}");
+    assert_eq!(e["field"], "resources[1].disk_image_id", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`elsewhere`"),
+        "{e}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "nothing stored for a refused request");
+
+    let (s, created) = app.post("/resources", &token, body(&images[0])).await;
+    assert_eq!(s, 202, "{created}");
+    assert_eq!(created["resources"].as_array().map(Vec::len), Some(2));
+}

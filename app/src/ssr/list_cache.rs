@@ -211,6 +211,14 @@ mod tests {
         }
     }
 
+    /// A cache whose listener is connected, and the generation a fill would record.
+    fn listening() -> (ListCache, u64) {
+        let cache = ListCache::default();
+        cache.set_listening(true);
+        let generation = cache.begin_fill().expect("on");
+        (cache, generation)
+    }
+
     #[test]
     fn off_until_listening() {
         let cache = ListCache::default();
@@ -221,9 +229,7 @@ mod tests {
 
     #[test]
     fn kept_until_invalidated() {
-        let cache = ListCache::default();
-        cache.set_listening(true);
-        let generation = cache.begin_fill().expect("on");
+        let (cache, generation) = listening();
         cache.put(key(0), generation, page("[1]"));
         assert_eq!(cache.get(&key(0)).expect("kept").body, "[1]");
         assert!(
@@ -236,9 +242,7 @@ mod tests {
 
     #[test]
     fn a_fill_overtaken_by_a_change_is_not_kept() {
-        let cache = ListCache::default();
-        cache.set_listening(true);
-        let generation = cache.begin_fill().expect("on");
+        let (cache, generation) = listening();
         cache.invalidate(); // a write committed while the page was being read
         cache.put(key(0), generation, page("[old]"));
         assert!(cache.get(&key(0)).is_none());
@@ -246,9 +250,7 @@ mod tests {
 
     #[test]
     fn losing_the_listener_empties_and_disables() {
-        let cache = ListCache::default();
-        cache.set_listening(true);
-        let generation = cache.begin_fill().expect("on");
+        let (cache, generation) = listening();
         cache.put(key(0), generation, page("[1]"));
         cache.set_listening(false);
         assert!(cache.get(&key(0)).is_none());
@@ -259,9 +261,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let cache = ListCache::default();
-        cache.set_listening(true);
-        let generation = cache.begin_fill().expect("on");
+        let (cache, generation) = listening();
         for offset in 0..(MAX_ENTRIES as i64 + 10) {
             cache.put(key(offset), generation, page("[]"));
         }

@@ -201,31 +201,35 @@ struct Planned {
     userdata: Option<String>,
 }
 
-/// A VM is made with its requesting user's clouds.yaml: refuse early (422) when no user is
-/// known, the user has uploaded none, or it lacks the cloud the image's `cluster_id` names.
-async fn check_vm_credentials(
+/// The clouds.yaml summary of the user a VM is made for: 422 (`tokens`) when the request names
+/// no user or the user has uploaded none.
+async fn vm_user_clouds(
     state: &AppState,
     user: Option<&str>,
-    image: &crate::model::DiskImage,
-    image_field: &str,
-) -> Result<(), AppError> {
+) -> Result<crate::model::CloudsYamlSummary, AppError> {
     let Some(user) = user.filter(|u| !u.is_empty()) else {
         return Err(AppError::invalid(
             "tokens",
             "a VM is created with the requesting user's clouds.yaml: send your user token in `tokens[0].jwt`",
         ));
     };
-    let summary = match crate::ssr::clouds::summary(&state.pool, user).await {
-        Ok(summary) => summary,
-        Err(AppError::NotFound(_)) => {
-            return Err(AppError::invalid(
-                "tokens",
-                format!("user `{user}` has not uploaded a clouds.yaml yet (dashboard page Clouds, or PUT /clouds-yaml)"),
-            ))
-        }
-        Err(other) => return Err(other),
-    };
-    if image.cluster_id != "default" && !summary.clouds.iter().any(|c| c.name == image.cluster_id) {
+    match crate::ssr::clouds::summary(&state.pool, user).await {
+        Err(AppError::NotFound(_)) => Err(AppError::invalid(
+            "tokens",
+            format!("user `{user}` has not uploaded a clouds.yaml yet (dashboard page Clouds, or PUT /clouds-yaml)"),
+        )),
+        other => other,
+    }
+}
+
+/// 422 (`image_field`) when the image's cloud (`cluster_id`; `default` = the user's default)
+/// is not in the user's clouds.yaml.
+fn check_image_cloud(
+    clouds: &crate::model::CloudsYamlSummary,
+    image: &crate::model::DiskImage,
+    image_field: &str,
+) -> Result<(), AppError> {
+    if image.cluster_id != "default" && !clouds.clouds.iter().any(|c| c.name == image.cluster_id) {
         return Err(AppError::invalid(
             image_field,
             format!(
@@ -283,6 +287,8 @@ pub async fn create_resources(
 
     let mut planned = Vec::with_capacity(request.resources.len());
     let mut seen = HashSet::new();
+    // Read at the first VM of the request, then reused for the others.
+    let mut user_clouds = None;
     for (i, spec) in request.resources.iter().enumerate() {
         let f = |name: &str| format!("resources[{i}].{name}");
         let name = spec.friendly_name.trim().to_string();
@@ -343,8 +349,12 @@ pub async fn create_resources(
             )));
         }
         if flavor.flavor_type == FlavorType::Vm {
-            check_vm_credentials(state, requested_by.as_deref(), &image, &f("disk_image_id"))
-                .await?;
+            if user_clouds.is_none() {
+                user_clouds = Some(vm_user_clouds(state, requested_by.as_deref()).await?);
+            }
+            if let Some(clouds) = &user_clouds {
+                check_image_cloud(clouds, &image, &f("disk_image_id"))?;
+            }
         }
         if let Some(userdata) = &spec.userdata {
             if userdata.len() > MAX_USERDATA_BYTES {

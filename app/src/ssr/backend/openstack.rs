@@ -521,7 +521,9 @@ pub fn merge_user_data(userdata: Option<&str>, keys: &[String]) -> String {
     if userdata.trim().is_empty() {
         return format!("#cloud-config\nssh_authorized_keys:\n{key_lines}");
     }
-    if userdata.starts_with("#cloud-config") {
+    // A `#cloud-config` is loaded into a tree only when that is safe (see `loadable_yaml`);
+    // otherwise it travels unchanged as its own part of the archive below.
+    if userdata.starts_with("#cloud-config") && loadable_yaml(userdata) {
         if let Ok(mut docs) = yaml_rust2::YamlLoader::load_from_str(userdata) {
             if let Some(yaml_rust2::Yaml::Hash(map)) = docs.first_mut() {
                 let k = yaml_rust2::Yaml::String("ssh_authorized_keys".into());
@@ -552,6 +554,8 @@ pub fn merge_user_data(userdata: Option<&str>, keys: &[String]) -> String {
     let boundary = "==SLICES-BLUEPRINT==";
     let kind = if userdata.starts_with("#!") {
         "text/x-shellscript"
+    } else if userdata.starts_with("#cloud-config") {
+        "text/cloud-config"
     } else {
         "text/plain"
     };
@@ -561,6 +565,37 @@ pub fn merge_user_data(userdata: Option<&str>, keys: &[String]) -> String {
          #cloud-config\nssh_authorized_keys:\n{key_lines}\n\
          --{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\n\n{userdata}\n--{boundary}--\n"
     )
+}
+
+/// Most YAML nodes a `#cloud-config` may have to be merged as a tree.
+const MAX_USERDATA_NODES: usize = 10_000;
+/// Deepest nesting a `#cloud-config` may have to be merged as a tree (the emitter recurses).
+const MAX_USERDATA_DEPTH: usize = 64;
+
+/// Whether user data is YAML that is safe to load into a tree and emit again: no aliases
+/// (expanding them is how a "billion laughs" document grows from bytes to gigabytes), at most
+/// [`MAX_USERDATA_NODES`] nodes and [`MAX_USERDATA_DEPTH`] levels. Checked on the event
+/// stream, before anything is built (the same approach as the clouds.yaml scan in `clouds.rs`).
+fn loadable_yaml(text: &str) -> bool {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let (mut nodes, mut depth) = (0usize, 0usize);
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => return true,
+            Ok((Event::Alias(_), _)) | Err(_) => return false,
+            Ok((Event::MappingStart(..) | Event::SequenceStart(..), _)) => {
+                nodes += 1;
+                depth += 1;
+            }
+            Ok((Event::MappingEnd | Event::SequenceEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::Scalar(..), _)) => nodes += 1,
+            Ok(_) => {}
+        }
+        if nodes > MAX_USERDATA_NODES || depth > MAX_USERDATA_DEPTH {
+            return false;
+        }
+    }
 }
 
 /// How long to wait before the next `GET /servers/{id}` while a server builds: every 0.25 s
@@ -617,6 +652,39 @@ mod tests {
                 && script.contains("text/x-shellscript")
                 && script.contains("echo hi")
         );
+    }
+
+    #[test]
+    fn hostile_cloud_config_is_passed_on_unexpanded() {
+        let keys = vec!["ssh-ed25519 AAAA alice".to_string()];
+        // Nine levels of nine aliases: ~387 million nodes if it were expanded.
+        let mut laughs = String::from("#cloud-config\na0: &a0 [lol]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 9].join(", ");
+            laughs.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let merged = merge_user_data(Some(&laughs), &keys);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(merged.contains("multipart/mixed"), "{merged}");
+        assert!(
+            merged.contains(&laughs),
+            "the original part travels unchanged"
+        );
+        assert_eq!(merged.matches("text/cloud-config").count(), 2, "{merged}");
+        assert!(merged.contains("\"ssh-ed25519 AAAA alice\""));
+
+        let deep = format!(
+            "#cloud-config\nx: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        let merged = merge_user_data(Some(&deep), &keys);
+        assert!(merged.contains("multipart/mixed") && merged.contains(&deep));
     }
 
     #[test]
