@@ -33,8 +33,8 @@ async fn sealed(pool: &PgPool) -> String {
         .expect("row")
 }
 
-#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
-async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
+/// The API without Kubernetes or worker, and Alice's clouds.yaml ([`yaml`]) uploaded.
+async fn app_with_alices_clouds(pool: &PgPool) -> TestApp {
     let app = TestApp::start(
         pool.clone(),
         Options {
@@ -54,6 +54,12 @@ async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
         .await
         .expect("put");
     assert_eq!(response.status().as_u16(), 200);
+    app
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
+    let app = app_with_alices_clouds(&pool).await;
     let before = sealed(&pool).await;
     assert!(!before.contains(PASSWORD) && !before.contains("auth_url"));
 
@@ -126,26 +132,8 @@ async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
 /// `disk_image_id`; images on `default` pass.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn vm_requests_are_checked_against_the_users_clouds(pool: PgPool) {
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_kubernetes: true,
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = app_with_alices_clouds(&pool).await;
     let user = app.issuer.user(ALICE);
-    let response = app
-        .http
-        .put(format!("{}/clouds-yaml", app.api))
-        .bearer_auth(&user)
-        .header("content-type", "application/yaml")
-        .body(yaml())
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(response.status().as_u16(), 200);
     let admin = app.issuer.user(common::ADMIN);
     let mut images = Vec::new();
     for cloud in ["default", "elsewhere"] {
