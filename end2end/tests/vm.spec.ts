@@ -35,6 +35,8 @@ test.describe('OpenStack VMs', () => {
     await expect(report).toContainText('ostest-admin');
     await expect(report).toContainText('tiny');
     await expect(report).toContainText('m1.nano');
+    // The tables are server HTML: the report links to a fresh copy of the page.
+    await page.getByTestId('import-reload').click();
     await expect(page.locator('[data-testid="admin-image-row"][data-name="tiny"]')).toBeVisible();
     await expect(page.locator('[data-testid="admin-flavor-row"][data-name="m1.nano"]')).toBeVisible();
   });

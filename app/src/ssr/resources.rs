@@ -422,6 +422,7 @@ pub async fn create_resources(
         task_ids.push(tasks::enqueue(&mut tx, p.id, TaskKind::Create).await?);
     }
     tx.commit().await?;
+    state.tasks_queued();
     state.list_cache.invalidate();
 
     let mut resources = Vec::with_capacity(planned.len());
@@ -569,6 +570,7 @@ pub async fn delete_resource(
         }
     };
     tx.commit().await?;
+    state.tasks_queued();
     state.list_cache.invalidate();
     tasks::fetch(state, &scope, task_id).await
 }

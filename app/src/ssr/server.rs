@@ -70,8 +70,11 @@ pub async fn assemble(
     {
         tracing::info!("seeded a demo image and flavor (SEED_DEMO_CATALOG)");
     }
+    let bookkeeping = crate::ssr::tasks::bookkeeping_pool(&pool);
     Ok(AppState {
         leptos_options,
+        bookkeeping,
+        task_wake: Arc::default(),
         pool,
         config: Arc::new(config),
         auth: Arc::new(auth),

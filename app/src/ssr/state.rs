@@ -28,12 +28,26 @@ pub struct AppState {
     pub openstack: Arc<OpenStackClient>,
     /// Serialized `GET /resources` pages (see `list_cache`).
     pub list_cache: Arc<crate::ssr::list_cache::ListCache>,
+    /// Connections for the worker's own bookkeeping (claims, heartbeats, progress), opened
+    /// with `synchronous_commit = off`: see [`crate::ssr::tasks::bookkeeping_pool`].
+    #[from_ref(skip)]
+    pub bookkeeping: PgPool,
+    /// Wakes this process's worker right after a request queued a task (other processes'
+    /// workers hear the `pg_notify` sent in the same transaction).
+    #[from_ref(skip)]
+    pub task_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     /// The site part of typed ids.
     pub fn site(&self) -> &str {
         &self.config.site_id
+    }
+
+    /// Call after committing a transaction that queued tasks: this process's worker claims
+    /// them at once instead of waiting for the notification's round trip through Postgres.
+    pub fn tasks_queued(&self) {
+        self.task_wake.notify_one();
     }
 }
 

@@ -33,6 +33,11 @@ fn field<T>(item: &Option<T>, get: fn(&T) -> String) -> String {
     item.as_ref().map(get).unwrap_or_default()
 }
 
+/// `/admin?edit_flavor=<id>` or `?edit_image=<id>`: the entry of `items` being edited.
+fn editing<T: Clone>(query: &str, items: &[T], id: fn(&T) -> &str) -> Option<T> {
+    items.iter().find(|i| id(i) == query).cloned()
+}
+
 /// Every image (hidden too) and flavor.
 #[server(endpoint = "admin-catalog")]
 pub async fn admin_catalog() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError> {
@@ -69,7 +74,9 @@ pub async fn save_flavor(
             vcpus,
             disk_mb,
         };
-        crate::ssr::catalog::create_flavor(&state.pool, state.site(), &input).await
+        let created = crate::ssr::catalog::create_flavor(&state.pool, state.site(), &input).await?;
+        leptos_axum::redirect("/admin");
+        Ok(created)
     } else {
         let patch = FlavorPatch {
             friendly_name: Some(friendly_name),
@@ -79,7 +86,10 @@ pub async fn save_flavor(
             vcpus: Some(vcpus),
             disk_mb: Some(disk_mb),
         };
-        crate::ssr::catalog::update_flavor(&state.pool, state.site(), &id, &patch).await
+        let updated =
+            crate::ssr::catalog::update_flavor(&state.pool, state.site(), &id, &patch).await?;
+        leptos_axum::redirect("/admin");
+        Ok(updated)
     }
 }
 
@@ -113,7 +123,9 @@ pub async fn save_image(
             short_description,
             ..DiskImageInput::default()
         };
-        crate::ssr::catalog::create_image(&state.pool, state.site(), &input).await
+        let created = crate::ssr::catalog::create_image(&state.pool, state.site(), &input).await?;
+        leptos_axum::redirect("/admin");
+        Ok(created)
     } else {
         let patch = DiskImagePatch {
             friendly_name: Some(friendly_name),
@@ -125,7 +137,10 @@ pub async fn save_image(
             short_description: Some(short_description),
             ..DiskImagePatch::default()
         };
-        crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await
+        let updated =
+            crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await?;
+        leptos_axum::redirect("/admin");
+        Ok(updated)
     }
 }
 
@@ -138,6 +153,7 @@ pub async fn set_image_hidden(id: String, hidden: bool) -> Result<(), AppError> 
         ..Default::default()
     };
     crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await?;
+    leptos_axum::redirect("/admin");
     Ok(())
 }
 
@@ -146,10 +162,12 @@ pub async fn set_image_hidden(id: String, hidden: bool) -> Result<(), AppError> 
 pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
     let state = admin().await?;
     match kind.as_str() {
-        "image" => crate::ssr::catalog::delete_image(&state.pool, state.site(), &id).await,
-        "flavor" => crate::ssr::catalog::delete_flavor(&state.pool, state.site(), &id).await,
-        _ => Err(AppError::invalid("kind", "`image` or `flavor`")),
+        "image" => crate::ssr::catalog::delete_image(&state.pool, state.site(), &id).await?,
+        "flavor" => crate::ssr::catalog::delete_flavor(&state.pool, state.site(), &id).await?,
+        _ => return Err(AppError::invalid("kind", "`image` or `flavor`")),
     }
+    leptos_axum::redirect("/admin");
+    Ok(())
 }
 
 /// Imports the Glance images and Nova flavors of a site cloud (`SITE_CLOUDS_YAML`); `cloud`
@@ -197,7 +215,7 @@ pub fn AdminPage() -> impl IntoView {
     view! {
         <SignedIn page=|viewer: crate::model::Viewer| {
                 if viewer.is_admin {
-                    view! { <AdminPanel /> }.into_any()
+                    view! { <AdminCatalog /> }.into_any()
                 } else {
                     view! {
                         <p class="warning" data-testid="admin-forbidden">
@@ -210,180 +228,202 @@ pub fn AdminPage() -> impl IntoView {
     }
 }
 
+/// The catalog editor. Tables and the hide/delete buttons are server HTML (plain forms that
+/// post to the server functions, which redirect back here); the import and the two entry
+/// forms are islands, so their progress and field errors show without a reload. "Edit" is a
+/// link (`?edit_flavor=<id>`, `?edit_image=<id>`) that opens the form on that entry.
 #[component]
-fn AdminPanel() -> impl IntoView {
-    let save_flavor = ServerAction::<SaveFlavor>::new();
-    let save_image = ServerAction::<SaveImage>::new();
+fn AdminCatalog() -> impl IntoView {
+    use leptos_router::hooks::use_query_map;
+    let query = use_query_map();
+    let catalog = Resource::new(|| (), |_| admin_catalog());
+    // Errors of the no-JavaScript forms come back in the URL (Leptos's `ServerActionError`).
     let hide = ServerAction::<SetImageHidden>::new();
     let delete = ServerAction::<DeleteEntry>::new();
-    let import = ServerAction::<ImportCatalog>::new();
-    let catalog = Resource::new(
-        move || {
-            (
-                import.version().get(),
-                save_flavor.version().get(),
-                save_image.version().get(),
-                hide.version().get(),
-                delete.version().get(),
-            )
-        },
-        |_| admin_catalog(),
-    );
-    let (edit_flavor, set_edit_flavor) = signal(None::<Flavor>);
-    let (edit_image, set_edit_image) = signal(None::<DiskImage>);
-    let flavor_result = Signal::derive(move || save_flavor.value().get());
-    let image_result = Signal::derive(move || save_image.value().get());
-    // Leave edit mode after a successful save.
-    Effect::new(move |_| {
-        if matches!(save_flavor.value().get(), Some(Ok(_))) {
-            set_edit_flavor.set(None);
-        }
-        if matches!(save_image.value().get(), Some(Ok(_))) {
-            set_edit_image.set(None);
-        }
-    });
     view! {
         <div data-testid="admin-panel">
             <h1>"Catalog admin"</h1>
             {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
             {move || hide.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
-            <section class="card">
-                <h2>"Import from OpenStack"</h2>
-                <p class="hint">
-                    "Adds or updates catalog entries from the public Glance images and the Nova flavors of a site cloud ("
-                    <code>"SITE_CLOUDS_YAML"</code>"). Safe to repeat: entries remember where they came from."
-                </p>
-                <ActionForm action=import attr:class="inline-form">
-                    <label>"Cloud"<input name="cloud" placeholder="first cloud of SITE_CLOUDS_YAML" data-testid="import-cloud" /></label>
-                    <button type="submit" class="primary" data-testid="import-submit">"Import catalog"</button>
-                </ActionForm>
-                {move || import.pending().get().then(|| view! { <p class="loading">"Asking Glance and Nova…"</p> })}
-                {move || import.value().get().map(|r| match r {
-                    Ok(report) => view! { <ImportSummary report /> }.into_any(),
-                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                })}
-            </section>
-            <div class="grid2">
-                <section class="card">
-                    <h2>{move || if edit_flavor.get().is_some() { "Edit flavor" } else { "New flavor" }}</h2>
-                    {move || {
-                        let f = edit_flavor.get();
-                                                view! {
-                            <ActionForm action=save_flavor>
-                                <input type="hidden" name="id" value=field(&f, |f| f.id.clone()) />
-                                <label>"Name"<input name="friendly_name" data-testid="flavor-name" required value=field(&f, |f| f.friendly_name.clone()) /></label>
-                                <FieldError result=flavor_result field="friendly_name" />
-                                <label>"Description"<input name="description" data-testid="flavor-description" value=field(&f, |f| f.description.clone()) /></label>
-                                <label>"Type"
-                                    <select name="flavor_type" data-testid="flavor-type">
-                                        <option value="k8s" selected=f.as_ref().is_none_or(|f| f.flavor_type == crate::model::FlavorType::K8s)>"k8s (Kubernetes pod)"</option>
-                                        <option value="vm" selected=f.as_ref().is_some_and(|f| f.flavor_type == crate::model::FlavorType::Vm)>"vm (OpenStack server)"</option>
-                                    </select>
-                                </label>
-                                <div class="grid3">
-                                    <label>"vCPUs"<input name="vcpus" type="number" min="1" data-testid="flavor-vcpus" required value=f.as_ref().map(|f| f.vcpus.to_string()).unwrap_or_else(|| "1".into()) /></label>
-                                    <label>"RAM (MiB)"<input name="ram_mib" type="number" min="1" data-testid="flavor-ram" required value=f.as_ref().map(|f| f.ram_mib.to_string()).unwrap_or_else(|| "256".into()) /></label>
-                                    <label>"Disk (MB)"<input name="disk_mb" type="number" min="0" data-testid="flavor-disk" value=f.as_ref().map(|f| f.disk_mb.to_string()).unwrap_or_else(|| "0".into()) /></label>
-                                </div>
-                                <FieldError result=flavor_result field="vcpus" />
-                                <FieldError result=flavor_result field="ram_mib" />
-                                <FieldError result=flavor_result field="disk_mb" />
-                                <FormError result=flavor_result fields=&["friendly_name", "vcpus", "ram_mib", "disk_mb"] />
-                                <button type="submit" class="primary" data-testid="flavor-submit">"Save flavor"</button>
-                                {f.is_some().then(|| view! { <button type="button" on:click=move |_| set_edit_flavor.set(None)>"Cancel"</button> })}
-                            </ActionForm>
-                        }
-                    }}
-                </section>
-                <section class="card">
-                    <h2>{move || if edit_image.get().is_some() { "Edit disk image" } else { "New disk image" }}</h2>
-                    {move || {
-                        let i = edit_image.get();
-                                                view! {
-                            <ActionForm action=save_image>
-                                <input type="hidden" name="id" value=field(&i, |i| i.id.clone()) />
-                                <label>"Name"<input name="friendly_name" data-testid="image-name" required value=field(&i, |i| i.friendly_name.clone()) /></label>
-                                <FieldError result=image_result field="friendly_name" />
-                                <label>"Location (Glance name/id, or container image)"<input name="location" data-testid="image-location" required value=field(&i, |i| i.location.clone()) /></label>
-                                <FieldError result=image_result field="location" />
-                                <div class="grid3">
-                                    <label>"Default user"<input name="default_username" data-testid="image-username" value=field(&i, |i| i.default_username.clone()) /></label>
-                                    <label>"Cloud"<input name="cluster_id" placeholder="default" value=field(&i, |i| i.cluster_id.clone()) /></label>
-                                    <label>"Min disk (MB)"<input name="min_disk_mb" type="number" min="0" value=field(&i, |i| i.min_disk_mb.to_string()) /></label>
-                                </div>
-                                <label>"Min RAM (MiB)"<input name="min_ram_mib" type="number" min="0" value=field(&i, |i| i.min_ram_mib.to_string()) /></label>
-                                <label>"Short description"<input name="short_description" value=field(&i, |i| i.short_description.clone()) /></label>
-                                <FormError result=image_result fields=&["friendly_name", "location"] />
-                                <button type="submit" class="primary" data-testid="image-submit">"Save image"</button>
-                                {i.is_some().then(|| view! { <button type="button" on:click=move |_| set_edit_image.set(None)>"Cancel"</button> })}
-                            </ActionForm>
-                        }
-                    }}
-                </section>
-            </div>
-            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            <ImportForm />
+            <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match catalog.await {
                         Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                        Ok((images, flavors)) => view! {
-                            <section class="card">
-                                <h2>"Flavors"</h2>
-                                <div class="table-wrap"><table data-testid="admin-flavors">
-                                    <thead><tr><th>"Name"</th><th>"Type"</th><th>"vCPUs"</th><th>"RAM"</th><th>"Disk"</th><th></th></tr></thead>
-                                    <tbody>
-                                        {flavors.into_iter().map(|f| {
-                                            let for_edit = f.clone();
-                                            let id = f.id.clone();
-                                            view! {
-                                                <tr data-testid="admin-flavor-row" data-name=f.friendly_name.clone()>
-                                                    <td>{f.friendly_name.clone()}</td>
-                                                    <td>{f.flavor_type.as_str()}</td>
-                                                    <td>{f.vcpus}</td>
-                                                    <td>{format!("{} MiB", f.ram_mib)}</td>
-                                                    <td>{format!("{} MB", f.disk_mb)}</td>
-                                                    <td class="actions">
-                                                        <button on:click=move |_| set_edit_flavor.set(Some(for_edit.clone()))>"Edit"</button>
-                                                        <button class="danger" on:click=move |_| { delete.dispatch(DeleteEntry { kind: "flavor".into(), id: id.clone() }); }>"Delete"</button>
-                                                    </td>
-                                                </tr>
-                                            }
-                                        }).collect_view()}
-                                    </tbody>
-                                </table></div>
-                            </section>
-                            <section class="card">
-                                <h2>"Disk images"</h2>
-                                <div class="table-wrap"><table data-testid="admin-images">
-                                    <thead><tr><th>"Name"</th><th>"Location"</th><th>"User"</th><th>"Visible"</th><th></th></tr></thead>
-                                    <tbody>
-                                        {images.into_iter().map(|i| {
-                                            let for_edit = i.clone();
-                                            let id = i.id.clone();
-                                            let id2 = i.id.clone();
-                                            let hidden = i.hidden;
-                                            view! {
-                                                <tr data-testid="admin-image-row" data-name=i.friendly_name.clone()>
-                                                    <td>{i.friendly_name.clone()}</td>
-                                                    <td><code>{i.location.clone()}</code></td>
-                                                    <td>{i.default_username.clone()}</td>
-                                                    <td>{if hidden { "hidden" } else { "listed" }}</td>
-                                                    <td class="actions">
-                                                        <button on:click=move |_| set_edit_image.set(Some(for_edit.clone()))>"Edit"</button>
-                                                        <button on:click=move |_| { hide.dispatch(SetImageHidden { id: id2.clone(), hidden: !hidden }); }>
-                                                            {if hidden { "Show" } else { "Hide" }}
-                                                        </button>
-                                                        <button class="danger" on:click=move |_| { delete.dispatch(DeleteEntry { kind: "image".into(), id: id.clone() }); }>"Delete"</button>
-                                                    </td>
-                                                </tr>
-                                            }
-                                        }).collect_view()}
-                                    </tbody>
-                                </table></div>
-                            </section>
-                        }.into_any(),
+                        Ok((images, flavors)) => {
+                            let (edit_flavor, edit_image) = query.with_untracked(|q| {
+                                (
+                                    q.get("edit_flavor").and_then(|id| editing(&id, &flavors, |f| &f.id)),
+                                    q.get("edit_image").and_then(|id| editing(&id, &images, |i| &i.id)),
+                                )
+                            });
+                            view! {
+                                <EntryForms edit_flavor edit_image />
+                                <CatalogTables images flavors hide delete />
+                            }.into_any()
+                        }
                     }
                 })}
-            </Transition>
+            </Suspense>
+        </div>
+    }
+}
+
+/// The flavor and image tables (server HTML).
+#[component]
+fn CatalogTables(
+    images: Vec<DiskImage>,
+    flavors: Vec<Flavor>,
+    hide: ServerAction<SetImageHidden>,
+    delete: ServerAction<DeleteEntry>,
+) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>"Flavors"</h2>
+            <div class="table-wrap"><table data-testid="admin-flavors">
+                <thead><tr><th>"Name"</th><th>"Type"</th><th>"vCPUs"</th><th>"RAM"</th><th>"Disk"</th><th></th></tr></thead>
+                <tbody>
+                    {flavors.into_iter().map(|f| view! {
+                        <tr data-testid="admin-flavor-row" data-name=f.friendly_name.clone()>
+                            <td>{f.friendly_name.clone()}</td>
+                            <td>{f.flavor_type.as_str()}</td>
+                            <td>{f.vcpus}</td>
+                            <td>{format!("{} MiB", f.ram_mib)}</td>
+                            <td>{format!("{} MB", f.disk_mb)}</td>
+                            <td class="actions">
+                                <a class="button" href=format!("/admin?edit_flavor={}", f.id)>"Edit"</a>
+                                <ActionForm action=delete attr:class="inline">
+                                    <input type="hidden" name="kind" value="flavor" />
+                                    <input type="hidden" name="id" value=f.id.clone() />
+                                    <button type="submit" class="danger">"Delete"</button>
+                                </ActionForm>
+                            </td>
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table></div>
+        </section>
+        <section class="card">
+            <h2>"Disk images"</h2>
+            <div class="table-wrap"><table data-testid="admin-images">
+                <thead><tr><th>"Name"</th><th>"Location"</th><th>"User"</th><th>"Visible"</th><th></th></tr></thead>
+                <tbody>
+                    {images.into_iter().map(|i| {
+                        let id = i.id.clone();
+                        view! {
+                        <tr data-testid="admin-image-row" data-name=i.friendly_name.clone()>
+                            <td>{i.friendly_name.clone()}</td>
+                            <td><code>{i.location.clone()}</code></td>
+                            <td>{i.default_username.clone()}</td>
+                            <td>{if i.hidden { "hidden" } else { "listed" }}</td>
+                            <td class="actions">
+                                <a class="button" href=format!("/admin?edit_image={}", i.id)>"Edit"</a>
+                                <ActionForm action=hide attr:class="inline">
+                                    <input type="hidden" name="id" value=i.id.clone() />
+                                    <input type="hidden" name="hidden" value=(!i.hidden).to_string() />
+                                    <button type="submit">{if i.hidden { "Show" } else { "Hide" }}</button>
+                                </ActionForm>
+                                <ActionForm action=delete attr:class="inline">
+                                    <input type="hidden" name="kind" value="image" />
+                                    <input type="hidden" name="id" value=id />
+                                    <button type="submit" class="danger">"Delete"</button>
+                                </ActionForm>
+                            </td>
+                        </tr>
+                    }}).collect_view()}
+                </tbody>
+            </table></div>
+        </section>
+    }
+}
+
+/// Import from a site cloud, with progress and the report (an island).
+#[island(lazy)]
+fn ImportForm() -> impl IntoView {
+    super::island_hydrated();
+    let import = ServerAction::<ImportCatalog>::new();
+    view! {
+        <section class="card">
+            <h2>"Import from OpenStack"</h2>
+            <p class="hint">
+                "Adds or updates catalog entries from the public Glance images and the Nova flavors of a site cloud ("
+                <code>"SITE_CLOUDS_YAML"</code>"). Safe to repeat: entries remember where they came from."
+            </p>
+            <ActionForm action=import attr:class="inline-form">
+                <label>"Cloud"<input name="cloud" placeholder="first cloud of SITE_CLOUDS_YAML" data-testid="import-cloud" /></label>
+                <button type="submit" class="primary" data-testid="import-submit">"Import catalog"</button>
+            </ActionForm>
+            {move || import.pending().get().then(|| view! { <p class="loading">"Asking Glance and Nova…"</p> })}
+            {move || import.value().get().map(|r| match r {
+                Ok(report) => view! { <ImportSummary report /> }.into_any(),
+                Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+            })}
+            {move || import.value().get().is_some_and(|r| r.is_ok()).then(|| view! {
+                <p class="hint"><a href="/admin" data-testid="import-reload">"Reload the tables"</a></p>
+            })}
+        </section>
+    }
+}
+
+/// The flavor and image forms (an island: field errors appear next to the fields; a
+/// successful save reloads the page). With `edit_*` set they edit that entry.
+#[island(lazy)]
+fn EntryForms(edit_flavor: Option<Flavor>, edit_image: Option<DiskImage>) -> impl IntoView {
+    super::island_hydrated();
+    let save_flavor = ServerAction::<SaveFlavor>::new();
+    let save_image = ServerAction::<SaveImage>::new();
+    let flavor_result = Signal::derive(move || save_flavor.value().get());
+    let image_result = Signal::derive(move || save_image.value().get());
+    let f = edit_flavor;
+    let i = edit_image;
+    view! {
+        <div class="grid2">
+            <section class="card">
+                <h2>{if f.is_some() { "Edit flavor" } else { "New flavor" }}</h2>
+                <ActionForm action=save_flavor>
+                    <input type="hidden" name="id" value=field(&f, |f| f.id.clone()) />
+                    <label>"Name"<input name="friendly_name" data-testid="flavor-name" required value=field(&f, |f| f.friendly_name.clone()) /></label>
+                    <FieldError result=flavor_result field="friendly_name" />
+                    <label>"Description"<input name="description" data-testid="flavor-description" value=field(&f, |f| f.description.clone()) /></label>
+                    <label>"Type"
+                        <select name="flavor_type" data-testid="flavor-type">
+                            <option value="k8s" selected=f.as_ref().is_none_or(|f| f.flavor_type == crate::model::FlavorType::K8s)>"k8s (Kubernetes pod)"</option>
+                            <option value="vm" selected=f.as_ref().is_some_and(|f| f.flavor_type == crate::model::FlavorType::Vm)>"vm (OpenStack server)"</option>
+                        </select>
+                    </label>
+                    <div class="grid3">
+                        <label>"vCPUs"<input name="vcpus" type="number" min="1" data-testid="flavor-vcpus" required value=f.as_ref().map(|f| f.vcpus.to_string()).unwrap_or_else(|| "1".into()) /></label>
+                        <label>"RAM (MiB)"<input name="ram_mib" type="number" min="1" data-testid="flavor-ram" required value=f.as_ref().map(|f| f.ram_mib.to_string()).unwrap_or_else(|| "256".into()) /></label>
+                        <label>"Disk (MB)"<input name="disk_mb" type="number" min="0" data-testid="flavor-disk" value=f.as_ref().map(|f| f.disk_mb.to_string()).unwrap_or_else(|| "0".into()) /></label>
+                    </div>
+                    <FieldError result=flavor_result field="vcpus" />
+                    <FieldError result=flavor_result field="ram_mib" />
+                    <FieldError result=flavor_result field="disk_mb" />
+                    <FormError result=flavor_result fields=&["friendly_name", "vcpus", "ram_mib", "disk_mb"] />
+                    <button type="submit" class="primary" data-testid="flavor-submit">"Save flavor"</button>
+                    {f.is_some().then(|| view! { <a class="button" href="/admin">"Cancel"</a> })}
+                </ActionForm>
+            </section>
+            <section class="card">
+                <h2>{if i.is_some() { "Edit disk image" } else { "New disk image" }}</h2>
+                <ActionForm action=save_image>
+                    <input type="hidden" name="id" value=field(&i, |i| i.id.clone()) />
+                    <label>"Name"<input name="friendly_name" data-testid="image-name" required value=field(&i, |i| i.friendly_name.clone()) /></label>
+                    <FieldError result=image_result field="friendly_name" />
+                    <label>"Location (Glance name/id, or container image)"<input name="location" data-testid="image-location" required value=field(&i, |i| i.location.clone()) /></label>
+                    <FieldError result=image_result field="location" />
+                    <div class="grid3">
+                        <label>"Default user"<input name="default_username" data-testid="image-username" value=field(&i, |i| i.default_username.clone()) /></label>
+                        <label>"Cloud"<input name="cluster_id" placeholder="default" value=field(&i, |i| i.cluster_id.clone()) /></label>
+                        <label>"Min disk (MB)"<input name="min_disk_mb" type="number" min="0" value=field(&i, |i| i.min_disk_mb.to_string()) /></label>
+                    </div>
+                    <label>"Min RAM (MiB)"<input name="min_ram_mib" type="number" min="0" value=field(&i, |i| i.min_ram_mib.to_string()) /></label>
+                    <label>"Short description"<input name="short_description" value=field(&i, |i| i.short_description.clone()) /></label>
+                    <FormError result=image_result fields=&["friendly_name", "location"] />
+                    <button type="submit" class="primary" data-testid="image-submit">"Save image"</button>
+                    {i.is_some().then(|| view! { <a class="button" href="/admin">"Cancel"</a> })}
+                </ActionForm>
+            </section>
         </div>
     }
 }

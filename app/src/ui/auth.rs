@@ -1,6 +1,6 @@
 //! Sign-in by pasting SLICES tokens, the dev sign-in, sign-out.
 
-use super::{ErrorBox, FieldError, ViewerContext};
+use super::{ErrorBox, FieldError};
 use crate::error::AppError;
 use crate::model::Viewer;
 use leptos::prelude::*;
@@ -92,16 +92,24 @@ pub async fn sign_out() -> Result<(), AppError> {
 /// `/login`.
 #[component]
 pub fn LoginPage() -> impl IntoView {
-    let ViewerContext(viewer) = expect_context();
+    let dev_enabled = Resource::new(|| (), |_| dev_issuer_enabled());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                let dev_enabled = matches!(dev_enabled.await, Ok(true));
+                view! { <SignInForms dev_enabled /> }
+            })}
+        </Suspense>
+    }
+}
+
+/// The sign-in forms. Both answer with a redirect to `/resources` (a full page load, which
+/// also renders the navigation for the new session); errors stay next to the fields.
+#[island(lazy)]
+fn SignInForms(dev_enabled: bool) -> impl IntoView {
+    super::island_hydrated();
     let sign_in = ServerAction::<SignIn>::new();
     let dev = ServerAction::<DevSignIn>::new();
-    let dev_enabled = Resource::new(|| (), |_| dev_issuer_enabled());
-    // Refresh the shared viewer after a sign-in (the server answers with a redirect).
-    Effect::new(move |_| {
-        if sign_in.version().get() > 0 || dev.version().get() > 0 {
-            viewer.refetch();
-        }
-    });
     let result = Signal::derive(move || sign_in.value().get());
     view! {
         <section class="card narrow">
@@ -147,27 +155,20 @@ pub fn LoginPage() -> impl IntoView {
                     "Sign in"
                 </button>
             </ActionForm>
-            <Suspense fallback=|| ()>
-                {move || Suspend::new(async move {
-                    match dev_enabled.await {
-                        Ok(true) => Some(view! {
-                            <div class="dev-signin">
-                                <p class="hint">"Dev issuer is on (local runs only):"</p>
-                                <ActionForm action=dev attr:class="inline">
-                                    <input type="hidden" name="role" value="admin" />
-                                    <button type="submit" data-testid="dev-signin-admin">"Dev sign-in as admin"</button>
-                                </ActionForm>
-                                <ActionForm action=dev attr:class="inline">
-                                    <input type="hidden" name="role" value="user" />
-                                    <button type="submit" data-testid="dev-signin-user">"Dev sign-in as user"</button>
-                                </ActionForm>
-                                {move || dev.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
-                            </div>
-                        }),
-                        _ => None,
-                    }
-                })}
-            </Suspense>
+            {dev_enabled.then(|| view! {
+                <div class="dev-signin">
+                    <p class="hint">"Dev issuer is on (local runs only):"</p>
+                    <ActionForm action=dev attr:class="inline">
+                        <input type="hidden" name="role" value="admin" />
+                        <button type="submit" data-testid="dev-signin-admin">"Dev sign-in as admin"</button>
+                    </ActionForm>
+                    <ActionForm action=dev attr:class="inline">
+                        <input type="hidden" name="role" value="user" />
+                        <button type="submit" data-testid="dev-signin-user">"Dev sign-in as user"</button>
+                    </ActionForm>
+                    {move || dev.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+                </div>
+            })}
         </section>
     }
 }

@@ -40,21 +40,27 @@ pub async fn upload_clouds(
         ));
     }
     let default_cloud = Some(default_cloud.trim()).filter(|d| !d.is_empty());
-    crate::ssr::clouds::store(&state, &user, &text, default_cloud).await
+    let summary = crate::ssr::clouds::store(&state, &user, &text, default_cloud).await?;
+    leptos_axum::redirect("/clouds");
+    Ok(summary)
 }
 
 /// Picks the default cloud.
 #[server(endpoint = "default-cloud")]
 pub async fn set_default_cloud(name: String) -> Result<CloudsYamlSummary, AppError> {
     let (state, user) = owner().await?;
-    crate::ssr::clouds::set_default(&state.pool, &user, name.trim()).await
+    let summary = crate::ssr::clouds::set_default(&state.pool, &user, name.trim()).await?;
+    leptos_axum::redirect("/clouds");
+    Ok(summary)
 }
 
 /// Forgets the user's clouds.yaml.
 #[server(endpoint = "delete-clouds")]
 pub async fn delete_clouds() -> Result<(), AppError> {
     let (state, user) = owner().await?;
-    crate::ssr::clouds::remove(&state.pool, &user).await
+    crate::ssr::clouds::remove(&state.pool, &user).await?;
+    leptos_axum::redirect("/clouds");
+    Ok(())
 }
 
 /// Authenticates against Keystone with one cloud and lists the images it sees.
@@ -66,7 +72,40 @@ pub async fn test_cloud(cloud: String) -> Result<ConnectionTest, AppError> {
 
 #[component]
 pub fn CloudsPage() -> impl IntoView {
-    view! { <SignedIn page=|_viewer| view! { <CloudsPanel /> } /> }
+    view! { <SignedIn page=|_viewer| view! { <CloudsLoader /> } /> }
+}
+
+/// The page: the summary and its buttons are server HTML (plain forms posting to the server
+/// functions, which redirect back here; "Delete" confirms through a `<details>` disclosure);
+/// the upload form and each "Test connection" are islands.
+#[component]
+fn CloudsLoader() -> impl IntoView {
+    let current = Resource::new(|| (), |_| my_clouds());
+    // Errors of the no-JavaScript forms come back in the URL (Leptos's `ServerActionError`).
+    let set_default = ServerAction::<SetDefaultCloud>::new();
+    let remove = ServerAction::<DeleteClouds>::new();
+    view! {
+        <h1>"OpenStack credentials"</h1>
+        <p class="hint">
+            "Your VMs are created with your own OpenStack account. Upload your "
+            <code>"clouds.yaml"</code>
+            " once (password or application credential clouds); it is stored encrypted and never shown again — only the summary below."
+        </p>
+        {move || set_default.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match current.await {
+                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+                    Ok(None) => view! {
+                        <p class="empty" data-testid="clouds-none">"No clouds.yaml uploaded yet."</p>
+                    }.into_any(),
+                    Ok(Some(summary)) => view! { <CloudsSummary summary set_default remove /> }.into_any(),
+                }
+            })}
+        </Suspense>
+        <UploadForm />
+    }
 }
 
 /// Reads the picked file into the paste box (the browser reads it; nothing is sent yet).
@@ -94,50 +133,15 @@ fn read_picked_file(ev: leptos::ev::Event, set_text: WriteSignal<String>) {
 #[cfg(not(feature = "hydrate"))]
 fn read_picked_file(_ev: leptos::ev::Event, _set_text: WriteSignal<String>) {}
 
-#[component]
-fn CloudsPanel() -> impl IntoView {
+/// The upload form (an island: the file picker fills the paste box, errors name the field
+/// and line without a reload; a stored file reloads the page, which shows the new summary).
+#[island(lazy)]
+fn UploadForm() -> impl IntoView {
+    super::island_hydrated();
     let upload = ServerAction::<UploadClouds>::new();
-    let set_default = ServerAction::<SetDefaultCloud>::new();
-    let remove = ServerAction::<DeleteClouds>::new();
-    let test = ServerAction::<TestCloud>::new();
-    let current = Resource::new(
-        move || {
-            (
-                upload.version().get(),
-                set_default.version().get(),
-                remove.version().get(),
-            )
-        },
-        |_| my_clouds(),
-    );
     let upload_result = Signal::derive(move || upload.value().get());
     let (text, set_text) = signal(String::new());
-    // The pasted text leaves the page once it is stored.
-    Effect::new(move |_| {
-        if matches!(upload.value().get(), Some(Ok(_))) {
-            set_text.set(String::new());
-        }
-    });
     view! {
-        <h1>"OpenStack credentials"</h1>
-        <p class="hint">
-            "Your VMs are created with your own OpenStack account. Upload your "
-            <code>"clouds.yaml"</code>
-            " once (password or application credential clouds); it is stored encrypted and never shown again — only the summary below."
-        </p>
-        {move || set_default.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
-        {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
-        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                match current.await {
-                    Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                    Ok(None) => view! {
-                        <p class="empty" data-testid="clouds-none">"No clouds.yaml uploaded yet."</p>
-                    }.into_any(),
-                    Ok(Some(summary)) => view! { <CloudsSummary summary set_default remove test /> }.into_any(),
-                }
-            })}
-        </Transition>
         <section class="card">
             <h2>"Upload clouds.yaml"</h2>
             <ActionForm action=upload>
@@ -176,15 +180,14 @@ fn CloudsPanel() -> impl IntoView {
     }
 }
 
+/// The summary table (server HTML).
 #[component]
 fn CloudsSummary(
     summary: CloudsYamlSummary,
     set_default: ServerAction<SetDefaultCloud>,
     remove: ServerAction<DeleteClouds>,
-    test: ServerAction<TestCloud>,
 ) -> impl IntoView {
     let default_cloud = summary.default_cloud.clone();
-    let asking = RwSignal::new(false);
     view! {
         <section class="card" data-testid="clouds-summary">
             <h2>"Your clouds"</h2>
@@ -199,7 +202,6 @@ fn CloudsSummary(
                         {summary.clouds.into_iter().map(|c| {
                             let is_default = c.name == default_cloud;
                             let name = c.name.clone();
-                            let name2 = c.name.clone();
                             view! {
                                 <tr data-testid="cloud-row" data-name=c.name.clone()>
                                     <td>{c.name.clone()}{is_default.then(|| view! { <span class="badge" data-testid="cloud-default">" default"</span> })}</td>
@@ -209,13 +211,12 @@ fn CloudsSummary(
                                     <td>{c.region_name.clone().unwrap_or_default()}</td>
                                     <td>{c.interface.clone()}</td>
                                     <td class="actions">
-                                        <button data-testid="cloud-test" on:click=move |_| { test.dispatch(TestCloud { cloud: name.clone() }); }>
-                                            "Test connection"
-                                        </button>
+                                        <TestButton cloud=c.name.clone() />
                                         {(!is_default).then(|| view! {
-                                            <button data-testid="cloud-make-default" on:click=move |_| { set_default.dispatch(SetDefaultCloud { name: name2.clone() }); }>
-                                                "Make default"
-                                            </button>
+                                            <ActionForm action=set_default attr:class="inline">
+                                                <input type="hidden" name="name" value=name />
+                                                <button type="submit" data-testid="cloud-make-default">"Make default"</button>
+                                            </ActionForm>
                                         })}
                                     </td>
                                 </tr>
@@ -224,38 +225,40 @@ fn CloudsSummary(
                     </tbody>
                 </table>
             </div>
-            {move || test.pending().get().then(|| view! { <p class="loading">"Asking Keystone…"</p> })}
-            {move || test.value().get().map(|r| match r {
-                Ok(t) if t.ok => view! {
-                    <p class="ok" data-testid="cloud-test-result">
-                        {format!("Cloud `{}`: Keystone accepted the credentials; {} image(s) visible: ", t.cloud, t.images.as_ref().map_or(0, Vec::len))}
-                        {t.images.unwrap_or_default().join(", ")}
-                    </p>
-                }.into_any(),
-                Ok(t) => view! {
-                    <p class="error" data-testid="cloud-test-result">
-                        {format!("Cloud `{}`: {}", t.cloud, t.error.unwrap_or_default())}
-                    </p>
-                }.into_any(),
-                Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-            })}
-            {move || if asking.get() {
-                view! {
-                    <p class="warning">
-                        "Forget your clouds.yaml? Running VMs stay; new VMs need a new upload. "
-                        <button class="danger" data-testid="clouds-delete-confirm" on:click=move |_| { asking.set(false); remove.dispatch(DeleteClouds {}); }>
-                            "Yes, delete"
-                        </button>
-                        <button on:click=move |_| asking.set(false)>"Cancel"</button>
-                    </p>
-                }.into_any()
-            } else {
-                view! {
-                    <button class="danger" data-testid="clouds-delete" on:click=move |_| asking.set(true)>
-                        "Delete clouds.yaml"
-                    </button>
-                }.into_any()
-            }}
+            <details class="confirm-delete">
+                <summary class="button danger" data-testid="clouds-delete">"Delete clouds.yaml"</summary>
+                <p class="warning">
+                    "Forget your clouds.yaml? Running VMs stay; new VMs need a new upload. "
+                    <ActionForm action=remove attr:class="inline">
+                        <button type="submit" class="danger" data-testid="clouds-delete-confirm">"Yes, delete"</button>
+                    </ActionForm>
+                </p>
+            </details>
         </section>
+    }
+}
+
+/// "Test connection" for one cloud, with its answer (an island).
+#[island(lazy)]
+fn TestButton(cloud: String) -> impl IntoView {
+    super::island_hydrated();
+    let test = ServerAction::<TestCloud>::new();
+    view! {
+        <button data-testid="cloud-test" on:click=move |_| { test.dispatch(TestCloud { cloud: cloud.clone() }); }>
+            "Test connection"
+        </button>
+        {move || test.pending().get().then(|| view! { <p class="loading">"Asking Keystone…"</p> })}
+        {move || test.value().get().map(|r| match r {
+            Ok(t) if t.ok => view! {
+                <p class="ok" data-testid="cloud-test-result">
+                    {format!("Keystone accepted the credentials; {} image(s) visible: ", t.images.as_ref().map_or(0, Vec::len))}
+                    {t.images.unwrap_or_default().join(", ")}
+                </p>
+            }.into_any(),
+            Ok(t) => view! {
+                <p class="error" data-testid="cloud-test-result">{t.error.unwrap_or_default()}</p>
+            }.into_any(),
+            Err(e) => view! { <ErrorBox error=e /> }.into_any(),
+        })}
     }
 }

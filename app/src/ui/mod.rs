@@ -1,5 +1,12 @@
 //! The dashboard: one module per feature area, each with its server functions next to the
 //! components that use them.
+//!
+//! Islands (Leptos `islands` mode): pages render on the server, and only the parts marked
+//! `#[island]` — the live resource list and detail, and the forms — are hydrated in the
+//! browser. Everything else (layout, navigation, catalog tables) is plain HTML that never
+//! ships as WebAssembly, so the bundle holds just the interactive code. Islands get their
+//! first data as props (serialized into the page by the server); live ones then refresh
+//! themselves through server functions (see [`live`]).
 
 pub mod admin;
 pub mod auth;
@@ -23,7 +30,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <AutoReload options=options.clone() />
-                <HydrationScripts options />
+                <HydrationScripts options islands=true />
                 <MetaTags />
             </head>
             <body>
@@ -44,13 +51,6 @@ pub fn App() -> impl IntoView {
     let sign_out = ServerAction::<auth::SignOut>::new();
     let viewer = Resource::new(move || sign_out.version().get(), |_| auth::get_viewer());
     provide_context(ViewerContext(viewer));
-
-    // Marks the page as hydrated, so browser tests (and people) know the live parts work.
-    Effect::new(move |_| {
-        if let Some(body) = document().body() {
-            let _ = body.set_attribute("data-hydrated", "true");
-        }
-    });
 
     view! {
         <Stylesheet id="leptos" href="/pkg/slices-blueprint.css" />
@@ -220,6 +220,110 @@ pub fn FormError<T: Send + Sync + 'static>(
             _ => None,
         })
     }
+}
+
+/// How often live islands refresh, milliseconds.
+pub const REFRESH_MS: u64 = 1500;
+
+thread_local! {
+    /// Islands of this page not yet hydrated (browser only; set by [`start_hydration`]).
+    static ISLANDS_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks `<body data-hydrated="true">`, so browser tests (and people) know the live parts
+/// work.
+fn mark_hydrated() {
+    if let Some(body) = document().body() {
+        let _ = body.set_attribute("data-hydrated", "true");
+    }
+}
+
+/// Called by the browser entry point before Leptos's loader hydrates the islands: counts the
+/// page's `<leptos-island>` elements; a page without islands is marked hydrated at once.
+/// (Islands are lazy: each loads its own code first, so "hydrated" means all of them ran.)
+#[cfg(feature = "hydrate")]
+pub fn start_hydration() {
+    let islands = document()
+        .query_selector_all("leptos-island")
+        .map(|list| list.length())
+        .unwrap_or(0);
+    ISLANDS_LEFT.with(|left| left.set(islands));
+    if islands == 0 {
+        mark_hydrated();
+    }
+}
+
+/// Every island calls this first: once the last island of the page has hydrated (its
+/// effects run right after), the page is marked hydrated.
+pub fn island_hydrated() {
+    Effect::new(|_| {
+        ISLANDS_LEFT.with(|left| {
+            let now = left.get().saturating_sub(1);
+            left.set(now);
+            if now == 0 {
+                mark_hydrated();
+            }
+        })
+    });
+}
+
+/// A signal that ticks every [`REFRESH_MS`] in the browser (never on the server).
+pub fn ticker() -> ReadSignal<u64> {
+    let (tick, set_tick) = signal(0u64);
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(
+            move || set_tick.update(|t| *t += 1),
+            std::time::Duration::from_millis(REFRESH_MS),
+        ) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+    tick
+}
+
+/// A value an island got from the server as a prop, kept fresh in the browser: `fetch` runs
+/// again whenever `deps` changes (e.g. a [`ticker`] or an action's version). Answers that
+/// arrive out of order are dropped (only the newest request's answer is kept); a failed
+/// refresh keeps the last good value and sets the error signal until the next success.
+pub fn live<T, D, Fut>(
+    initial: T,
+    deps: impl Fn() -> D + 'static,
+    fetch: impl Fn() -> Fut + 'static,
+) -> (RwSignal<T>, RwSignal<Option<AppError>>)
+where
+    T: Send + Sync + 'static,
+    D: 'static,
+    Fut: std::future::Future<Output = Result<T, AppError>> + 'static,
+{
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let value = RwSignal::new(initial);
+    let error = RwSignal::new(None::<AppError>);
+    let newest = Rc::new(Cell::new(0u64));
+    Effect::watch(
+        deps,
+        move |_, _, _| {
+            let ticket = newest.get() + 1;
+            newest.set(ticket);
+            let newest = newest.clone();
+            let answer = fetch();
+            leptos::task::spawn_local(async move {
+                let answer = answer.await;
+                if newest.get() != ticket {
+                    return;
+                }
+                match answer {
+                    Ok(v) => {
+                        value.set(v);
+                        error.set(None);
+                    }
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        },
+        false,
+    );
+    (value, error)
 }
 
 /// `2026-11-22 10:30 UTC`.

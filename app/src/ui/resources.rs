@@ -1,15 +1,12 @@
 //! `/resources` (live list with delete), `/resources/new` (request form) and
 //! `/resources/:id` (detail with the task history).
 
-use super::{short_time, ErrorBox, FieldError, FormError, SignedIn};
+use super::{live, short_time, ticker, ErrorBox, FieldError, FormError, SignedIn};
 use crate::error::AppError;
 use crate::model::{DiskImage, Flavor, Resource as ComputeResource, Task, Viewer};
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
-
-/// How often the live parts refresh, milliseconds.
-const REFRESH_MS: u64 = 1500;
 
 /// The resources the dashboard may show: the session experiment's (or, without a valid
 /// experiment token, the ones this user requested).
@@ -123,20 +120,6 @@ pub async fn request_options() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError
     super::catalog::list_catalog().await
 }
 
-/// A signal that ticks every [`REFRESH_MS`] in the browser (never on the server).
-fn ticker() -> ReadSignal<u64> {
-    let (tick, set_tick) = signal(0u64);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(
-            move || set_tick.update(|t| *t += 1),
-            std::time::Duration::from_millis(REFRESH_MS),
-        ) {
-            on_cleanup(move || handle.clear());
-        }
-    });
-    tick
-}
-
 fn state_class(r: &ComputeResource) -> &'static str {
     use crate::model::{AllocationState as A, OperationalState as O};
     match (r.allocation_state, r.operational_state) {
@@ -153,16 +136,10 @@ pub fn ResourcesPage() -> impl IntoView {
     view! { <SignedIn page=|viewer| view! { <ResourcesList viewer /> } /> }
 }
 
+/// The page around the live table (server-rendered only).
 #[component]
 fn ResourcesList(viewer: Viewer) -> impl IntoView {
-    let tick = ticker();
-    let delete = ServerAction::<DeleteResource>::new();
-    // Which row asks "delete for good?": kept here because rows are rebuilt on every refresh.
-    let confirming = RwSignal::new(None::<String>);
-    let list = Resource::new(
-        move || (tick.get(), delete.version().get()),
-        |_| list_my_resources(),
-    );
+    let list = Resource::new(|| (), |_| list_my_resources());
     let can_write = viewer.experiment.is_some();
     view! {
         <div class="page-head">
@@ -182,28 +159,53 @@ fn ResourcesList(viewer: Viewer) -> impl IntoView {
         {(!can_write && !viewer.experiment_token_expired).then(|| view! {
             <p class="warning">"Signed in with a user token only: you can look, but requesting and deleting needs an experiment token."</p>
         })}
-        {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
-        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match list.await {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                    Ok(items) if items.is_empty() => view! {
-                        <p class="empty" data-testid="resources-empty">"No resources yet."</p>
-                        <table data-testid="resources-table" class="hidden"><tbody></tbody></table>
-                    }.into_any(),
-                    Ok(items) => view! {
-                        <div class="table-wrap">
-                            <table data-testid="resources-table">
-                                <thead><tr><th>"Name"</th><th>"Type"</th><th>"State"</th><th>"Address"</th><th>"Expires"</th><th></th></tr></thead>
-                                <tbody>
-                                    {items.into_iter().map(|r| view! { <ResourceRow resource=r delete can_write confirming /> }).collect_view()}
-                                </tbody>
-                            </table>
-                        </div>
-                    }.into_any(),
+                    Ok(initial) => view! { <ResourcesTable initial can_write /> }.into_any(),
                 }
             })}
-        </Transition>
+        </Suspense>
+    }
+}
+
+/// The resource table: refreshes itself every [`super::REFRESH_MS`] and after a deletion.
+#[island(lazy)]
+fn ResourcesTable(initial: Vec<ComputeResource>, can_write: bool) -> impl IntoView {
+    super::island_hydrated();
+    let tick = ticker();
+    let delete = ServerAction::<DeleteResource>::new();
+    // Which row asks "delete for good?": kept here because rows are rebuilt on every refresh.
+    let confirming = RwSignal::new(None::<String>);
+    let (items, error) = live(
+        initial,
+        move || (tick.get(), delete.version().get()),
+        list_my_resources,
+    );
+    view! {
+        {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        {move || {
+            let items = items.get();
+            if items.is_empty() {
+                view! {
+                    <p class="empty" data-testid="resources-empty">"No resources yet."</p>
+                    <table data-testid="resources-table" class="hidden"><tbody></tbody></table>
+                }.into_any()
+            } else {
+                view! {
+                    <div class="table-wrap">
+                        <table data-testid="resources-table">
+                            <thead><tr><th>"Name"</th><th>"Type"</th><th>"State"</th><th>"Address"</th><th>"Expires"</th><th></th></tr></thead>
+                            <tbody>
+                                {items.into_iter().map(|r| view! { <ResourceRow resource=r delete can_write confirming /> }).collect_view()}
+                            </tbody>
+                        </table>
+                    </div>
+                }.into_any()
+            }
+        }}
     }
 }
 
@@ -247,9 +249,9 @@ fn ResourceRow(
     view! {
         <tr data-testid="resource-row" data-name=name>
             <td>
-                <A href=href attr:data-testid="resource-link">
+                <a href=href data-testid="resource-link">
                     {label}
-                </A>
+                </a>
             </td>
             <td><span class="badge">{flavor}</span></td>
             <td>
@@ -312,8 +314,6 @@ pub fn RequestPage() -> impl IntoView {
 #[component]
 fn RequestForm(viewer: Viewer) -> impl IntoView {
     let options = Resource::new(|| (), |_| request_options());
-    let action = ServerAction::<RequestResource>::new();
-    let result = Signal::derive(move || action.value().get());
     let Some(experiment) = viewer.experiment.clone() else {
         return view! {
             <h1>"Request a resource"</h1>
@@ -340,65 +340,81 @@ fn RequestForm(viewer: Viewer) -> impl IntoView {
                 match options.await {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
                     Ok((images, flavors)) => view! {
-                        <section class="card">
-                            <ActionForm action>
-                                <div class="grid2">
-                                    <div>
-                                        <label for="disk_image_id">"Disk image"</label>
-                                        <select id="disk_image_id" name="disk_image_id" data-testid="req-image" required>
-                                            {images.into_iter().map(|i| view! {
-                                                <option value=i.id.clone()>{format!("{} ({})", i.friendly_name, i.location)}</option>
-                                            }).collect_view()}
-                                        </select>
-                                        <FieldError result field="disk_image_id" />
-                                    </div>
-                                    <div>
-                                        <label for="flavor_id">"Flavor"</label>
-                                        <select id="flavor_id" name="flavor_id" data-testid="req-flavor" required>
-                                            {flavors.into_iter().map(|f| view! {
-                                                <option value=f.id.clone()>{format!("{} — {}: {} vCPU, {} MiB", f.friendly_name, f.flavor_type.as_str(), f.vcpus, f.ram_mib)}</option>
-                                            }).collect_view()}
-                                        </select>
-                                        <FieldError result field="flavor_id" />
-                                    </div>
-                                    <div>
-                                        <label for="friendly_name">"Name"</label>
-                                        <input id="friendly_name" name="friendly_name" data-testid="req-name" required maxlength="63"
-                                            placeholder="qkd-alice" autocomplete="off" />
-                                        <p class="hint small">"Pods: lowercase letters, digits and -, e.g. qkd-alice."</p>
-                                        <FieldError result field="friendly_name" />
-                                    </div>
-                                    <div>
-                                        <label for="expires_at">"Expires at (UTC)"</label>
-                                        <input id="expires_at" name="expires_at" type="datetime-local" data-testid="req-expires"
-                                            value=default_expiry max=max_expiry required />
-                                        <FieldError result field="expires_at" />
-                                    </div>
-                                </div>
-                                <label for="network_name">"Network (VMs; empty: the project's only network)"</label>
-                                <input id="network_name" name="network_name" data-testid="req-network" autocomplete="off"
-                                    placeholder="private" />
-                                <FieldError result field="network_name" />
-                                <label for="ssh_authorized_keys">"SSH public keys (one per line)"</label>
-                                <textarea id="ssh_authorized_keys" name="ssh_authorized_keys" rows="3" data-testid="req-ssh-keys"
-                                    placeholder="ssh-ed25519 AAAA… you@laptop" spellcheck="false"></textarea>
-                                <FieldError result field="ssh_authorized_keys" />
-                                <label for="userdata">"User data (cloud-init for VMs; handed to pods as USERDATA)"</label>
-                                <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
-                                    placeholder="#cloud-config" spellcheck="false"></textarea>
-                                <FieldError result field="userdata" />
-                                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "network_name", "ssh_authorized_keys", "userdata"] />
-                                <button type="submit" class="primary" data-testid="req-submit" disabled=move || action.pending().get()>
-                                    {move || if action.pending().get() { "Requesting…" } else { "Request" }}
-                                </button>
-                            </ActionForm>
-                        </section>
+                        <RequestFields images flavors default_expiry max_expiry />
                     }.into_any(),
                 }
             })}}
         </Suspense>
     }
     .into_any()
+}
+
+/// The request form: field errors appear next to their fields without a reload.
+#[island(lazy)]
+fn RequestFields(
+    images: Vec<DiskImage>,
+    flavors: Vec<Flavor>,
+    default_expiry: String,
+    max_expiry: String,
+) -> impl IntoView {
+    super::island_hydrated();
+    let action = ServerAction::<RequestResource>::new();
+    let result = Signal::derive(move || action.value().get());
+    view! {
+        <section class="card">
+            <ActionForm action>
+                <div class="grid2">
+                    <div>
+                        <label for="disk_image_id">"Disk image"</label>
+                        <select id="disk_image_id" name="disk_image_id" data-testid="req-image" required>
+                            {images.into_iter().map(|i| view! {
+                                <option value=i.id.clone()>{format!("{} ({})", i.friendly_name, i.location)}</option>
+                            }).collect_view()}
+                        </select>
+                        <FieldError result field="disk_image_id" />
+                    </div>
+                    <div>
+                        <label for="flavor_id">"Flavor"</label>
+                        <select id="flavor_id" name="flavor_id" data-testid="req-flavor" required>
+                            {flavors.into_iter().map(|f| view! {
+                                <option value=f.id.clone()>{format!("{} — {}: {} vCPU, {} MiB", f.friendly_name, f.flavor_type.as_str(), f.vcpus, f.ram_mib)}</option>
+                            }).collect_view()}
+                        </select>
+                        <FieldError result field="flavor_id" />
+                    </div>
+                    <div>
+                        <label for="friendly_name">"Name"</label>
+                        <input id="friendly_name" name="friendly_name" data-testid="req-name" required maxlength="63"
+                            placeholder="qkd-alice" autocomplete="off" />
+                        <p class="hint small">"Pods: lowercase letters, digits and -, e.g. qkd-alice."</p>
+                        <FieldError result field="friendly_name" />
+                    </div>
+                    <div>
+                        <label for="expires_at">"Expires at (UTC)"</label>
+                        <input id="expires_at" name="expires_at" type="datetime-local" data-testid="req-expires"
+                            value=default_expiry max=max_expiry required />
+                        <FieldError result field="expires_at" />
+                    </div>
+                </div>
+                <label for="network_name">"Network (VMs; empty: the project's only network)"</label>
+                <input id="network_name" name="network_name" data-testid="req-network" autocomplete="off"
+                    placeholder="private" />
+                <FieldError result field="network_name" />
+                <label for="ssh_authorized_keys">"SSH public keys (one per line)"</label>
+                <textarea id="ssh_authorized_keys" name="ssh_authorized_keys" rows="3" data-testid="req-ssh-keys"
+                    placeholder="ssh-ed25519 AAAA… you@laptop" spellcheck="false"></textarea>
+                <FieldError result field="ssh_authorized_keys" />
+                <label for="userdata">"User data (cloud-init for VMs; handed to pods as USERDATA)"</label>
+                <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
+                    placeholder="#cloud-config" spellcheck="false"></textarea>
+                <FieldError result field="userdata" />
+                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "network_name", "ssh_authorized_keys", "userdata"] />
+                <button type="submit" class="primary" data-testid="req-submit" disabled=move || action.pending().get()>
+                    {move || if action.pending().get() { "Requesting…" } else { "Request" }}
+                </button>
+            </ActionForm>
+        </section>
+    }
 }
 
 /// `/resources/:id`.
@@ -410,74 +426,104 @@ pub fn ResourceDetailPage() -> impl IntoView {
 #[component]
 fn ResourceDetail() -> impl IntoView {
     let params = use_params_map();
-    let tick = ticker();
     let detail = Resource::new(
-        move || (params.with(|p| p.get("id").unwrap_or_default()), tick.get()),
-        |(id, _)| resource_detail(id),
+        move || params.with(|p| p.get("id").unwrap_or_default()),
+        resource_detail,
     );
     view! {
         <p><A href="/resources">"← Resources"</A></p>
-        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match detail.await {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-                    Ok((r, tasks)) => {
-                        let d = r.details.clone();
-                        view! {
-                            <section class="card" data-testid="resource-detail">
-                                <h1>{r.friendly_name.clone()}</h1>
-                                <dl class="facts">
-                                    <dt>"State"</dt>
-                                    <dd><span class=state_class(&r) data-testid="detail-state">{format!("{} · {}", r.allocation_state.as_str(), r.operational_state.as_str())}</span>
-                                        <div class="hint">{r.status_message.clone()}</div></dd>
-                                    <dt>"Id"</dt><dd><code>{r.id.clone()}</code></dd>
-                                    <dt>"Type"</dt><dd>{r.flavor_type.as_str()}</dd>
-                                    <dt>"Experiment"</dt><dd><code>{r.experiment_id.clone()}</code></dd>
-                                    <dt>"Requested by"</dt><dd>{r.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
-                                    {if r.flavor_type == crate::model::FlavorType::Vm {
-                                        view! {
-                                            <dt>"Server"</dt><dd><code data-testid="detail-server-id">{d.server_id.clone().unwrap_or_default()}</code></dd>
-                                        }.into_any()
-                                    } else {
-                                        view! {
-                                            <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
-                                            <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
-                                            <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
-                                        }.into_any()
-                                    }}
-                                    <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
-                                    {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code data-testid="detail-ssh">{c}</code></dd> })}
-                                    <dt>"Expires"</dt><dd>{short_time(&r.expires_at)}</dd>
-                                    <dt>"Created"</dt><dd>{short_time(&r.created_at)}</dd>
-                                </dl>
-                            </section>
-                            {(r.flavor_type == crate::model::FlavorType::Vm && d.server_id.is_some())
-                                .then(|| view! { <ConsolePanel id=r.id.clone() /> })}
-                            <section class="card">
-                                <h2>"Tasks"</h2>
-                                <div class="table-wrap">
-                                    <table data-testid="task-history">
-                                        <thead><tr><th>"Task"</th><th>"Status"</th><th>"Progress"</th><th>"Message"</th><th>"Attempts"</th><th>"Updated"</th></tr></thead>
-                                        <tbody>
-                                            {tasks.into_iter().rev().map(|t| view! {
-                                                <tr data-testid="task-row">
-                                                    <td>{t.kind.as_str()}</td>
-                                                    <td>{t.status.as_str()}</td>
-                                                    <td><progress max="100" value=t.completed></progress>{format!(" {}%", t.completed)}</td>
-                                                    <td>{t.message.clone()}</td>
-                                                    <td>{t.attempts}</td>
-                                                    <td>{short_time(&t.updated_at)}</td>
-                                                </tr>
-                                            }).collect_view()}
-                                        </tbody>
-                                    </table>
-                                </div>
-                            </section>
-                        }.into_any()
+                    Ok((resource, tasks)) => {
+                        let id = resource.id.clone();
+                        view! { <ResourceDetailLive id resource tasks /> }.into_any()
                     }
                 }
             })}
-        </Transition>
+        </Suspense>
+    }
+}
+
+/// A resource's facts and task history, refreshed every [`super::REFRESH_MS`]; the console
+/// panel (VMs) stays put across refreshes.
+#[island(lazy)]
+fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -> impl IntoView {
+    super::island_hydrated();
+    let tick = ticker();
+    let (detail, error) = live((resource, tasks), move || tick.get(), {
+        let id = id.clone();
+        move || resource_detail(id.clone())
+    });
+    let has_console = Memo::new(move |_| {
+        detail.with(|(r, _)| {
+            r.flavor_type == crate::model::FlavorType::Vm && r.details.server_id.is_some()
+        })
+    });
+    view! {
+        {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        {move || {
+            let r = detail.with(|(r, _)| r.clone());
+            let d = r.details.clone();
+            view! {
+                <section class="card" data-testid="resource-detail">
+                    <h1>{r.friendly_name.clone()}</h1>
+                    <dl class="facts">
+                        <dt>"State"</dt>
+                        <dd><span class=state_class(&r) data-testid="detail-state">{format!("{} · {}", r.allocation_state.as_str(), r.operational_state.as_str())}</span>
+                            <div class="hint">{r.status_message.clone()}</div></dd>
+                        <dt>"Id"</dt><dd><code>{r.id.clone()}</code></dd>
+                        <dt>"Type"</dt><dd>{r.flavor_type.as_str()}</dd>
+                        <dt>"Experiment"</dt><dd><code>{r.experiment_id.clone()}</code></dd>
+                        <dt>"Requested by"</dt><dd>{r.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
+                        {if r.flavor_type == crate::model::FlavorType::Vm {
+                            view! {
+                                <dt>"Server"</dt><dd><code data-testid="detail-server-id">{d.server_id.clone().unwrap_or_default()}</code></dd>
+                            }.into_any()
+                        } else {
+                            view! {
+                                <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
+                                <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
+                                <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
+                            }.into_any()
+                        }}
+                        <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
+                        {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code data-testid="detail-ssh">{c}</code></dd> })}
+                        <dt>"Expires"</dt><dd>{short_time(&r.expires_at)}</dd>
+                        <dt>"Created"</dt><dd>{short_time(&r.created_at)}</dd>
+                    </dl>
+                </section>
+            }
+        }}
+        <Show when=move || has_console.get()>
+            <ConsolePanel id=id.clone() />
+        </Show>
+        {move || {
+            let tasks = detail.with(|(_, t)| t.clone());
+            view! {
+                <section class="card">
+                    <h2>"Tasks"</h2>
+                    <div class="table-wrap">
+                        <table data-testid="task-history">
+                            <thead><tr><th>"Task"</th><th>"Status"</th><th>"Progress"</th><th>"Message"</th><th>"Attempts"</th><th>"Updated"</th></tr></thead>
+                            <tbody>
+                                {tasks.into_iter().rev().map(|t| view! {
+                                    <tr data-testid="task-row">
+                                        <td>{t.kind.as_str()}</td>
+                                        <td>{t.status.as_str()}</td>
+                                        <td><progress max="100" value=t.completed></progress>{format!(" {}%", t.completed)}</td>
+                                        <td>{t.message.clone()}</td>
+                                        <td>{t.attempts}</td>
+                                        <td>{short_time(&t.updated_at)}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    </div>
+                </section>
+            }
+        }}
     }
 }
 
