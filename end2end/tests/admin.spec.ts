@@ -1,5 +1,5 @@
 import { expect, test } from '@playwright/test';
-import { aliceTokens, pathIs, signInDev, signInWithTokens, uniqueSuffix, waitHydrated } from './helpers';
+import { aliceTokens, createK8sCatalog, pathIs, signInDev, signInWithTokens, uniqueSuffix, waitHydrated } from './helpers';
 
 test.describe('admin', () => {
   test('an admin creates a k8s flavor that then shows in the admin table and the catalog', async ({ page }) => {
@@ -29,6 +29,36 @@ test.describe('admin', () => {
     await expect(
       page.getByTestId('flavors-table').locator(`[data-testid="flavor-row"][data-name="${name}"]`),
     ).toBeVisible();
+  });
+
+  test('an admin edits, hides and deletes catalog entries from the tables', async ({ page, request }) => {
+    const { flavor, image } = await createK8sCatalog(request, 'e2e-admin');
+    await signInDev(page, 'admin');
+    await page.goto('/admin');
+    await waitHydrated(page);
+    const flavorRow = page.locator(`[data-testid="admin-flavor-row"][data-name="${flavor.friendly_name}"]`);
+    const imageRow = page.locator(`[data-testid="admin-image-row"][data-name="${image.friendly_name}"]`);
+
+    // Edit: the link opens the form on that entry; saving reloads the tables.
+    await flavorRow.getByRole('link', { name: 'Edit' }).click();
+    await expect(page).toHaveURL(/edit_flavor=/);
+    await waitHydrated(page);
+    await expect(page.getByTestId('flavor-name')).toHaveValue(flavor.friendly_name);
+    await page.getByTestId('flavor-ram').fill('128');
+    await page.getByTestId('flavor-submit').click();
+    await expect(page).toHaveURL(pathIs('/admin'));
+    await expect(flavorRow).toContainText('128 MiB');
+
+    // Hide, then show again (plain forms that post and come back).
+    await imageRow.getByRole('button', { name: 'Hide' }).click();
+    await expect(imageRow).toContainText('hidden');
+    await imageRow.getByRole('button', { name: 'Show' }).click();
+    await expect(imageRow).toContainText('listed');
+
+    await imageRow.getByRole('button', { name: 'Delete' }).click();
+    await expect(imageRow).toHaveCount(0);
+    await flavorRow.getByRole('button', { name: 'Delete' }).click();
+    await expect(flavorRow).toHaveCount(0);
   });
 
   test('a non-admin (dev sign-in) has no admin link and is refused on /admin', async ({ page }) => {

@@ -32,7 +32,8 @@ test.describe('without JavaScript', () => {
     await page.goto('/clouds');
     const secret = `nojs-secret-${Date.now()}`;
     await page.getByTestId('clouds-text').fill(
-      `clouds:\n  lab:\n    auth:\n      auth_url: https://keystone.lab.example:5000/v3\n      username: alice\n      password: ${secret}\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n`,
+      `clouds:\n  lab:\n    auth:\n      auth_url: https://keystone.lab.example:5000/v3\n      username: alice\n      password: ${secret}\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n` +
+        `  spare:\n    auth:\n      auth_url: https://keystone.spare.example:5000/v3\n      username: alice\n      password: ${secret}\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n`,
     );
     await page.getByTestId('clouds-upload').click();
     await page.goto('/clouds');
@@ -41,5 +42,16 @@ test.describe('without JavaScript', () => {
     await expect(row).toContainText('https://keystone.lab.example:5000/v3');
     await expect(row).toContainText('qkd');
     expect(await page.content()).not.toContain(secret);
+
+    // "Make default" and "Delete" are plain forms too (the delete asks through <details>).
+    const spare = page.locator('[data-testid="cloud-row"][data-name="spare"]');
+    await expect(spare.getByTestId('cloud-default')).toHaveCount(0);
+    await spare.getByTestId('cloud-make-default').click();
+    await expect(spare.getByTestId('cloud-default')).toBeVisible();
+    await expect(row.getByTestId('cloud-default')).toHaveCount(0);
+    await expect(page.getByTestId('clouds-delete-confirm')).toBeHidden();
+    await page.getByTestId('clouds-delete').click();
+    await page.getByTestId('clouds-delete-confirm').click();
+    await expect(page.getByTestId('clouds-none')).toBeVisible();
   });
 });

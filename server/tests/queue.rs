@@ -108,3 +108,25 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
     let _ = stop.send(true);
     let _ = worker.await;
 }
+
+/// The worker's claims, heartbeats and progress go through connections that do not wait for
+/// the WAL flush; the request path (and the task's outcome) keeps the server's setting.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn bookkeeping_connections_skip_the_flush_wait_and_request_connections_do_not(pool: PgPool) {
+    let app = TestApp::start(
+        pool,
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let setting = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .expect("SHOW synchronous_commit")
+    };
+    assert_eq!(setting(app.state.bookkeeping.clone()).await, "off");
+    assert_eq!(setting(app.state.pool.clone()).await, "on");
+}

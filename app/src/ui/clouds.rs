@@ -227,12 +227,13 @@ fn CloudsSummary(
             </div>
             <details class="confirm-delete">
                 <summary class="button danger" data-testid="clouds-delete">"Delete clouds.yaml"</summary>
-                <p class="warning">
+                // A <div>, not a <p>: HTML closes a <p> at a <form>, which pushed the button out.
+                <div class="warning">
                     "Forget your clouds.yaml? Running VMs stay; new VMs need a new upload. "
                     <ActionForm action=remove attr:class="inline">
                         <button type="submit" class="danger" data-testid="clouds-delete-confirm">"Yes, delete"</button>
                     </ActionForm>
-                </p>
+                </div>
             </details>
         </section>
     }
