@@ -61,6 +61,30 @@ test.describe('admin', () => {
     await expect(flavorRow).toHaveCount(0);
   });
 
+  test('a save the server rejects comes back with the message next to its field', async ({ page, request }) => {
+    await signInDev(page, 'admin');
+    await page.goto('/admin');
+    await waitHydrated(page);
+    // Spaces pass the browser's `required` check; the server trims and refuses the name.
+    await page.getByTestId('flavor-name').fill('   ');
+    await page.getByTestId('flavor-submit').click();
+    await expect(page).toHaveURL(/\/admin\?.*__err=/);
+    await expect(page.getByTestId('err-friendly_name')).toContainText('must not be empty');
+
+    // Editing: the error redirect keeps `?edit_flavor=`, so the form stays on that entry.
+    const { flavor } = await createK8sCatalog(request, 'e2e-admin-err');
+    await page.goto('/admin');
+    await page
+      .locator(`[data-testid="admin-flavor-row"][data-name="${flavor.friendly_name}"]`)
+      .getByRole('link', { name: 'Edit' })
+      .click();
+    await page.getByTestId('flavor-name').fill('  ');
+    await page.getByTestId('flavor-submit').click();
+    await expect(page).toHaveURL(/edit_flavor=.*__err=/);
+    await expect(page.getByTestId('err-friendly_name')).toContainText('must not be empty');
+    await expect(page.getByTestId('flavor-name')).toHaveValue(flavor.friendly_name);
+  });
+
   test('a non-admin (dev sign-in) has no admin link and is refused on /admin', async ({ page }) => {
     await signInDev(page, 'user');
     await expect(page.getByTestId('nav-admin')).toHaveCount(0);

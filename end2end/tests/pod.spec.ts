@@ -42,6 +42,7 @@ test.describe('pod resources', () => {
     await expect(page.getByTestId('resource-detail')).toBeVisible();
     await expect(page.getByTestId('detail-pod-name')).toHaveText(name);
     await expect(page.getByTestId('detail-namespace')).not.toHaveText('');
+    await expect(page.getByTestId('console-panel')).toHaveCount(0);
     await expect(page.getByTestId('detail-ip')).toHaveText(/\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+/i);
     await expect(page.getByTestId('task-history')).toBeVisible();
     await expect(page.getByTestId('task-row').first()).toBeVisible();

@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Through slices-blueprint: POST → the pod Running, and POST → task finished.
     let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut answered = Vec::with_capacity(iterations);
     let mut through = Vec::with_capacity(iterations);
     let mut to_task = Vec::with_capacity(iterations);
     let mut created_ids = Vec::new();
@@ -129,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let status = response.status();
         let created: Value = response.json().await?;
+        answered.push(started.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
             status.as_u16() == 202,
             "POST /resources: {status} {created}"
@@ -165,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         base, iterations
     );
     let d = summary("direct create → Running", &mut direct);
+    summary("POST /resources answered (202)", &mut answered);
     let t = summary("POST /resources → pod Running", &mut through);
     summary("POST /resources → task finished", &mut to_task);
     println!(

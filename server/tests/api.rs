@@ -353,7 +353,23 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
     assert_eq!(created["tasks"].as_array().map(Vec::len), Some(2));
     assert_eq!(created["resources"][0]["requested_by"].as_str(), Some(BOB));
     assert_eq!(created["tasks"][0]["status"].as_str(), Some("queued"));
-    // The same live name again → 409 naming the field.
+    // The answer is built from the inserted rows: it must equal what a read returns.
+    for (resource, task) in created["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(created["tasks"].as_array().into_iter().flatten())
+    {
+        let id = resource["id"].as_str().expect("id");
+        assert_eq!(
+            &app.get(&format!("/resources/{id}"), &token).await.1,
+            resource
+        );
+        let task_id = task["id"].as_str().expect("task id");
+        assert_eq!(&app.get(&format!("/tasks/{task_id}"), &token).await.1, task);
+        assert_eq!(resource["last_task_id"], task["id"], "{resource}");
+    }
+    // The same live name again → 409 naming the field, also when it is not the first.
     let (s, err) = app
         .post("/resources", &token, request(&image, &flavor, &["qkd-bob"]))
         .await;
@@ -361,6 +377,31 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
         (s, err["field"].as_str()),
         (409, Some("resources[0].friendly_name")),
         "{err}"
+    );
+    let (s, err) = app
+        .post(
+            "/resources",
+            &token,
+            request(&image, &flavor, &["qkd-eve", "qkd-alice"]),
+        )
+        .await;
+    assert_eq!(
+        (s, err["field"].as_str()),
+        (409, Some("resources[1].friendly_name")),
+        "{err}"
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("qkd-alice"),
+        "{err}"
+    );
+    // All or nothing: `qkd-eve` was not created either.
+    let (_, list) = app.get("/resources", &token).await;
+    assert!(
+        !list.to_string().contains("qkd-eve"),
+        "a refused request left a resource behind: {list}"
     );
 
     // Another experiment sees none of it: empty list, 404 on the id and its task.

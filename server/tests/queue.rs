@@ -130,3 +130,141 @@ async fn bookkeeping_connections_skip_the_flush_wait_and_request_connections_do_
     assert_eq!(setting(app.state.bookkeeping.clone()).await, "off");
     assert_eq!(setting(app.state.pool.clone()).await, "on");
 }
+
+/// A request served by a process with a worker hands its new tasks straight to that worker,
+/// as many as it has free slots (`--worker-concurrency 4` here); the rest are queued. Every
+/// task runs exactly once.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn requests_hand_new_tasks_to_the_local_worker_up_to_its_free_slots(pool: PgPool) {
+    if skip_k8s() {
+        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
+        return;
+    }
+    let app = TestApp::start(pool.clone(), Options::default()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !app.state.local_worker.is_attached() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never attached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let names: Vec<String> = (0..6).map(|i| format!("handed-{i}")).collect();
+    let (status, created) = app
+        .post(
+            "/resources",
+            &token,
+            json!({"expires_at": in_an_hour(),
+                   "resources": names.iter().map(|n| json!({"friendly_name": n, "disk_image_id": image, "flavor_id": flavor})).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let tasks = created["tasks"].as_array().cloned().unwrap_or_default();
+    let resources = created["resources"].as_array().cloned().unwrap_or_default();
+    assert_eq!((tasks.len(), resources.len()), (6, 6), "{created}");
+    let handed = tasks.iter().filter(|t| t["status"] == "running").count();
+    let queued = tasks.iter().filter(|t| t["status"] == "queued").count();
+    assert_eq!(handed + queued, 6, "{created}");
+    assert!(
+        (1..=4).contains(&handed),
+        "{handed} handed over with 4 slots: {created}"
+    );
+    for (task, resource) in tasks.iter().zip(&resources) {
+        let expected = if task["status"] == "running" {
+            ("provisioning", 1)
+        } else {
+            ("requested", 0)
+        };
+        assert_eq!(
+            (
+                resource["allocation_state"].as_str().unwrap_or_default(),
+                task["attempts"].as_i64().unwrap_or(-1)
+            ),
+            expected,
+            "{resource} {task}"
+        );
+    }
+    for task in &tasks {
+        let id = task["id"].as_str().expect("task id");
+        let done = app.wait_task(id, &token, 90).await;
+        assert_eq!(done["status"], "finished", "{done}");
+        assert_eq!(done["attempts"], 1, "ran more than once: {done}");
+    }
+    let (_, list) = app.get("/resources", &token).await;
+    let provisioned = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["allocation_state"] == "provisioned" && r["operational_state"] == "ready")
+        .count();
+    assert_eq!(provisioned, 6, "{list}");
+}
+
+/// A task handed to a worker that dies before starting it is not lost: it stays claimed by
+/// that worker until the lease runs out, then another worker runs it.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_task_handed_to_a_worker_that_died_is_run_after_its_lease(pool: PgPool) {
+    if skip_k8s() {
+        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
+        return;
+    }
+    let app = TestApp::start(
+        pool.clone(),
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let doomed = app.state.local_worker.attach("doomed-worker", 2);
+    let (status, created) = app
+        .post(
+            "/resources",
+            &token,
+            json!({"expires_at": in_an_hour(),
+                   "resources": [{"friendly_name": "orphan", "disk_image_id": image, "flavor_id": flavor}]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created["tasks"][0]["status"], "running", "{created}");
+    // The worker dies with the task in its inbox.
+    drop(doomed);
+    assert!(!app.state.local_worker.is_attached());
+    let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
+    let (locked_by,): (Option<String>,) = sqlx::query_as(
+        "SELECT locked_by FROM tasks WHERE status = 'running' AND locked_until > now()",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the task row");
+    assert_eq!(locked_by.as_deref(), Some("doomed-worker"));
+    // Its lease runs out; a worker of another process picks it up.
+    sqlx::query("UPDATE tasks SET locked_until = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("expire lease");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(app::ssr::tasks::run_worker(app.state.clone(), rx));
+    let task = app.wait_task(&task_id, &token, 60).await;
+    assert_eq!(task["status"], "finished", "{task}");
+    assert_eq!(
+        task["attempts"], 2,
+        "handed once, claimed once again: {task}"
+    );
+    let (_, resource) = app
+        .get(
+            &format!(
+                "/resources/{}",
+                created["resources"][0]["id"].as_str().unwrap_or_default()
+            ),
+            &token,
+        )
+        .await;
+    assert_eq!(resource["operational_state"], "ready", "{resource}");
+    let _ = stop.send(true);
+    let _ = worker.await;
+}

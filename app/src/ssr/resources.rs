@@ -10,6 +10,7 @@ use crate::model::{
     OperationalState, Resource, ResourcePatch, Task, TaskKind,
 };
 use crate::ssr::auth::{Principal, TokenKind};
+use crate::ssr::backend::RecordRow;
 use crate::ssr::state::AppState;
 use crate::ssr::{catalog, field_id, internal, path_id, tasks};
 use chrono::{DateTime, Utc};
@@ -242,7 +243,10 @@ fn check_image_cloud(
 }
 
 /// `POST /resources`: validates everything first, then inserts every resource and its
-/// create task in one transaction (all or nothing) and wakes the workers.
+/// create task in one statement (all or nothing). Tasks this process's worker has room for
+/// are written already claimed by it and handed over in memory
+/// ([`tasks::LocalWorker`]); the others are queued and the workers notified. The answer is
+/// built from the inserted rows (no re-read).
 pub async fn create_resources(
     state: &AppState,
     principal: &Principal,
@@ -308,18 +312,19 @@ pub async fn create_resources(
             &spec.disk_image_id,
         )?;
         let flavor_uuid = field_id(IdKind::Flavor, site, &f("flavor_id"), &spec.flavor_id)?;
-        let image = catalog::get_image(&state.pool, site, &spec.disk_image_id, principal.is_admin)
-            .await
-            .map_err(|e| match e {
-                AppError::NotFound(m) => AppError::invalid(f("disk_image_id"), m),
-                other => other,
-            })?;
-        let flavor = catalog::get_flavor(&state.pool, site, &spec.flavor_id)
-            .await
-            .map_err(|e| match e {
-                AppError::NotFound(m) => AppError::invalid(f("flavor_id"), m),
-                other => other,
-            })?;
+        // Both catalog reads at once (two pooled connections): one round trip, not two.
+        let (image, flavor) = tokio::join!(
+            catalog::get_image(&state.pool, site, &spec.disk_image_id, principal.is_admin),
+            catalog::get_flavor(&state.pool, site, &spec.flavor_id)
+        );
+        let image = image.map_err(|e| match e {
+            AppError::NotFound(m) => AppError::invalid(f("disk_image_id"), m),
+            other => other,
+        })?;
+        let flavor = flavor.map_err(|e| match e {
+            AppError::NotFound(m) => AppError::invalid(f("flavor_id"), m),
+            other => other,
+        })?;
         match flavor.flavor_type {
             FlavorType::K8s => {
                 if !is_dns_label(&name) {
@@ -384,58 +389,208 @@ pub async fn create_resources(
     }
 
     let project_id = principal.project_id.clone().unwrap_or_default();
-    let mut tx = state.pool.begin().await?;
-    let mut task_ids = Vec::with_capacity(planned.len());
-    for (i, p) in planned.iter().enumerate() {
-        sqlx::query!(
-            r#"INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
+    // This process's worker takes what it has room for straight from here (no claim, no
+    // re-read); the rest is queued for any worker.
+    let mut reserved = state.local_worker.reserve(planned.len());
+    let handed: Vec<bool> = (0..planned.len()).map(|i| i < reserved.len()).collect();
+    let task_ids: Vec<Uuid> = planned.iter().map(|_| Uuid::now_v7()).collect();
+    let ids: Vec<Uuid> = planned.iter().map(|p| p.id).collect();
+    let worker_id = reserved.first().map(|r| r.worker_id().to_string());
+    // One statement, so one round trip and atomic on its own: every resource, its create
+    // task (queued, or already claimed by this process's worker with a fresh lease), and
+    // what the answer and the worker need, joined from the catalog.
+    let rows = sqlx::query!(
+        r#"WITH r AS (
+               INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
                    disk_image_id, flavor_id, flavor_type, network_name, userdata,
-                   ssh_authorized_keys, expires_at, status_message)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'waiting for a worker')"#,
-            p.id,
-            experiment_id,
-            project_id,
-            requested_by,
-            p.friendly_name,
-            p.disk_image_id,
-            p.flavor_id,
-            p.flavor_type.as_str(),
-            p.network_name,
-            p.userdata,
-            &request.ssh_authorized_keys,
-            request.expires_at as _
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(
-            |e| match e.as_database_error().and_then(|d| d.constraint()) {
-                Some("resources_live_name_unique") => AppError::Conflict {
-                    field: format!("resources[{i}].friendly_name"),
-                    message: format!(
-                        "`{}` is already the name of a live resource of this experiment",
-                        p.friendly_name
-                    ),
-                },
-                _ => internal(e),
-            },
-        )?;
-        task_ids.push(tasks::enqueue(&mut tx, p.id, TaskKind::Create).await?);
+                   ssh_authorized_keys, expires_at, allocation_state, status_message)
+               SELECT u.id, $2, $3, $4, u.friendly_name, u.disk_image_id, u.flavor_id,
+                      u.flavor_type, u.network_name, u.userdata, $5, $6,
+                      CASE WHEN u.handed THEN 'provisioning' ELSE 'requested' END,
+                      CASE WHEN u.handed THEN 'provisioning' ELSE 'waiting for a worker' END
+               FROM UNNEST($1::uuid[], $7::text[], $8::uuid[], $9::uuid[], $10::text[],
+                           $11::text[], $12::text[], $13::bool[])
+                    AS u(id, friendly_name, disk_image_id, flavor_id, flavor_type, network_name,
+                         userdata, handed)
+               RETURNING *),
+           t AS (
+               INSERT INTO tasks (id, resource_id, kind, status, message, attempts, locked_by,
+                   locked_until, started_at)
+               SELECT v.id, v.resource_id, 'create',
+                      CASE WHEN v.handed THEN 'running' ELSE 'queued' END,
+                      CASE WHEN v.handed THEN 'started' ELSE 'queued' END,
+                      CASE WHEN v.handed THEN 1 ELSE 0 END,
+                      CASE WHEN v.handed THEN $15 END,
+                      CASE WHEN v.handed THEN now() + make_interval(secs => $16) END,
+                      CASE WHEN v.handed THEN now() END
+               FROM UNNEST($14::uuid[], $1::uuid[], $13::bool[]) AS v(id, resource_id, handed)
+               RETURNING *)
+           SELECT r.id AS "id!", r.experiment_id AS "experiment_id!", r.project_id AS "project_id!",
+                  r.requested_by, r.friendly_name AS "friendly_name!",
+                  r.disk_image_id AS "disk_image_id!", r.flavor_id AS "flavor_id!",
+                  r.flavor_type AS "flavor_type!", r.network_name, r.userdata,
+                  r.ssh_authorized_keys AS "ssh_authorized_keys!",
+                  r.expires_at AS "expires_at!: DateTime<Utc>",
+                  r.allocation_state AS "allocation_state!",
+                  r.operational_state AS "operational_state!",
+                  r.status_message AS "status_message!", r.backend_details AS "backend_details!",
+                  r.created_at AS "created_at!: DateTime<Utc>",
+                  r.updated_at AS "updated_at!: DateTime<Utc>",
+                  i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
+                  f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
+                  f.source_id AS flavor_source_id,
+                  t.id AS "task_id!", t.kind AS "task_kind!", t.status AS "task_status!",
+                  t.completed AS "task_completed!", t.message AS "task_message!",
+                  t.attempts AS "task_attempts!",
+                  t.created_at AS "task_created_at!: DateTime<Utc>",
+                  t.updated_at AS "task_updated_at!: DateTime<Utc>",
+                  t.started_at AS "task_started_at: DateTime<Utc>",
+                  t.finished_at AS "task_finished_at: DateTime<Utc>"
+           FROM r JOIN t ON t.resource_id = r.id
+                  JOIN disk_images i ON i.id = r.disk_image_id
+                  JOIN flavors f ON f.id = r.flavor_id
+           ORDER BY array_position($1::uuid[], r.id)"#,
+        &ids,
+        experiment_id,
+        project_id,
+        requested_by,
+        &request.ssh_authorized_keys,
+        request.expires_at as _,
+        &planned
+            .iter()
+            .map(|p| p.friendly_name.clone())
+            .collect::<Vec<_>>(),
+        &planned.iter().map(|p| p.disk_image_id).collect::<Vec<_>>(),
+        &planned.iter().map(|p| p.flavor_id).collect::<Vec<_>>(),
+        &planned
+            .iter()
+            .map(|p| p.flavor_type.as_str().to_string())
+            .collect::<Vec<_>>(),
+        &planned
+            .iter()
+            .map(|p| p.network_name.clone())
+            .collect::<Vec<_>>() as &[Option<String>],
+        &planned
+            .iter()
+            .map(|p| p.userdata.clone())
+            .collect::<Vec<_>>() as &[Option<String>],
+        &handed,
+        &task_ids,
+        worker_id,
+        tasks::LEASE.as_secs_f64()
+    )
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| name_conflict(e, &experiment_id, &planned))?;
+    if handed.iter().any(|h| !h) {
+        tasks::notify_queued(&state.pool).await;
+        state.tasks_queued();
     }
-    tx.commit().await?;
-    state.tasks_queued();
     state.list_cache.invalidate();
 
-    let mut resources = Vec::with_capacity(planned.len());
-    let mut created_tasks = Vec::with_capacity(planned.len());
-    let scope = Scope::of(principal);
-    for (p, task_id) in planned.iter().zip(task_ids) {
-        resources.push(fetch(state, &scope, p.id).await?);
-        created_tasks.push(tasks::fetch(state, &scope, task_id).await?);
+    let mut resources = Vec::with_capacity(rows.len());
+    let mut created_tasks = Vec::with_capacity(rows.len());
+    let mut reserved = reserved.drain(..);
+    for row in rows {
+        let record = RecordRow {
+            id: row.id,
+            experiment_id: row.experiment_id.clone(),
+            project_id: row.project_id.clone(),
+            requested_by: row.requested_by.clone(),
+            friendly_name: row.friendly_name.clone(),
+            flavor_type: row.flavor_type.clone(),
+            allocation_state: row.allocation_state.clone(),
+            network_name: row.network_name.clone(),
+            userdata: row.userdata,
+            ssh_authorized_keys: row.ssh_authorized_keys.clone(),
+            backend_details: row.backend_details.clone(),
+            location: row.location,
+            cluster_id: row.cluster_id,
+            default_username: row.default_username.clone(),
+            image_name: row.image_name,
+            vcpus: row.vcpus,
+            ram_mib: row.ram_mib,
+            disk_mb: row.disk_mb,
+            flavor_name: row.flavor_name,
+            flavor_source_id: row.flavor_source_id,
+        };
+        if row.task_status == "running" {
+            if let Some(slot) = reserved.next() {
+                slot.start(row.task_id, TaskKind::Create, record.into_record(site));
+            }
+        }
+        created_tasks.push(
+            tasks::TaskRow {
+                id: row.task_id,
+                resource_id: row.id,
+                kind: row.task_kind,
+                status: row.task_status,
+                completed: row.task_completed,
+                message: row.task_message,
+                attempts: row.task_attempts,
+                created_at: row.task_created_at,
+                updated_at: row.task_updated_at,
+                started_at: row.task_started_at,
+                finished_at: row.task_finished_at,
+            }
+            .into_wire(site)?,
+        );
+        resources.push(
+            ResourceRow {
+                id: row.id,
+                experiment_id: row.experiment_id,
+                project_id: row.project_id,
+                requested_by: row.requested_by,
+                friendly_name: row.friendly_name,
+                disk_image_id: row.disk_image_id,
+                flavor_id: row.flavor_id,
+                flavor_type: row.flavor_type,
+                network_name: row.network_name,
+                ssh_authorized_keys: row.ssh_authorized_keys,
+                expires_at: row.expires_at,
+                allocation_state: row.allocation_state,
+                operational_state: row.operational_state,
+                status_message: row.status_message,
+                backend_details: row.backend_details,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+                default_username: row.default_username,
+                last_task_id: Some(row.task_id),
+            }
+            .into_wire(site)?,
+        );
     }
     Ok(CreateResourcesResponse {
         resources,
         tasks: created_tasks,
     })
+}
+
+/// Maps the live-name unique index of `resources` to a 409 naming the request's field
+/// (PostgreSQL's detail reads `Key (experiment_id, friendly_name)=(<exp>, <name>) already
+/// exists.`); any other error is internal.
+fn name_conflict(e: sqlx::Error, experiment_id: &str, planned: &[Planned]) -> AppError {
+    let Some(db) = e.as_database_error() else {
+        return internal(e);
+    };
+    if db.constraint() != Some("resources_live_name_unique") {
+        return internal(e);
+    }
+    let detail = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|pg| pg.detail())
+        .unwrap_or_default();
+    let (index, name) = planned
+        .iter()
+        .enumerate()
+        .find(|(_, p)| detail.contains(&format!("=({experiment_id}, {})", p.friendly_name)))
+        .or_else(|| planned.iter().enumerate().next())
+        .map(|(i, p)| (i, p.friendly_name.as_str()))
+        .unwrap_or((0, ""));
+    AppError::Conflict {
+        field: format!("resources[{index}].friendly_name"),
+        message: format!("`{name}` is already the name of a live resource of this experiment"),
+    }
 }
 
 /// `GET /resources`.

@@ -75,6 +75,7 @@ pub async fn assemble(
         leptos_options,
         bookkeeping,
         task_wake: Arc::default(),
+        local_worker: Arc::default(),
         pool,
         config: Arc::new(config),
         auth: Arc::new(auth),

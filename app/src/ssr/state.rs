@@ -36,6 +36,9 @@ pub struct AppState {
     /// workers hear the `pg_notify` sent in the same transaction).
     #[from_ref(skip)]
     pub task_wake: Arc<tokio::sync::Notify>,
+    /// This process's worker, when it runs one: requests hand new tasks straight to it.
+    #[from_ref(skip)]
+    pub local_worker: Arc<crate::ssr::tasks::LocalWorker>,
 }
 
 impl AppState {

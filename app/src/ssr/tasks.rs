@@ -20,6 +20,11 @@
 //!   [`bookkeeping_pool`] without waiting for the flush: if Postgres itself crashes, at most
 //!   the last fraction of a second of those writes is lost, which is the crash case the lease
 //!   already covers (the task runs again and the backend adopts what it made).
+//! - A request served by a process that runs a worker hands its new tasks straight to that
+//!   worker ([`LocalWorker`]): the task row is inserted already claimed (status `running`,
+//!   `locked_by` that worker, a fresh lease) in the same statement as the resource, and the
+//!   worker starts it without a claim query. If the process dies first, the lease runs out
+//!   and any worker claims the task as above.
 //! - Retryable backend errors re-queue the task with exponential backoff (2, 4, 8, … ≤ 60 s)
 //!   up to `max_attempts`; then the task fails and the resource is cleaned up.
 
@@ -33,7 +38,9 @@ use crate::ssr::state::AppState;
 use crate::ssr::{internal, path_id};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -47,22 +54,23 @@ pub const CHANNEL: &str = "slices_tasks";
 const POLL: Duration = Duration::from_secs(1);
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-struct TaskRow {
-    id: Uuid,
-    resource_id: Uuid,
-    kind: String,
-    status: String,
-    completed: i16,
-    message: String,
-    attempts: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
+/// A `tasks` row as the API shows it.
+pub(crate) struct TaskRow {
+    pub id: Uuid,
+    pub resource_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub completed: i16,
+    pub message: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl TaskRow {
-    fn into_wire(self, site: &str) -> Result<Task, AppError> {
+    pub(crate) fn into_wire(self, site: &str) -> Result<Task, AppError> {
         Ok(Task {
             id: format_id(IdKind::Task, site, self.id),
             resource_id: format_id(IdKind::Resource, site, self.resource_id),
@@ -121,6 +129,18 @@ pub async fn enqueue(
     Ok(id)
 }
 
+/// Wakes the workers of every process after tasks were queued outside [`enqueue`] (whose
+/// notification rides on its transaction). A lost notification only delays a task until
+/// the next poll ([`POLL`]), so a failure is logged, not returned.
+pub async fn notify_queued(pool: &PgPool) {
+    if let Err(e) = sqlx::query!("SELECT pg_notify($1, '')", CHANNEL)
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(error = %e, "could not notify the workers");
+    }
+}
+
 /// One task whose resource is visible to `scope`.
 pub(crate) async fn fetch(state: &AppState, scope: &Scope, id: Uuid) -> Result<Task, AppError> {
     let row = sqlx::query_as!(
@@ -177,6 +197,148 @@ pub async fn list_tasks(
         .map(|r| r.into_wire(state.site()))
         .collect()
 }
+
+/// This process's worker as request handlers see it: present while [`run_worker`] runs in
+/// this process (the default `serve`; absent with `--no-worker`/`RUN_WORKER=false` and in
+/// API-only test apps). Handlers reserve one of its free slots per new task, insert the task
+/// already claimed by it ([`Reserved::worker_id`], lease [`LEASE`]) and, after the commit,
+/// hand it over with [`Reserved::start`]. A slot is one of the worker's
+/// `WORKER_CONCURRENCY` permits, shared with its own claims, so the two paths together never
+/// run more tasks at once than configured.
+#[derive(Default)]
+pub struct LocalWorker {
+    inner: Mutex<Option<LocalInner>>,
+}
+
+#[derive(Clone)]
+struct LocalInner {
+    worker_id: String,
+    slots: Arc<Semaphore>,
+    handoff: mpsc::UnboundedSender<Handoff>,
+}
+
+/// A task handed from a request to this process's worker, with the record the request
+/// already holds and the slot it reserved.
+struct Handoff {
+    task: Claimed,
+    record: ResourceRecord,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A free slot of this process's worker, held by a request until its tasks are committed.
+pub struct Reserved {
+    worker_id: String,
+    permit: OwnedSemaphorePermit,
+    handoff: mpsc::UnboundedSender<Handoff>,
+}
+
+impl LocalWorker {
+    /// Up to `n` free slots of this process's worker (none when it runs elsewhere or is busy).
+    pub fn reserve(&self, n: usize) -> Vec<Reserved> {
+        let inner = match self.inner.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(inner) = inner else {
+            return Vec::new();
+        };
+        (0..n)
+            .map_while(|_| inner.slots.clone().try_acquire_owned().ok())
+            .map(|permit| Reserved {
+                worker_id: inner.worker_id.clone(),
+                permit,
+                handoff: inner.handoff.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether a worker is attached (runs in this process).
+    pub fn is_attached(&self) -> bool {
+        match self.inner.lock() {
+            Ok(guard) => guard.is_some(),
+            Err(poisoned) => poisoned.into_inner().is_some(),
+        }
+    }
+
+    /// Makes `worker_id` this process's worker with `concurrency` slots until the returned
+    /// [`Attached`] is dropped. [`run_worker`] does this; tests use it to stand in for a
+    /// worker that dies before it starts what it was handed.
+    pub fn attach(self: &Arc<Self>, worker_id: &str, concurrency: usize) -> Attached {
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let (handoff, handoffs) = mpsc::unbounded_channel();
+        self.replace(Some(LocalInner {
+            worker_id: worker_id.to_string(),
+            slots: slots.clone(),
+            handoff,
+        }));
+        Attached {
+            owner: self.clone(),
+            worker_id: worker_id.to_string(),
+            slots,
+            handoffs,
+        }
+    }
+
+    fn replace(&self, inner: Option<LocalInner>) -> Option<LocalInner> {
+        match self.inner.lock() {
+            Ok(mut guard) => std::mem::replace(&mut *guard, inner),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), inner),
+        }
+    }
+}
+
+/// A worker attached to its process's [`LocalWorker`]: its slots and the tasks handed to
+/// it. Dropping it detaches the worker (requests queue their tasks again); tasks handed
+/// over but not started stay claimed by it until [`run_worker`]'s shutdown re-queues them
+/// or their lease runs out.
+pub struct Attached {
+    owner: Arc<LocalWorker>,
+    worker_id: String,
+    slots: Arc<Semaphore>,
+    handoffs: mpsc::UnboundedReceiver<Handoff>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Detach only ourselves (a newer worker may have attached since).
+        if let Some(current) = self.owner.replace(None) {
+            if current.worker_id != self.worker_id {
+                self.owner.replace(Some(current));
+            }
+        }
+    }
+}
+
+impl Reserved {
+    /// The id to write into the task's `locked_by`.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Starts the committed, claimed task `task_id` (attempt 1, a create or delete of
+    /// `record`). If the worker has stopped meanwhile, its shutdown already re-queued every
+    /// task it held, or the lease runs out: the task runs later, never twice at once.
+    pub fn start(self, task_id: Uuid, kind: TaskKind, record: ResourceRecord) {
+        let task = Claimed {
+            id: task_id,
+            resource_id: record.id,
+            kind,
+            attempts: 1,
+            max_attempts: MAX_ATTEMPTS,
+        };
+        let handoff = Handoff {
+            task,
+            record,
+            permit: self.permit,
+        };
+        if self.handoff.send(handoff).is_err() {
+            tracing::info!(task = %task_id, "the worker stopped before a handed-over task started; it runs after its lease");
+        }
+    }
+}
+
+/// `tasks.max_attempts`'s default (migrations: `max_attempts integer NOT NULL DEFAULT 5`).
+pub const MAX_ATTEMPTS: i32 = 5;
 
 /// A task a worker has claimed.
 #[derive(Debug, Clone)]
@@ -308,6 +470,8 @@ pub async fn run_worker(
     let concurrency = state.config.worker_concurrency;
     let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
     listener.listen(CHANNEL).await?;
+    let mut attached = state.local_worker.attach(&worker_id, concurrency);
+    let slots = attached.slots.clone();
     tracing::info!(%worker_id, concurrency, "task worker started");
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
@@ -318,12 +482,15 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        while running.len() < concurrency {
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
             match claim(&state.bookkeeping, &worker_id).await {
                 Ok(Some(task)) => {
                     let state = state.clone();
                     let worker_id = worker_id.clone();
-                    running.spawn(async move { run_task(state, worker_id, task).await });
+                    running.spawn(async move {
+                        run_task(state, worker_id, task, None).await;
+                        drop(permit);
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -339,12 +506,22 @@ pub async fn run_worker(
                     tokio::time::sleep(POLL).await;
                 }
             }
+            Some(h) = attached.handoffs.recv() => {
+                let state = state.clone();
+                let worker_id = worker_id.clone();
+                running.spawn(async move {
+                    run_task(state, worker_id, h.task, Some(h.record)).await;
+                    drop(h.permit);
+                });
+            }
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = state.task_wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => break,
         }
     }
+    // No more hand-offs; what was sent but not started is re-queued with the rest below.
+    drop(attached);
     running.abort_all();
     while running.join_next().await.is_some() {}
     let released = sqlx::query!(
@@ -396,7 +573,12 @@ enum Outcome {
 
 /// Runs one claimed task to an outcome and records it.
 #[tracing::instrument(skip_all, fields(task = %task.id, resource = %task.resource_id, kind = task.kind.as_str(), attempt = task.attempts))]
-async fn run_task(state: AppState, worker_id: String, task: Claimed) {
+async fn run_task(
+    state: AppState,
+    worker_id: String,
+    task: Claimed,
+    record: Option<ResourceRecord>,
+) {
     let progress = Progress {
         pool: state.bookkeeping.clone(),
         task_id: task.id,
@@ -409,7 +591,12 @@ async fn run_task(state: AppState, worker_id: String, task: Claimed) {
             task.max_attempts
         )))
     } else {
-        match ResourceRecord::load(&state, task.resource_id).await {
+        // A hand-off from a request brings the record the request just wrote.
+        let loaded = match record {
+            Some(record) => Ok(record),
+            None => ResourceRecord::load(&state, task.resource_id).await,
+        };
+        match loaded {
             Ok(record) => supervise(&state, &worker_id, &task, &progress, record).await,
             Err(e) => Outcome::Failed(BackendError::retryable(format!(
                 "loading the resource: {e}"
@@ -442,16 +629,21 @@ async fn supervise(
     let work = async {
         match task.kind {
             TaskKind::Create => {
-                // One write before the backend starts (the claim already marked the task
-                // running): the sooner the Pod or server is requested, the sooner it runs.
-                progress
-                    .set_resource(
-                        AllocationState::Provisioning,
-                        OperationalState::Pending,
-                        "provisioning",
-                        None,
-                    )
-                    .await;
+                // At most one write before the backend starts (the claim already marked the
+                // task running): the sooner the Pod or server is requested, the sooner it
+                // runs. A task handed over by its request starts with the resource already
+                // `provisioning` (written by that request's insert): no write at all.
+                if !(task.attempts == 1 && record.allocation_state == AllocationState::Provisioning)
+                {
+                    progress
+                        .set_resource(
+                            AllocationState::Provisioning,
+                            OperationalState::Pending,
+                            "provisioning",
+                            None,
+                        )
+                        .await;
+                }
                 backend
                     .create(&record, progress)
                     .await

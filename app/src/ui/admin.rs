@@ -228,9 +228,9 @@ pub fn AdminPage() -> impl IntoView {
     }
 }
 
-/// The catalog editor. Tables and the hide/delete buttons are server HTML (plain forms that
-/// post to the server functions, which redirect back here); the import and the two entry
-/// forms are islands, so their progress and field errors show without a reload. "Edit" is a
+/// The catalog editor. The entry forms, tables and hide/delete buttons are server HTML
+/// (plain forms that post to the server functions, which redirect back here); only the
+/// import is an island, so its progress and report show without a reload. "Edit" is a
 /// link (`?edit_flavor=<id>`, `?edit_image=<id>`) that opens the form on that entry.
 #[component]
 fn AdminCatalog() -> impl IntoView {
@@ -365,11 +365,15 @@ fn ImportForm() -> impl IntoView {
     }
 }
 
-/// The flavor and image forms (an island: field errors appear next to the fields; a
-/// successful save reloads the page). With `edit_*` set they edit that entry.
-#[island(lazy)]
+/// The flavor and image forms, server HTML: plain forms that post to [`save_flavor`] /
+/// [`save_image`], which redirect back to `/admin`. A rejected save comes back as Leptos's
+/// URL error (`__err`, read by `ServerAction::new`), shown next to its field. They are not an
+/// island on purpose: the page then downloads only the import's code (issue 2's 250 KB
+/// bundle target); the browser's own checks (`required`, `min`) catch most mistakes before
+/// the round trip. With `edit_*` set they edit that entry (the `?edit_*=` link survives
+/// an error redirect, so the form reopens on the same entry).
+#[component]
 fn EntryForms(edit_flavor: Option<Flavor>, edit_image: Option<DiskImage>) -> impl IntoView {
-    super::island_hydrated();
     let save_flavor = ServerAction::<SaveFlavor>::new();
     let save_image = ServerAction::<SaveImage>::new();
     let flavor_result = Signal::derive(move || save_flavor.value().get());

@@ -77,10 +77,25 @@ pub fn CloudsPage() -> impl IntoView {
 
 /// The page: the summary and its buttons are server HTML (plain forms posting to the server
 /// functions, which redirect back here; "Delete" confirms through a `<details>` disclosure);
-/// the upload form and each "Test connection" are islands.
+/// "Test connection" is a GET form whose answer is rendered with the page; only the upload
+/// form is an island.
 #[component]
 fn CloudsLoader() -> impl IntoView {
+    use leptos_router::hooks::use_query_map;
     let current = Resource::new(|| (), |_| my_clouds());
+    // "Test connection" is a GET form (`?test=<cloud>`): the page is rendered with the
+    // answer of Keystone and Glance next to that cloud. No island, so the page downloads
+    // only the upload form's code.
+    let query = use_query_map();
+    let tested = Resource::new(
+        move || query.with(|q| q.get("test")),
+        |cloud| async move {
+            match cloud {
+                Some(cloud) => Some((cloud.clone(), test_cloud(cloud).await)),
+                None => None,
+            }
+        },
+    );
     // Errors of the no-JavaScript forms come back in the URL (Leptos's `ServerActionError`).
     let set_default = ServerAction::<SetDefaultCloud>::new();
     let remove = ServerAction::<DeleteClouds>::new();
@@ -95,12 +110,13 @@ fn CloudsLoader() -> impl IntoView {
         {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                match current.await {
+                let (current, tested) = (current.await, tested.await);
+                match current {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
                     Ok(None) => view! {
                         <p class="empty" data-testid="clouds-none">"No clouds.yaml uploaded yet."</p>
                     }.into_any(),
-                    Ok(Some(summary)) => view! { <CloudsSummary summary set_default remove /> }.into_any(),
+                    Ok(Some(summary)) => view! { <CloudsSummary summary tested set_default remove /> }.into_any(),
                 }
             })}
         </Suspense>
@@ -184,6 +200,8 @@ fn UploadForm() -> impl IntoView {
 #[component]
 fn CloudsSummary(
     summary: CloudsYamlSummary,
+    /// The cloud named by `?test=` and what testing it gave.
+    tested: Option<(String, Result<ConnectionTest, AppError>)>,
     set_default: ServerAction<SetDefaultCloud>,
     remove: ServerAction<DeleteClouds>,
 ) -> impl IntoView {
@@ -202,6 +220,10 @@ fn CloudsSummary(
                         {summary.clouds.into_iter().map(|c| {
                             let is_default = c.name == default_cloud;
                             let name = c.name.clone();
+                            let result = tested
+                                .as_ref()
+                                .filter(|(cloud, _)| *cloud == c.name)
+                                .map(|(_, result)| result.clone());
                             view! {
                                 <tr data-testid="cloud-row" data-name=c.name.clone()>
                                     <td>{c.name.clone()}{is_default.then(|| view! { <span class="badge" data-testid="cloud-default">" default"</span> })}</td>
@@ -211,13 +233,17 @@ fn CloudsSummary(
                                     <td>{c.region_name.clone().unwrap_or_default()}</td>
                                     <td>{c.interface.clone()}</td>
                                     <td class="actions">
-                                        <TestButton cloud=c.name.clone() />
+                                        <form method="get" action="/clouds" class="inline">
+                                            <input type="hidden" name="test" value=c.name.clone() />
+                                            <button type="submit" data-testid="cloud-test">"Test connection"</button>
+                                        </form>
                                         {(!is_default).then(|| view! {
                                             <ActionForm action=set_default attr:class="inline">
                                                 <input type="hidden" name="name" value=name />
                                                 <button type="submit" data-testid="cloud-make-default">"Make default"</button>
                                             </ActionForm>
                                         })}
+                                        {result.map(|result| view! { <TestResult result /> })}
                                     </td>
                                 </tr>
                             }
@@ -239,27 +265,19 @@ fn CloudsSummary(
     }
 }
 
-/// "Test connection" for one cloud, with its answer (an island).
-#[island(lazy)]
-fn TestButton(cloud: String) -> impl IntoView {
-    super::island_hydrated();
-    let test = ServerAction::<TestCloud>::new();
-    view! {
-        <button data-testid="cloud-test" on:click=move |_| { test.dispatch(TestCloud { cloud: cloud.clone() }); }>
-            "Test connection"
-        </button>
-        {move || test.pending().get().then(|| view! { <p class="loading">"Asking Keystone…"</p> })}
-        {move || test.value().get().map(|r| match r {
-            Ok(t) if t.ok => view! {
-                <p class="ok" data-testid="cloud-test-result">
-                    {format!("Keystone accepted the credentials; {} image(s) visible: ", t.images.as_ref().map_or(0, Vec::len))}
-                    {t.images.unwrap_or_default().join(", ")}
-                </p>
-            }.into_any(),
-            Ok(t) => view! {
-                <p class="error" data-testid="cloud-test-result">{t.error.unwrap_or_default()}</p>
-            }.into_any(),
-            Err(e) => view! { <ErrorBox error=e /> }.into_any(),
-        })}
+/// What "Test connection" found: Keystone's answer and the images Glance lists, or why not.
+#[component]
+fn TestResult(result: Result<ConnectionTest, AppError>) -> impl IntoView {
+    match result {
+        Ok(t) if t.ok => view! {
+            <p class="ok" data-testid="cloud-test-result">
+                {format!("Keystone accepted the credentials; {} image(s) visible: ", t.images.as_ref().map_or(0, Vec::len))}
+                {t.images.unwrap_or_default().join(", ")}
+            </p>
+        }.into_any(),
+        Ok(t) => view! {
+            <p class="error" data-testid="cloud-test-result">{t.error.unwrap_or_default()}</p>
+        }.into_any(),
+        Err(e) => view! { <ErrorBox error=e /> }.into_any(),
     }
 }

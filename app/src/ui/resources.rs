@@ -430,6 +430,22 @@ fn ResourceDetail() -> impl IntoView {
         move || params.with(|p| p.get("id").unwrap_or_default()),
         resource_detail,
     );
+    // `?console=1` (the console panel's form): read the VM's console log for this render.
+    let query = leptos_router::hooks::use_query_map();
+    let console = Resource::new(
+        move || {
+            (
+                params.with(|p| p.get("id").unwrap_or_default()),
+                query.with(|q| q.get("console").is_some()),
+            )
+        },
+        |(id, asked)| async move {
+            match asked {
+                true => Some(console_log(id).await),
+                false => None,
+            }
+        },
+    );
     view! {
         <p><A href="/resources">"← Resources"</A></p>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
@@ -438,7 +454,10 @@ fn ResourceDetail() -> impl IntoView {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
                     Ok((resource, tasks)) => {
                         let id = resource.id.clone();
-                        view! { <ResourceDetailLive id resource tasks /> }.into_any()
+                        let log = console.await;
+                        let console = (resource.flavor_type == crate::model::FlavorType::Vm)
+                            .then(|| view! { <ConsolePanel log /> });
+                        view! { <ResourceDetailLive id resource tasks /> {console} }.into_any()
                     }
                 }
             })}
@@ -446,8 +465,7 @@ fn ResourceDetail() -> impl IntoView {
     }
 }
 
-/// A resource's facts and task history, refreshed every [`super::REFRESH_MS`]; the console
-/// panel (VMs) stays put across refreshes.
+/// A resource's facts and task history, refreshed every [`super::REFRESH_MS`].
 #[island(lazy)]
 fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -> impl IntoView {
     super::island_hydrated();
@@ -455,11 +473,6 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
     let (detail, error) = live((resource, tasks), move || tick.get(), {
         let id = id.clone();
         move || resource_detail(id.clone())
-    });
-    let has_console = Memo::new(move |_| {
-        detail.with(|(r, _)| {
-            r.flavor_type == crate::model::FlavorType::Vm && r.details.server_id.is_some()
-        })
     });
     view! {
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
@@ -496,9 +509,6 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                 </section>
             }
         }}
-        <Show when=move || has_console.get()>
-            <ConsolePanel id=id.clone() />
-        </Show>
         {move || {
             let tasks = detail.with(|(_, t)| t.clone());
             view! {
@@ -527,21 +537,23 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
     }
 }
 
-/// A VM's console log, fetched when asked (and again on "Refresh").
+/// A VM's console log (Nova `os-getConsoleOutput`), server HTML: "Show console log" is a
+/// GET form (`?console=1`) and the page comes back with the log (`log`, read while rendering),
+/// "Refresh" sends it again. Not an island, so the detail page downloads no code for it.
+/// Before Nova has a server the answer is a 409, shown in the panel.
 #[component]
-fn ConsolePanel(id: String) -> impl IntoView {
-    let fetch = ServerAction::<ConsoleLog>::new();
-    let id2 = id;
+fn ConsolePanel(log: Option<Result<crate::model::ConsoleLog, AppError>>) -> impl IntoView {
+    let shown = log.is_some();
     view! {
         <section class="card" data-testid="console-panel">
-            <div class="page-head">
+            <form method="get" class="page-head">
                 <h2>"Console log"</h2>
-                <button data-testid="console-show" on:click=move |_| { fetch.dispatch(ConsoleLog { id: id2.clone() }); }>
-                    {move || if fetch.value().get().is_some() { "Refresh" } else { "Show console log" }}
+                <input type="hidden" name="console" value="1" />
+                <button type="submit" data-testid="console-show">
+                    {if shown { "Refresh" } else { "Show console log" }}
                 </button>
-            </div>
-            {move || fetch.pending().get().then(|| view! { <p class="loading">"Asking Nova…"</p> })}
-            {move || fetch.value().get().map(|r| match r {
+            </form>
+            {log.map(|r| match r {
                 Ok(log) if log.output.is_empty() => view! {
                     <p class="empty" data-testid="console-output">"(no output yet)"</p>
                 }.into_any(),

@@ -78,10 +78,66 @@ pub struct ResourceRecord {
     pub details: BackendDetails,
 }
 
+/// The columns a [`ResourceRecord`] is read from: a resource joined with its image and
+/// flavor ([`ResourceRecord::load`], and the insert of `POST /resources`, which hands the
+/// record it wrote to this process's worker).
+pub(crate) struct RecordRow {
+    pub id: Uuid,
+    pub experiment_id: String,
+    pub project_id: String,
+    pub requested_by: Option<String>,
+    pub friendly_name: String,
+    pub flavor_type: String,
+    pub allocation_state: String,
+    pub network_name: Option<String>,
+    pub userdata: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub backend_details: serde_json::Value,
+    pub location: String,
+    pub cluster_id: String,
+    pub default_username: String,
+    pub image_name: String,
+    pub vcpus: i32,
+    pub ram_mib: i32,
+    pub disk_mb: i32,
+    pub flavor_name: String,
+    pub flavor_source_id: Option<String>,
+}
+
+impl RecordRow {
+    pub(crate) fn into_record(self, site: &str) -> ResourceRecord {
+        ResourceRecord {
+            id: self.id,
+            typed_id: crate::ids::format_id(crate::ids::IdKind::Resource, site, self.id),
+            experiment_id: self.experiment_id,
+            project_id: self.project_id,
+            requested_by: self.requested_by,
+            friendly_name: self.friendly_name,
+            flavor_type: FlavorType::parse(&self.flavor_type).unwrap_or(FlavorType::K8s),
+            allocation_state: AllocationState::parse(&self.allocation_state)
+                .unwrap_or(AllocationState::Failed),
+            image_location: self.location,
+            image_name: self.image_name,
+            image_cluster_id: self.cluster_id,
+            default_username: self.default_username,
+            vcpus: self.vcpus,
+            ram_mib: self.ram_mib,
+            disk_mb: self.disk_mb,
+            flavor_name: self.flavor_name,
+            flavor_source_id: self.flavor_source_id,
+            network_name: self.network_name,
+            userdata: self.userdata,
+            ssh_authorized_keys: self.ssh_authorized_keys,
+            details: serde_json::from_value(self.backend_details).unwrap_or_default(),
+        }
+    }
+}
+
 impl ResourceRecord {
     /// Loads a resource with its image and flavor.
     pub async fn load(state: &AppState, id: Uuid) -> Result<Self, AppError> {
-        let r = sqlx::query!(
+        let row = sqlx::query_as!(
+            RecordRow,
             r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
                       r.flavor_type, r.allocation_state, r.network_name, r.userdata,
                       r.ssh_authorized_keys, r.backend_details,
@@ -97,30 +153,7 @@ impl ResourceRecord {
         .fetch_optional(&state.pool)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("resource {id} vanished")))?;
-        Ok(Self {
-            id: r.id,
-            typed_id: crate::ids::format_id(crate::ids::IdKind::Resource, state.site(), r.id),
-            experiment_id: r.experiment_id,
-            project_id: r.project_id,
-            requested_by: r.requested_by,
-            friendly_name: r.friendly_name,
-            flavor_type: FlavorType::parse(&r.flavor_type).unwrap_or(FlavorType::K8s),
-            allocation_state: AllocationState::parse(&r.allocation_state)
-                .unwrap_or(AllocationState::Failed),
-            image_location: r.location,
-            image_name: r.image_name,
-            image_cluster_id: r.cluster_id,
-            default_username: r.default_username,
-            vcpus: r.vcpus,
-            ram_mib: r.ram_mib,
-            disk_mb: r.disk_mb,
-            flavor_name: r.flavor_name,
-            flavor_source_id: r.flavor_source_id,
-            network_name: r.network_name,
-            userdata: r.userdata,
-            ssh_authorized_keys: r.ssh_authorized_keys,
-            details: serde_json::from_value(r.backend_details).unwrap_or_default(),
-        })
+        Ok(row.into_record(state.site()))
     }
 }
 
