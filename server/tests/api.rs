@@ -391,7 +391,7 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
         "{err}"
     );
     assert!(
-        err["message"]
+        err["detail"]
             .as_str()
             .unwrap_or_default()
             .contains("qkd-alice"),
