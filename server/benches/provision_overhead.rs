@@ -1,14 +1,15 @@
 //! What slices-blueprint adds to the time a Pod takes to run: on the same Kubernetes API
-//! server, a direct `create Pod → Running` (watched) against `POST /resources → that Pod
-//! Running` (watched the same way). Not a test: it prints figures. `bench/run` starts the
-//! server and passes:
+//! server and in the same namespace (the experiment's), a direct `create Pod → Running`
+//! (watched) against `POST /resources → that Pod Running` (watched the same way), the two
+//! alternating, each started after the previous one's Pod is running (or, for direct Pods,
+//! deleted). Not a test: it prints figures. `bench/run` starts the server and passes:
 //!   BENCH_BASE_URL, BENCH_EXP_TOKEN, BENCH_IMAGE_ID, BENCH_FLAVOR_ID, KUBECONFIG,
 //!   BENCH_ITERATIONS (default 20), K8S_NAMESPACE_PREFIX (default `slices-`).
 
 use app::ssr::backend::kubernetes::namespace_name;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
-use kube::runtime::wait::{await_condition, conditions::is_pod_running};
+use kube::runtime::wait::{await_condition, conditions::is_deleted, conditions::is_pod_running};
 use kube::Api;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -68,27 +69,50 @@ async fn main() -> anyhow::Result<()> {
     let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
     let run = std::process::id();
 
-    // Direct: the same image the catalog entry names, in a namespace of our own.
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut created_ids = Vec::new();
+
+    // A first request, not measured: it makes the experiment's namespace (and warms every
+    // connection). Direct Pods then go to that same namespace, so that both kinds are
+    // created and watched among the same Pods (a LIST or watch by name still reads the
+    // namespace's Pods; bench/run has 100 of them there).
+    let body = json!({"expires_at": expires, "resources": [
+        {"friendly_name": format!("ovh-{run}-warmup"), "disk_image_id": image_id, "flavor_id": flavor_id}]});
+    let response = http
+        .post(format!("{api}/resources"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let warmup: Value = response.json().await?;
+    anyhow::ensure!(status.as_u16() == 202, "POST /resources: {status} {warmup}");
+    let experiment = warmup["resources"][0]["experiment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    created_ids.push(
+        warmup["resources"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let warmup_task = warmup["tasks"][0]["id"].as_str().unwrap_or_default();
+    wait_finished(&http, &api, &token, warmup_task).await?;
+    let namespace = namespace_name(&prefix, &experiment);
+
+    // Direct: the same image the catalog entry names.
     let (_, image) = get(&http, &format!("{api}/disk-images/{image_id}"), &token).await?;
     let location = image["location"].as_str().unwrap_or("busybox").to_string();
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let direct_ns = format!("bench-direct-{run}");
-    ns_api
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(direct_ns.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
-    let direct_pods: Api<Pod> = Api::namespaced(client.clone(), &direct_ns);
+    let direct_pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let mut direct = Vec::with_capacity(iterations);
+    let mut answered = Vec::with_capacity(iterations);
+    let mut through = Vec::with_capacity(iterations);
+    let mut to_task = Vec::with_capacity(iterations);
+    // The two kinds alternate, so that whatever else the machine is doing (other services,
+    // the API server still settling after a load phase) weighs on both alike.
     for i in 0..iterations {
-        let name = format!("direct-{i}");
+        let name = format!("direct-{run}-{i}");
         let pod = Pod {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -105,19 +129,20 @@ async fn main() -> anyhow::Result<()> {
             status: None,
         };
         let started = Instant::now();
-        direct_pods.create(&PostParams::default(), &pod).await?;
+        let made = direct_pods.create(&PostParams::default(), &pod).await?;
         wait_running(&direct_pods, &name).await?;
         direct.push(started.elapsed().as_secs_f64() * 1000.0);
         direct_pods.delete(&name, &DeleteParams::default()).await?;
-    }
+        // Each measurement starts on a quiet API server: the graceful delete (finished by the
+        // test server's kubelet) is over before the next create.
+        let uid = made.metadata.uid.unwrap_or_default();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(direct_pods.clone(), &name, is_deleted(&uid)),
+        )
+        .await??;
 
-    // Through slices-blueprint: POST → the pod Running, and POST → task finished.
-    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let mut answered = Vec::with_capacity(iterations);
-    let mut through = Vec::with_capacity(iterations);
-    let mut to_task = Vec::with_capacity(iterations);
-    let mut created_ids = Vec::new();
-    for i in 0..iterations {
+        // Through slices-blueprint: POST → the pod Running, and POST → task finished.
         let name = format!("ovh-{run}-{i}");
         let body = json!({"expires_at": expires, "resources": [
             {"friendly_name": name, "disk_image_id": image_id, "flavor_id": flavor_id}]});
@@ -135,24 +160,13 @@ async fn main() -> anyhow::Result<()> {
             status.as_u16() == 202,
             "POST /resources: {status} {created}"
         );
-        let experiment = created["resources"][0]["experiment_id"]
-            .as_str()
-            .unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace_name(&prefix, experiment));
-        wait_running(&pods, &name).await?;
+        wait_running(&direct_pods, &name).await?;
         through.push(started.elapsed().as_secs_f64() * 1000.0);
         let task_id = created["tasks"][0]["id"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        loop {
-            let (_, task) = get(&http, &format!("{api}/tasks/{task_id}"), &token).await?;
-            match task["status"].as_str() {
-                Some("finished") => break,
-                Some("failed") => anyhow::bail!("task failed: {task}"),
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
+        wait_finished(&http, &api, &token, &task_id).await?;
         to_task.push(started.elapsed().as_secs_f64() * 1000.0);
         created_ids.push(
             created["resources"][0]["id"]
@@ -182,7 +196,6 @@ async fn main() -> anyhow::Result<()> {
             .send()
             .await;
     }
-    let _ = ns_api.delete(&direct_ns, &DeleteParams::default()).await;
     Ok(())
 }
 
@@ -190,4 +203,21 @@ async fn get(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<(
     let response = http.get(url).bearer_auth(token).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await?))
+}
+
+/// Polls `GET /tasks/{id}` every 2 ms until the task is `finished` (error if it `failed`).
+async fn wait_finished(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    task_id: &str,
+) -> anyhow::Result<()> {
+    loop {
+        let (_, task) = get(http, &format!("{api}/tasks/{task_id}"), token).await?;
+        match task["status"].as_str() {
+            Some("finished") => return Ok(()),
+            Some("failed") => anyhow::bail!("task failed: {task}"),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
 }

@@ -244,27 +244,32 @@ impl TestApp {
             ..Backends::default()
         };
         if !options.no_kubernetes {
-            let client = match &options.kubeconfig {
+            let config = match &options.kubeconfig {
                 Some(path) => {
                     let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
-                    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                        .await
-                        .expect("kube config");
-                    app::ssr::backend::kubernetes::kube_client(cfg).expect("client")
+                    Some(
+                        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                            .await
+                            .expect("kube config"),
+                    )
                 }
                 // API-only tests never reach the cluster (their worker is off): without one
-                // on this machine they get a client for an address nothing listens on.
-                None if skip_k8s() => {
+                // on this machine they get clients for an address nothing listens on.
+                None if skip_k8s() => None,
+                None => Some(kube::Config::infer().await.expect("KUBECONFIG")),
+            };
+            let client = || match &config {
+                Some(cfg) => {
+                    app::ssr::backend::kubernetes::kube_client(cfg.clone()).expect("client")
+                }
+                None => {
                     let url = "http://127.0.0.1:9".parse().expect("url");
                     kube::Client::try_from(kube::Config::new(url)).expect("client")
                 }
-                None => app::ssr::backend::kubernetes::kube_client(
-                    kube::Config::infer().await.expect("KUBECONFIG"),
-                )
-                .expect("KUBECONFIG client"),
             };
             backends.kubernetes = Some(Arc::new(KubernetesBackend::new(
-                client,
+                client(),
+                client(),
                 &state.config.k8s_namespace_prefix,
                 state.config.pod_ready_timeout,
             )));
