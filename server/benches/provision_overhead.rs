@@ -78,15 +78,7 @@ async fn main() -> anyhow::Result<()> {
     // namespace's Pods; bench/run has 100 of them there).
     let body = json!({"expires_at": expires, "resources": [
         {"friendly_name": format!("ovh-{run}-warmup"), "disk_image_id": image_id, "flavor_id": flavor_id}]});
-    let response = http
-        .post(format!("{api}/resources"))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status();
-    let warmup: Value = response.json().await?;
-    anyhow::ensure!(status.as_u16() == 202, "POST /resources: {status} {warmup}");
+    let warmup = post_resources(&http, &api, &token, &body).await?;
     let experiment = warmup["resources"][0]["experiment_id"]
         .as_str()
         .unwrap_or_default()
@@ -147,19 +139,8 @@ async fn main() -> anyhow::Result<()> {
         let body = json!({"expires_at": expires, "resources": [
             {"friendly_name": name, "disk_image_id": image_id, "flavor_id": flavor_id}]});
         let started = Instant::now();
-        let response = http
-            .post(format!("{api}/resources"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let created: Value = response.json().await?;
+        let created = post_resources(&http, &api, &token, &body).await?;
         answered.push(started.elapsed().as_secs_f64() * 1000.0);
-        anyhow::ensure!(
-            status.as_u16() == 202,
-            "POST /resources: {status} {created}"
-        );
         wait_running(&direct_pods, &name).await?;
         through.push(started.elapsed().as_secs_f64() * 1000.0);
         let task_id = created["tasks"][0]["id"]
@@ -220,4 +201,23 @@ async fn wait_finished(
             _ => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
+}
+
+/// `POST /resources` with `body`: the answer, or an error unless it is 202.
+async fn post_resources(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let response = http
+        .post(format!("{api}/resources"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    anyhow::ensure!(status.as_u16() == 202, "POST /resources: {status} {answer}");
+    Ok(answer)
 }
