@@ -366,6 +366,53 @@ fn details_of(pod: &Pod, namespace: &str) -> BackendDetails {
     }
 }
 
+/// Waits until the Pod `name` is no longer Pending; `None` when it was deleted meanwhile.
+/// `current` is the Pod as its create (or read, when adopted) returned it: when it is already settled
+/// that is the answer, else the watch starts at its `resourceVersion` (Kubernetes API
+/// concepts, "Efficient detection of changes"), which sees every later change without the
+/// LIST that `await_condition` starts with. A LIST reads every Pod of the namespace, so
+/// skipping it spares the API server work on each create. If that version is too old to
+/// watch from (410 Gone) or the stream ends, it falls back to `await_condition`.
+async fn settle(
+    pods: &Api<Pod>,
+    name: &str,
+    current: Pod,
+) -> Result<Option<Pod>, kube::runtime::wait::Error> {
+    use futures::StreamExt as _;
+    use kube::api::{WatchEvent, WatchParams};
+    let pending = |p: &Pod| matches!(classify(p), PodVerdict::Pending(_));
+    if !pending(&current) {
+        return Ok(Some(current));
+    }
+    if let Some(version) = current.metadata.resource_version {
+        let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+        if let Ok(stream) = pods.watch(&params, &version).await {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) if !pending(&p) => {
+                        return Ok(Some(p))
+                    }
+                    Ok(WatchEvent::Deleted(_)) => return Ok(None),
+                    Ok(
+                        WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Bookmark(_),
+                    ) => {}
+                    Ok(WatchEvent::Error(e)) => {
+                        tracing::debug!(pod = name, error = %e.message, "pod watch ended; watching again with a LIST");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = name, error = %e, "pod watch failed; watching again with a LIST");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let settled = |pod: Option<&Pod>| pod.is_none_or(|p| !pending(p));
+    await_condition(pods.clone(), name, settled).await
+}
+
 #[async_trait::async_trait]
 impl ComputeBackend for KubernetesBackend {
     async fn create(
@@ -387,8 +434,9 @@ impl ComputeBackend for KubernetesBackend {
                 .await?;
             created = pods.create(&PostParams::default(), &manifest).await;
         }
-        match created {
-            Ok(_) => {}
+        // The Pod as the API server answered: where the watch below starts.
+        let current = match created {
+            Ok(pod) => pod,
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let existing = pods
                     .get(name)
@@ -405,9 +453,10 @@ impl ComputeBackend for KubernetesBackend {
                     )));
                 }
                 tracing::info!(pod = name, "adopting the pod an earlier attempt created");
+                existing
             }
             Err(e) => return Err(map_error("creating the pod", e)),
-        }
+        };
         progress
             .set_resource(
                 AllocationState::Provisioning,
@@ -424,19 +473,9 @@ impl ComputeBackend for KubernetesBackend {
             .report(50, "pod created; waiting for it to run")
             .await;
 
-        let settled = |pod: Option<&Pod>| match pod {
-            None => true,
-            Some(p) => !matches!(classify(p), PodVerdict::Pending(_)),
-        };
-        let waited = tokio::time::timeout(
-            self.ready_timeout,
-            await_condition(
-                Api::namespaced(self.watch_client.clone(), &namespace),
-                name,
-                settled,
-            ),
-        )
-        .await;
+        let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);
+        let waited =
+            tokio::time::timeout(self.ready_timeout, settle(&watched, name, current)).await;
         match waited {
             Err(_) => {
                 let last = match pods.get_opt(name).await {
