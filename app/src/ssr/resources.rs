@@ -293,6 +293,10 @@ pub async fn create_resources(
     let mut seen = HashSet::new();
     // Read at the first VM of the request, then reused for the others.
     let mut user_clouds = None;
+    // Read each image and flavor once per request (resources of one request mostly share
+    // them; keyed by the typed id as sent).
+    let mut images = std::collections::HashMap::new();
+    let mut flavors = std::collections::HashMap::new();
     for (i, spec) in request.resources.iter().enumerate() {
         let f = |name: &str| format!("resources[{i}].{name}");
         let name = spec.friendly_name.trim().to_string();
@@ -312,19 +316,39 @@ pub async fn create_resources(
             &spec.disk_image_id,
         )?;
         let flavor_uuid = field_id(IdKind::Flavor, site, &f("flavor_id"), &spec.flavor_id)?;
-        // Both catalog reads at once (two pooled connections): one round trip, not two.
+        // The reads not yet made, both at once (two pooled connections): one round trip.
         let (image, flavor) = tokio::join!(
-            catalog::get_image(&state.pool, site, &spec.disk_image_id, principal.is_admin),
-            catalog::get_flavor(&state.pool, site, &spec.flavor_id)
+            async {
+                match images.get(&spec.disk_image_id).cloned() {
+                    Some(known) => Ok(known),
+                    None => {
+                        catalog::get_image(
+                            &state.pool,
+                            site,
+                            &spec.disk_image_id,
+                            principal.is_admin,
+                        )
+                        .await
+                    }
+                }
+            },
+            async {
+                match flavors.get(&spec.flavor_id).cloned() {
+                    Some(known) => Ok(known),
+                    None => catalog::get_flavor(&state.pool, site, &spec.flavor_id).await,
+                }
+            }
         );
-        let image = image.map_err(|e| match e {
+        let image: crate::model::DiskImage = image.map_err(|e| match e {
             AppError::NotFound(m) => AppError::invalid(f("disk_image_id"), m),
             other => other,
         })?;
-        let flavor = flavor.map_err(|e| match e {
+        let flavor: crate::model::Flavor = flavor.map_err(|e| match e {
             AppError::NotFound(m) => AppError::invalid(f("flavor_id"), m),
             other => other,
         })?;
+        images.insert(spec.disk_image_id.clone(), image.clone());
+        flavors.insert(spec.flavor_id.clone(), flavor.clone());
         match flavor.flavor_type {
             FlavorType::K8s => {
                 if !is_dns_label(&name) {
@@ -441,7 +465,7 @@ pub async fn create_resources(
                   f.source_id AS flavor_source_id,
                   t.id AS "task_id!", t.kind AS "task_kind!", t.status AS "task_status!",
                   t.completed AS "task_completed!", t.message AS "task_message!",
-                  t.attempts AS "task_attempts!",
+                  t.attempts AS "task_attempts!", t.max_attempts AS "task_max_attempts!",
                   t.created_at AS "task_created_at!: DateTime<Utc>",
                   t.updated_at AS "task_updated_at!: DateTime<Utc>",
                   t.started_at AS "task_started_at: DateTime<Utc>",
@@ -516,7 +540,12 @@ pub async fn create_resources(
         };
         if row.task_status == "running" {
             if let Some(slot) = reserved.next() {
-                slot.start(row.task_id, TaskKind::Create, record.into_record(site));
+                slot.start(
+                    row.task_id,
+                    TaskKind::Create,
+                    row.task_max_attempts,
+                    record.into_record(site),
+                );
             }
         }
         created_tasks.push(

@@ -235,11 +235,7 @@ pub struct Reserved {
 impl LocalWorker {
     /// Up to `n` free slots of this process's worker (none when it runs elsewhere or is busy).
     pub fn reserve(&self, n: usize) -> Vec<Reserved> {
-        let inner = match self.inner.lock() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let Some(inner) = inner else {
+        let Some(inner) = self.lock().clone() else {
             return Vec::new();
         };
         (0..n)
@@ -254,10 +250,7 @@ impl LocalWorker {
 
     /// Whether a worker is attached (runs in this process).
     pub fn is_attached(&self) -> bool {
-        match self.inner.lock() {
-            Ok(guard) => guard.is_some(),
-            Err(poisoned) => poisoned.into_inner().is_some(),
-        }
+        self.lock().is_some()
     }
 
     /// Makes `worker_id` this process's worker with `concurrency` slots until the returned
@@ -266,11 +259,11 @@ impl LocalWorker {
     pub fn attach(self: &Arc<Self>, worker_id: &str, concurrency: usize) -> Attached {
         let slots = Arc::new(Semaphore::new(concurrency));
         let (handoff, handoffs) = mpsc::unbounded_channel();
-        self.replace(Some(LocalInner {
+        *self.lock() = Some(LocalInner {
             worker_id: worker_id.to_string(),
             slots: slots.clone(),
             handoff,
-        }));
+        });
         Attached {
             owner: self.clone(),
             worker_id: worker_id.to_string(),
@@ -279,11 +272,10 @@ impl LocalWorker {
         }
     }
 
-    fn replace(&self, inner: Option<LocalInner>) -> Option<LocalInner> {
-        match self.inner.lock() {
-            Ok(mut guard) => std::mem::replace(&mut *guard, inner),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), inner),
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LocalInner>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -301,10 +293,12 @@ pub struct Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         // Detach only ourselves (a newer worker may have attached since).
-        if let Some(current) = self.owner.replace(None) {
-            if current.worker_id != self.worker_id {
-                self.owner.replace(Some(current));
-            }
+        let mut current = self.owner.lock();
+        if current
+            .as_ref()
+            .is_some_and(|c| c.worker_id == self.worker_id)
+        {
+            *current = None;
         }
     }
 }
@@ -315,16 +309,17 @@ impl Reserved {
         &self.worker_id
     }
 
-    /// Starts the committed, claimed task `task_id` (attempt 1, a create or delete of
-    /// `record`). If the worker has stopped meanwhile, its shutdown already re-queued every
-    /// task it held, or the lease runs out: the task runs later, never twice at once.
-    pub fn start(self, task_id: Uuid, kind: TaskKind, record: ResourceRecord) {
+    /// Starts the committed, claimed task `task_id` (attempt 1 of its `max_attempts`, a
+    /// create or delete of `record`). If the worker has stopped meanwhile, its shutdown
+    /// already re-queued every task it held, or the lease runs out: the task runs later,
+    /// never twice at once.
+    pub fn start(self, task_id: Uuid, kind: TaskKind, max_attempts: i32, record: ResourceRecord) {
         let task = Claimed {
             id: task_id,
             resource_id: record.id,
             kind,
             attempts: 1,
-            max_attempts: MAX_ATTEMPTS,
+            max_attempts,
         };
         let handoff = Handoff {
             task,
@@ -336,9 +331,6 @@ impl Reserved {
         }
     }
 }
-
-/// `tasks.max_attempts`'s default (migrations: `max_attempts integer NOT NULL DEFAULT 5`).
-pub const MAX_ATTEMPTS: i32 = 5;
 
 /// A task a worker has claimed.
 #[derive(Debug, Clone)]
@@ -452,6 +444,45 @@ impl Progress {
         .await;
         if let Err(e) = result {
             tracing::warn!(resource = %self.resource_id, error = %e, "could not record resource state");
+        }
+    }
+
+    /// [`Progress::set_resource`] and [`Progress::report`] in one statement (one round trip):
+    /// the resource's state axes, message and (when given) backend details, and the task's
+    /// `completed` (0-100) and the same message. Backends call it at the step where the
+    /// Pod or server has been created, while the API server is busy starting it.
+    pub async fn stage(
+        &self,
+        completed: i16,
+        allocation: AllocationState,
+        operational: OperationalState,
+        message: &str,
+        details: Option<&BackendDetails>,
+    ) {
+        let details = details.and_then(|d| serde_json::to_value(d).ok());
+        // A data-modifying WITH runs whether or not the main statement reads it (PostgreSQL
+        // manual, 7.8.4 "Data-Modifying Statements in WITH").
+        let result = sqlx::query!(
+            r#"WITH t AS (
+                   UPDATE tasks SET completed = GREATEST(completed, $6), message = $4, updated_at = now()
+                   WHERE id = $7 AND locked_by = $8 AND status = 'running')
+               UPDATE resources SET allocation_state = $2, operational_state = $3,
+                   status_message = $4, backend_details = COALESCE($5, backend_details),
+                   updated_at = now()
+               WHERE id = $1"#,
+            self.resource_id,
+            allocation.as_str(),
+            operational.as_str(),
+            message,
+            details,
+            completed.clamp(0, 100),
+            self.task_id,
+            self.worker_id
+        )
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(task = %self.task_id, error = %e, "could not record progress");
         }
     }
 }

@@ -243,9 +243,13 @@ fn CloudsSummary(
                                                 <button type="submit" data-testid="cloud-make-default">"Make default"</button>
                                             </ActionForm>
                                         })}
-                                        {result.map(|result| view! { <TestResult result /> })}
                                     </td>
                                 </tr>
+                                // The answer gets the table's full width (the actions cell
+                                // does not wrap).
+                                {result.map(|result| view! {
+                                    <tr class="test-result"><td colspan="7"><TestResult result /></td></tr>
+                                })}
                             }
                         }).collect_view()}
                     </tbody>

@@ -430,22 +430,9 @@ fn ResourceDetail() -> impl IntoView {
         move || params.with(|p| p.get("id").unwrap_or_default()),
         resource_detail,
     );
-    // `?console=1` (the console panel's form): read the VM's console log for this render.
+    // `?console=1` (the console panel's form): the VM's console log is read for this render.
     let query = leptos_router::hooks::use_query_map();
-    let console = Resource::new(
-        move || {
-            (
-                params.with(|p| p.get("id").unwrap_or_default()),
-                query.with(|q| q.get("console").is_some()),
-            )
-        },
-        |(id, asked)| async move {
-            match asked {
-                true => Some(console_log(id).await),
-                false => None,
-            }
-        },
-    );
+    let console_asked = move || query.with_untracked(|q| q.get("console").is_some());
     view! {
         <p><A href="/resources">"← Resources"</A></p>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
@@ -454,9 +441,17 @@ fn ResourceDetail() -> impl IntoView {
                     Err(e) => view! { <ErrorBox error=e /> }.into_any(),
                     Ok((resource, tasks)) => {
                         let id = resource.id.clone();
-                        let log = console.await;
-                        let console = (resource.flavor_type == crate::model::FlavorType::Vm)
-                            .then(|| view! { <ConsolePanel log /> });
+                        // Only a VM has a console; this component is server HTML, so the
+                        // server function runs here directly (Nova is asked once, on demand).
+                        let console = if resource.flavor_type == crate::model::FlavorType::Vm {
+                            let log = match console_asked() {
+                                true => Some(console_log(id.clone()).await),
+                                false => None,
+                            };
+                            Some(view! { <ConsolePanel log /> })
+                        } else {
+                            None
+                        };
                         view! { <ResourceDetailLive id resource tasks /> {console} }.into_any()
                     }
                 }

@@ -458,7 +458,8 @@ impl ComputeBackend for KubernetesBackend {
             Err(e) => return Err(map_error("creating the pod", e)),
         };
         progress
-            .set_resource(
+            .stage(
+                50,
                 AllocationState::Provisioning,
                 OperationalState::Booting,
                 "pod created; waiting for it to run",
@@ -468,9 +469,6 @@ impl ComputeBackend for KubernetesBackend {
                     ..BackendDetails::default()
                 }),
             )
-            .await;
-        progress
-            .report(50, "pod created; waiting for it to run")
             .await;
 
         let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);

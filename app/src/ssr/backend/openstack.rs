@@ -383,18 +383,16 @@ impl ComputeBackend for OpenStackBackend {
             }
         };
         progress
-            .set_resource(
+            .stage(
+                50,
                 AllocationState::Provisioning,
                 OperationalState::Booting,
-                &format!("server {server_id} building"),
+                &format!("server {server_id} created; waiting for ACTIVE"),
                 Some(&BackendDetails {
                     server_id: Some(server_id.clone()),
                     ..BackendDetails::default()
                 }),
             )
-            .await;
-        progress
-            .report(50, "server created; waiting for ACTIVE")
             .await;
         let started = tokio::time::Instant::now();
         let deadline = started + self.ready_timeout;
