@@ -131,6 +131,107 @@ async fn bookkeeping_connections_skip_the_flush_wait_and_request_connections_do_
     assert_eq!(setting(app.state.pool.clone()).await, "on");
 }
 
+/// `Progress::stage` (the backends' "created" step) writes the resource's state, message and
+/// details, and the task's progress with the same message, in one statement, and the task
+/// part only for the worker that holds the task's lease.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder(pool: PgPool) {
+    use app::ids::{parse_id, IdKind};
+    use app::model::{AllocationState, BackendDetails, OperationalState};
+    use app::ssr::tasks::Progress;
+    let app = TestApp::start(
+        pool.clone(),
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            json!({"expires_at": in_an_hour(), "resources": [
+                {"friendly_name": "staged", "disk_image_id": image, "flavor_id": flavor}]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let resource = parse_id(
+        IdKind::Resource,
+        "tld-city-bp1",
+        created["resources"][0]["id"].as_str().expect("id"),
+    )
+    .expect("uuid");
+    let task = parse_id(
+        IdKind::Task,
+        "tld-city-bp1",
+        created["tasks"][0]["id"].as_str().expect("id"),
+    )
+    .expect("uuid");
+    // A worker "w1" holds the task.
+    sqlx::query(
+        "UPDATE tasks SET status = 'running', locked_by = 'w1', \
+         locked_until = now() + interval '30 seconds', attempts = 1 WHERE id = $1",
+    )
+    .bind(task)
+    .execute(&pool)
+    .await
+    .expect("claim");
+    let details = BackendDetails {
+        namespace: Some("ns-1".into()),
+        pod_name: Some("staged".into()),
+        ..BackendDetails::default()
+    };
+    let read = || async {
+        sqlx::query_as::<_, (String, String, String, serde_json::Value, i16, String)>(
+            "SELECT r.allocation_state, r.operational_state, r.status_message, \
+                    r.backend_details, t.completed, t.message \
+             FROM resources r JOIN tasks t ON t.resource_id = r.id WHERE t.id = $1",
+        )
+        .bind(task)
+        .fetch_one(&pool)
+        .await
+        .expect("read back")
+    };
+
+    // Not the holder: the resource is written, the task is not.
+    Progress::new(pool.clone(), task, resource, "w2")
+        .stage(
+            40,
+            AllocationState::Provisioning,
+            OperationalState::Booting,
+            "from w2",
+            Some(&details),
+        )
+        .await;
+    let (allocation, operational, message, backend, completed, task_message) = read().await;
+    assert_eq!(
+        (allocation.as_str(), operational.as_str(), message.as_str()),
+        ("provisioning", "booting", "from w2")
+    );
+    assert_eq!(backend["pod_name"], "staged", "{backend}");
+    assert_eq!(completed, 0, "a non-holder's progress is not written");
+    assert_ne!(task_message, "from w2");
+
+    // The holder: both, with the same message; the details are kept when none are given.
+    Progress::new(pool.clone(), task, resource, "w1")
+        .stage(
+            50,
+            AllocationState::Provisioning,
+            OperationalState::Booting,
+            "pod created; waiting for it to run",
+            None,
+        )
+        .await;
+    let (_, _, message, backend, completed, task_message) = read().await;
+    assert_eq!(message, "pod created; waiting for it to run");
+    assert_eq!(task_message, message);
+    assert_eq!(completed, 50);
+    assert_eq!(backend["namespace"], "ns-1", "{backend}");
+}
+
 /// A request served by a process with a worker hands its new tasks straight to that worker,
 /// as many as it has free slots (`--worker-concurrency 4` here); the rest are queued. Every
 /// task runs exactly once.
