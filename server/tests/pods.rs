@@ -5,6 +5,7 @@
 mod common;
 
 use app::ids::{parse_id, IdKind};
+use app::ssr::backend::pod_feed::{FeedGone, FeedState, PodFeed};
 use app::ssr::backend::{ComputeBackend, ResourceRecord};
 use app::ssr::tasks::Progress;
 use common::{experiment_id, in_an_hour, skip_k8s, Options, TestApp, ALICE};
@@ -64,6 +65,10 @@ async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
     let task = app.wait_task(&task_id, &token, 60).await;
     assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
     assert_eq!(task["completed"].as_i64(), Some(100));
+    // The shared watch of managed Pods (not a watch of its own) told the create it runs.
+    let backend = app.state.backends.kubernetes.clone().expect("k8s");
+    assert_eq!(backend.pod_feed().state(), FeedState::Live);
+    assert_eq!(backend.pod_feed().settled(), 1);
 
     let (_, resource) = app.get(&format!("/resources/{resource_id}"), &token).await;
     assert_eq!(
@@ -321,4 +326,23 @@ async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
             p.metadata
         ),
     }
+}
+
+/// A feed that cannot watch (here: nothing listens at the API server's address; in a
+/// cluster: no permission to watch Pods in all namespaces) is `Down`, and a waiting create
+/// is sent to watch its own Pod instead of waiting on it.
+#[tokio::test]
+async fn a_pod_feed_that_cannot_watch_sends_waiters_to_their_own_watch() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().expect("uri"));
+    let client = app::ssr::backend::kubernetes::kube_client(config).expect("client");
+    let feed = PodFeed::new(client, "app.kubernetes.io/managed-by=slices-blueprint");
+    let waiter = feed.subscribe().await;
+    assert_eq!(feed.state(), FeedState::Down);
+    let answer = waiter.settle("ns", "pod", "uid", |_| true).await;
+    assert_eq!(answer.err(), Some(FeedGone));
+    assert_eq!(feed.settled(), 0);
 }

@@ -16,10 +16,12 @@
 //! - Idempotent: create answers 409 AlreadyExists → the existing Pod is adopted when its
 //!   `slices.eu/resource-id` annotation is ours (else the name is held by another resource's
 //!   terminating Pod: retry later); delete answers 404 → done.
-//! - Status comes from a watch on the Pod (`kube::runtime::wait::await_condition`) bounded
-//!   by `POD_READY_TIMEOUT_SECS`; phases map as Pending → provisioning, Running → ready,
-//!   Failed or image errors → failed with the reason ([`classify`]).
+//! - Status comes from one watch of all managed Pods shared by the waiting creates
+//!   ([`super::pod_feed`]), or where that watch is not available from a watch of the Pod
+//!   itself, bounded by `POD_READY_TIMEOUT_SECS`; phases map as Pending → provisioning,
+//!   Running → ready, Failed or image errors → failed with the reason ([`classify`]).
 
+use super::pod_feed::PodFeed;
 use super::{BackendError, ComputeBackend, Observation, ResourceRecord};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use crate::ssr::tasks::Progress;
@@ -103,6 +105,8 @@ pub struct KubernetesBackend {
     /// Namespaces this process has seen exist: a create in them skips the namespace call
     /// (forgotten when a Pod create answers 404, i.e. the namespace was deleted meanwhile).
     known_namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The watch of every managed Pod that tells waiting creates when theirs runs.
+    feed: std::sync::Arc<PodFeed>,
 }
 
 impl KubernetesBackend {
@@ -115,12 +119,10 @@ impl KubernetesBackend {
             .await
             .map_err(|_| anyhow::anyhow!("the API server did not answer within 5 s"))??;
         tracing::info!(version = %version.git_version, "connected to the Kubernetes API server");
-        Ok(Self::new(
-            client,
-            watch_client,
-            namespace_prefix,
-            ready_timeout,
-        ))
+        let backend = Self::new(client, watch_client, namespace_prefix, ready_timeout);
+        // Listing now, so the first create finds the feed live.
+        backend.feed.start();
+        Ok(backend)
     }
 
     /// Wraps existing clients: `client` for requests, `watch_client` for watches (two
@@ -131,13 +133,23 @@ impl KubernetesBackend {
         namespace_prefix: &str,
         ready_timeout: Duration,
     ) -> Self {
+        let feed = PodFeed::new(
+            watch_client.clone(),
+            &format!("{}={}", MANAGED_BY.0, MANAGED_BY.1),
+        );
         Self {
             client,
             watch_client,
             namespace_prefix: namespace_prefix.to_string(),
             ready_timeout,
             known_namespaces: std::sync::Mutex::new(std::collections::HashSet::new()),
+            feed,
         }
+    }
+
+    /// The shared watch of managed Pods (its state, and how many waits it answered).
+    pub fn pod_feed(&self) -> &PodFeed {
+        &self.feed
     }
 
     /// The namespace of an experiment.
@@ -426,6 +438,8 @@ impl ComputeBackend for KubernetesBackend {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let name = resource.friendly_name.as_str();
         let manifest = pod_manifest(resource, &namespace);
+        // Before the create: every change after it reaches this subscription.
+        let feed = self.feed.subscribe().await;
         let mut created = pods.create(&PostParams::default(), &manifest).await;
         if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
             // The namespace we remembered is gone (deleted by hand): make it again, once.
@@ -472,8 +486,21 @@ impl ComputeBackend for KubernetesBackend {
             .await;
 
         let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);
-        let waited =
-            tokio::time::timeout(self.ready_timeout, settle(&watched, name, current)).await;
+        let uid = current.metadata.uid.clone().unwrap_or_default();
+        let pending = |p: &Pod| matches!(classify(p), PodVerdict::Pending(_));
+        let wait = async {
+            if !pending(&current) {
+                return Ok(Some(current));
+            }
+            if uid.is_empty() {
+                return settle(&watched, name, current).await;
+            }
+            match feed.settle(&namespace, name, &uid, pending).await {
+                Ok(answer) => Ok(answer),
+                Err(super::pod_feed::FeedGone) => settle(&watched, name, current).await,
+            }
+        };
+        let waited = tokio::time::timeout(self.ready_timeout, wait).await;
         match waited {
             Err(_) => {
                 let last = match pods.get_opt(name).await {

@@ -4,6 +4,7 @@
 
 pub mod kubernetes;
 pub mod openstack;
+pub mod pod_feed;
 
 use crate::error::AppError;
 use crate::model::{AllocationState, BackendDetails, FlavorType, OperationalState};
