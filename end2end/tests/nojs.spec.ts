@@ -54,4 +54,31 @@ test.describe('without JavaScript', () => {
     await page.getByTestId('clouds-delete-confirm').click();
     await expect(page.getByTestId('clouds-none')).toBeVisible();
   });
+
+  test('Test connection to a Keystone that does not answer shows why, on its own row under that cloud', async ({ page }) => {
+    await signInWithTokensNoJs(page, aliceTokens());
+    await page.goto('/clouds');
+    // Port 9 (discard) on loopback: nothing listens there.
+    await page.getByTestId('clouds-text').fill(
+      'clouds:\n  deadlab:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: alice\n      password: not-used\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n',
+    );
+    await page.getByTestId('clouds-upload').click();
+    await page.goto('/clouds');
+    await page.locator('[data-testid="cloud-row"][data-name="deadlab"]').getByTestId('cloud-test').click();
+    const result = page.locator(
+      '[data-testid="cloud-row"][data-name="deadlab"] + tr.test-result [data-testid="cloud-test-result"]',
+    );
+    await expect(result).toBeVisible({ timeout: 30_000 });
+    await expect(result).toHaveClass(/error/);
+    await expect(result).toContainText('127.0.0.1:9');
+    // The cause itself, not the HTTP client's wrapper that repeats the URL.
+    await expect(result).toContainText(/refused/i);
+    await expect(result).not.toContainText('error sending request');
+    // The answer spans the table, not the narrow actions cell.
+    const table = await page.locator('table:has([data-testid="cloud-row"])').boundingBox();
+    const box = await result.boundingBox();
+    expect(box && table && box.width > table.width * 0.8).toBeTruthy();
+    if (process.env.E2E_SHOTS) await page.screenshot({ path: `${process.env.E2E_SHOTS}/clouds-test.png`, fullPage: true });
+  });
 });
+

@@ -249,7 +249,10 @@ impl OpenStackClient {
             .send()
             .await
             .map_err(|e| {
-                OpenStackError::Unavailable(format!("cannot reach Keystone at {url}: {e}"))
+                OpenStackError::Unavailable(format!(
+                    "cannot reach Keystone at {url}: {}",
+                    transport_cause(&e)
+                ))
             })?;
         let status = response.status();
         let header = response
@@ -332,10 +335,9 @@ impl OpenStackClient {
         if let Some(b) = body {
             request = request.json(b);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| OpenStackError::Unavailable(format!("{method} {url}: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            OpenStackError::Unavailable(format!("{method} {url}: {}", transport_cause(&e)))
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         match status.as_u16() {
@@ -380,6 +382,20 @@ impl OpenStackClient {
             })
             .unwrap_or_default())
     }
+}
+
+/// Why a request did not get an answer, for people: the innermost cause (e.g. "Connection
+/// refused (os error 111)", "operation timed out") rather than reqwest's own "error sending
+/// request for url (…)", which repeats the URL the message already names.
+fn transport_cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time (timed out)".to_string();
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 #[cfg(test)]
