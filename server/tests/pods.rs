@@ -146,14 +146,7 @@ async fn a_retried_create_adopts_the_pod_instead_of_making_a_second(pool: PgPool
         return;
     }
     // The worker is off: we play a worker that created the pod and then crashed.
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let exp = experiment_id();
     let token = app.issuer.experiment(&exp, ALICE);
@@ -342,7 +335,7 @@ async fn a_pod_feed_that_cannot_watch_sends_waiters_to_their_own_watch() {
     let feed = PodFeed::new(client, "app.kubernetes.io/managed-by=slices-blueprint");
     let waiter = feed.subscribe().await;
     assert_eq!(feed.state(), FeedState::Down);
-    let answer = waiter.settle("ns", "pod", "uid", |_| true).await;
+    let answer = waiter.settle("uid", |_| true).await;
     assert_eq!(answer.err(), Some(FeedGone));
     assert_eq!(feed.settled(), 0);
 }

@@ -10,14 +10,7 @@ use std::collections::HashSet;
 
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn two_workers_never_claim_the_same_task_and_respect_per_resource_order(pool: PgPool) {
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
     let names: Vec<String> = (0..30).map(|i| format!("node-{i}")).collect();
@@ -66,14 +59,7 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
         eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
         return;
     }
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
     let (_, created) = app
@@ -113,14 +99,7 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
 /// the WAL flush; the request path (and the task's outcome) keeps the server's setting.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn bookkeeping_connections_skip_the_flush_wait_and_request_connections_do_not(pool: PgPool) {
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool).await;
     let setting = |pool: PgPool| async move {
         sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
             .fetch_one(&pool)
@@ -139,14 +118,7 @@ async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder
     use app::ids::{parse_id, IdKind};
     use app::model::{AllocationState, BackendDetails, OperationalState};
     use app::ssr::tasks::Progress;
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
     let (s, created) = app
@@ -311,14 +283,7 @@ async fn a_task_handed_to_a_worker_that_died_is_run_after_its_lease(pool: PgPool
         eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
         return;
     }
-    let app = TestApp::start(
-        pool.clone(),
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
     let doomed = app.state.local_worker.attach("doomed-worker", 2);

@@ -428,23 +428,8 @@ impl Progress {
         message: &str,
         details: Option<&BackendDetails>,
     ) {
-        let details = details.and_then(|d| serde_json::to_value(d).ok());
-        let result = sqlx::query!(
-            r#"UPDATE resources SET allocation_state = $2, operational_state = $3,
-                   status_message = $4, backend_details = COALESCE($5, backend_details),
-                   updated_at = now()
-               WHERE id = $1"#,
-            self.resource_id,
-            allocation.as_str(),
-            operational.as_str(),
-            message,
-            details
-        )
-        .execute(&self.pool)
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(resource = %self.resource_id, error = %e, "could not record resource state");
-        }
+        self.write_state(None, allocation, operational, message, details)
+            .await;
     }
 
     /// [`Progress::set_resource`] and [`Progress::report`] in one statement (one round trip):
@@ -459,13 +444,28 @@ impl Progress {
         message: &str,
         details: Option<&BackendDetails>,
     ) {
+        self.write_state(Some(completed), allocation, operational, message, details)
+            .await;
+    }
+
+    /// The one statement behind both: the resource always; the task's progress only when
+    /// `completed` is given and this worker holds the task's lease.
+    async fn write_state(
+        &self,
+        completed: Option<i16>,
+        allocation: AllocationState,
+        operational: OperationalState,
+        message: &str,
+        details: Option<&BackendDetails>,
+    ) {
         let details = details.and_then(|d| serde_json::to_value(d).ok());
         // A data-modifying WITH runs whether or not the main statement reads it (PostgreSQL
         // manual, 7.8.4 "Data-Modifying Statements in WITH").
         let result = sqlx::query!(
             r#"WITH t AS (
                    UPDATE tasks SET completed = GREATEST(completed, $6), message = $4, updated_at = now()
-                   WHERE id = $7 AND locked_by = $8 AND status = 'running')
+                   WHERE $6::smallint IS NOT NULL AND id = $7 AND locked_by = $8
+                     AND status = 'running')
                UPDATE resources SET allocation_state = $2, operational_state = $3,
                    status_message = $4, backend_details = COALESCE($5, backend_details),
                    updated_at = now()
@@ -475,14 +475,14 @@ impl Progress {
             operational.as_str(),
             message,
             details,
-            completed.clamp(0, 100),
+            completed.map(|c| c.clamp(0, 100)),
             self.task_id,
             self.worker_id
         )
         .execute(&self.pool)
         .await;
         if let Err(e) = result {
-            tracing::warn!(task = %self.task_id, error = %e, "could not record progress");
+            tracing::warn!(task = %self.task_id, resource = %self.resource_id, error = %e, "could not record state");
         }
     }
 }

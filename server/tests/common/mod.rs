@@ -191,6 +191,18 @@ pub fn experiment_id() -> String {
 }
 
 impl TestApp {
+    /// [`TestApp::start`] with the worker off (tasks stay queued unless a test runs one).
+    pub async fn without_worker(pool: PgPool) -> Self {
+        Self::start(
+            pool,
+            Options {
+                no_worker: true,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
     pub async fn start(pool: PgPool, options: Options) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -378,6 +378,11 @@ fn details_of(pod: &Pod, namespace: &str) -> BackendDetails {
     }
 }
 
+/// Whether [`classify`] still has the Pod waiting (scheduling, pulling, starting).
+fn is_pending(pod: &Pod) -> bool {
+    matches!(classify(pod), PodVerdict::Pending(_))
+}
+
 /// Waits until the Pod `name` is no longer Pending; `None` when it was deleted meanwhile.
 /// `current` is the Pod as its create (or read, when adopted) returned it: when it is already settled
 /// that is the answer, else the watch starts at its `resourceVersion` (Kubernetes API
@@ -392,8 +397,7 @@ async fn settle(
 ) -> Result<Option<Pod>, kube::runtime::wait::Error> {
     use futures::StreamExt as _;
     use kube::api::{WatchEvent, WatchParams};
-    let pending = |p: &Pod| matches!(classify(p), PodVerdict::Pending(_));
-    if !pending(&current) {
+    if !is_pending(&current) {
         return Ok(Some(current));
     }
     if let Some(version) = current.metadata.resource_version {
@@ -402,7 +406,7 @@ async fn settle(
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) if !pending(&p) => {
+                    Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) if !is_pending(&p) => {
                         return Ok(Some(p))
                     }
                     Ok(WatchEvent::Deleted(_)) => return Ok(None),
@@ -421,7 +425,7 @@ async fn settle(
             }
         }
     }
-    let settled = |pod: Option<&Pod>| pod.is_none_or(|p| !pending(p));
+    let settled = |pod: Option<&Pod>| pod.is_none_or(|p| !is_pending(p));
     await_condition(pods.clone(), name, settled).await
 }
 
@@ -486,19 +490,15 @@ impl ComputeBackend for KubernetesBackend {
             .await;
 
         let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);
-        let uid = current.metadata.uid.clone().unwrap_or_default();
-        let pending = |p: &Pod| matches!(classify(p), PodVerdict::Pending(_));
+        // The shared feed first; without it (or for a Pod already settled, which `settle`
+        // answers at once) a watch of this Pod.
         let wait = async {
-            if !pending(&current) {
-                return Ok(Some(current));
+            if let (true, Some(uid)) = (is_pending(&current), current.metadata.uid.as_deref()) {
+                if let Ok(answer) = feed.settle(uid, is_pending).await {
+                    return Ok(answer);
+                }
             }
-            if uid.is_empty() {
-                return settle(&watched, name, current).await;
-            }
-            match feed.settle(&namespace, name, &uid, pending).await {
-                Ok(answer) => Ok(answer),
-                Err(super::pod_feed::FeedGone) => settle(&watched, name, current).await,
-            }
+            settle(&watched, name, current).await
         };
         let waited = tokio::time::timeout(self.ready_timeout, wait).await;
         match waited {

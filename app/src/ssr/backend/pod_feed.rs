@@ -8,7 +8,7 @@
 //! labelled `app.kubernetes.io/managed-by=slices-blueprint` in every namespace.
 //!
 //! - A waiting create subscribes *before* it sends the Pod (so no later change is missed),
-//!   then reads events until its Pod (matched by namespace, name and `metadata.uid`) leaves
+//!   then reads events until its Pod (matched by `metadata.uid`, unique in the cluster) leaves
 //!   Pending or is deleted ([`Subscription::settle`]).
 //! - The feed needs `list` and `watch` on Pods in all namespaces (cluster scope). Where it
 //!   cannot have them, or while its watch is down, or when a waiter falls behind the
@@ -126,25 +126,19 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Waits until the Pod `namespace`/`name` with `metadata.uid` = `uid` is no longer
-    /// `pending`: `Ok(Some(pod))`, or `Ok(None)` if it was deleted. [`FeedGone`] when the
-    /// feed is not live or this waiter fell behind; the caller then watches the Pod itself.
-    /// No time limit of its own (the caller bounds the wait).
+    /// Waits until the Pod with `metadata.uid` = `uid` is no longer `pending`:
+    /// `Ok(Some(pod))`, or `Ok(None)` if it was deleted. [`FeedGone`] when the feed is not
+    /// live or this waiter fell behind; the caller then watches the Pod itself. No time
+    /// limit of its own (the caller bounds the wait).
     pub async fn settle(
         mut self,
-        namespace: &str,
-        name: &str,
         uid: &str,
         pending: impl Fn(&Pod) -> bool,
     ) -> Result<Option<Pod>, FeedGone> {
         if *self.state.borrow() != FeedState::Live {
             return Err(FeedGone);
         }
-        let ours = |p: &Pod| {
-            p.metadata.uid.as_deref() == Some(uid)
-                && p.metadata.name.as_deref() == Some(name)
-                && p.metadata.namespace.as_deref() == Some(namespace)
-        };
+        let ours = |p: &Pod| p.metadata.uid.as_deref() == Some(uid);
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
@@ -158,7 +152,7 @@ impl Subscription {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(pod = name, missed, "fell behind the pod feed; watching the pod directly");
+                        tracing::debug!(pod_uid = uid, missed, "fell behind the pod feed; watching the pod directly");
                         return Err(FeedGone);
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err(FeedGone),
