@@ -71,6 +71,7 @@ test.describe('OpenStack VMs', () => {
     await page.locator('[data-testid="cloud-row"][data-name="ostest-appcred"]').getByTestId('cloud-test').click();
     await expect(page.getByTestId('cloud-test-result')).toContainText('tiny', { timeout: 30_000 });
     await expect(page.getByTestId('cloud-test-result')).toHaveClass(/ok/);
+    if (process.env.E2E_SHOTS) await page.screenshot({ path: `${process.env.E2E_SHOTS}/clouds-test-ok.png`, fullPage: true });
 
     // Request a VM from the imported image and flavor.
     const auth = { Authorization: `Bearer ${tokens.user}` };
@@ -106,6 +107,7 @@ test.describe('OpenStack VMs', () => {
     await waitHydrated(page);
     await page.getByTestId('console-show').click();
     await expect(page.getByTestId('console-output')).not.toBeEmpty({ timeout: 30_000 });
+    if (process.env.E2E_SHOTS) await page.screenshot({ path: `${process.env.E2E_SHOTS}/vm-console.png`, fullPage: true });
 
     await page.getByTestId('nav-resources').click();
     await waitHydrated(page);
