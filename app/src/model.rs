@@ -79,28 +79,30 @@ pub struct DiskImagePatch {
 }
 
 /// What a flavor provisions: an OpenStack server (`vm`) or a Kubernetes Pod (`k8s`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(feature = "ssr", derive(ToSchema, sqlx::Type))]
+#[cfg_attr(feature = "ssr", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum FlavorType {
     Vm,
     K8s,
 }
 
 impl FlavorType {
+    /// The wire and database spelling (serde, strum and sqlx all use the lowercase name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            FlavorType::Vm => "vm",
-            FlavorType::K8s => "k8s",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "vm" => Some(FlavorType::Vm),
-            "k8s" => Some(FlavorType::K8s),
-            _ => None,
-        }
+        self.into()
     }
 }
 
@@ -151,9 +153,21 @@ pub struct FlavorPatch {
 }
 
 /// Allocation axis of a resource's state (after the GENI AM API v3 allocation states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(feature = "ssr", derive(ToSchema, sqlx::Type))]
+#[cfg_attr(feature = "ssr", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum AllocationState {
     Requested,
     Provisioning,
@@ -165,29 +179,9 @@ pub enum AllocationState {
 }
 
 impl AllocationState {
+    /// The wire and database spelling (serde, strum and sqlx all use the lowercase name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            AllocationState::Requested => "requested",
-            AllocationState::Provisioning => "provisioning",
-            AllocationState::Provisioned => "provisioned",
-            AllocationState::Deleting => "deleting",
-            AllocationState::Deleted => "deleted",
-            AllocationState::Expired => "expired",
-            AllocationState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "requested" => AllocationState::Requested,
-            "provisioning" => AllocationState::Provisioning,
-            "provisioned" => AllocationState::Provisioned,
-            "deleting" => AllocationState::Deleting,
-            "deleted" => AllocationState::Deleted,
-            "expired" => AllocationState::Expired,
-            "failed" => AllocationState::Failed,
-            _ => return None,
-        })
+        self.into()
     }
 
     /// Whether the resource is gone for good (its backend object was removed or never made).
@@ -197,9 +191,21 @@ impl AllocationState {
 }
 
 /// Operational axis of a resource's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(feature = "ssr", derive(ToSchema, sqlx::Type))]
+#[cfg_attr(feature = "ssr", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum OperationalState {
     Pending,
     Booting,
@@ -208,23 +214,9 @@ pub enum OperationalState {
 }
 
 impl OperationalState {
+    /// The wire and database spelling (serde, strum and sqlx all use the lowercase name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            OperationalState::Pending => "pending",
-            OperationalState::Booting => "booting",
-            OperationalState::Ready => "ready",
-            OperationalState::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => OperationalState::Pending,
-            "booting" => OperationalState::Booting,
-            "ready" => OperationalState::Ready,
-            "error" => OperationalState::Error,
-            _ => return None,
-        })
+        self.into()
     }
 }
 
@@ -332,35 +324,49 @@ pub struct ResourcePatch {
 }
 
 /// What a task does to its resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(feature = "ssr", derive(ToSchema, sqlx::Type))]
+#[cfg_attr(feature = "ssr", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TaskKind {
     Create,
     Delete,
 }
 
 impl TaskKind {
+    /// The wire and database spelling (serde, strum and sqlx all use the lowercase name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::Create => "create",
-            TaskKind::Delete => "delete",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "create" => Some(TaskKind::Create),
-            "delete" => Some(TaskKind::Delete),
-            _ => None,
-        }
+        self.into()
     }
 }
 
 /// Task status: `queued` → `running` → `finished` | `failed` (a retry goes back to `queued`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(ToSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(feature = "ssr", derive(ToSchema, sqlx::Type))]
+#[cfg_attr(feature = "ssr", sqlx(type_name = "text", rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TaskStatus {
     Queued,
     Running,
@@ -369,23 +375,9 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The wire and database spelling (serde, strum and sqlx all use the lowercase name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::Running => "running",
-            TaskStatus::Finished => "finished",
-            TaskStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => TaskStatus::Queued,
-            "running" => TaskStatus::Running,
-            "finished" => TaskStatus::Finished,
-            "failed" => TaskStatus::Failed,
-            _ => return None,
-        })
+        self.into()
     }
 }
 

@@ -12,7 +12,7 @@
 //! 3. Ten VMs in one `POST /resources` for the first time for this user: the Keystone token
 //!    requests the server made, counted from its log ("requested a Keystone token").
 
-use app::ssr::clouds::{parse, Cloud};
+use app::ssr::cloud_config::{parse, Cloud};
 use app::ssr::openstack::{OpenStackClient, Token};
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -123,14 +123,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown_signal().await;
                 let _ = tx.send(true);
             });
-            app::ssr::tasks::run_worker(state, rx).await
+            app::ssr::worker::run_worker(state.worker(), rx).await
         }
         Command::SyncCatalog { cloud, json } => {
             init_tracing();
             let state = build_state(cli.settings.validate(true)?).await?;
-            let report = app::ssr::catalog_import::import_site_cloud(&state, cloud.as_deref())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = app::ssr::catalog_import::import_site_cloud(
+                &state.pool,
+                &state.openstack,
+                state.config.site_clouds_yaml.as_deref(),
+                cloud.as_deref(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -182,8 +187,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = state.config.run_worker.then(|| {
-        let state = state.clone();
-        tokio::spawn(async move { app::ssr::tasks::run_worker(state, stop_rx).await })
+        let worker = state.worker();
+        tokio::spawn(async move { app::ssr::worker::run_worker(worker, stop_rx).await })
     });
 
     let listener = tokio::net::TcpListener::bind(addr)
@@ -211,7 +216,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// The start-up report: where to go and what is connected.
 fn report(state: &AppState, public_url: &str) {
     let k8s = match (&state.backends.kubernetes, &state.backends.kubernetes_error) {
-        (Some(_), _) => "connected".to_string(),
+        (Some(k), _) => k.health(),
         (None, Some(e)) => format!("not connected ({})", e.lines().next().unwrap_or(e)),
         (None, None) => "not connected".to_string(),
     };

@@ -7,8 +7,8 @@ mod common;
 use app::ids::{parse_id, IdKind};
 use app::ssr::backend::pod_feed::{FeedGone, FeedState, PodFeed};
 use app::ssr::backend::{ComputeBackend, ResourceRecord};
-use app::ssr::tasks::Progress;
-use common::{experiment_id, in_an_hour, skip_k8s, Options, TestApp, ALICE};
+use app::ssr::queue::PgProgress;
+use common::{experiment_id, in_an_hour, Options, TestApp, ALICE};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::json;
@@ -26,8 +26,6 @@ fn pod_request(image: &str, flavor: &str, name: &str) -> serde_json::Value {
 async fn pods_api(app: &TestApp, experiment: &str) -> Api<Pod> {
     let client = kube::Client::try_default().await.expect("client");
     let ns = app
-        .state
-        .backends
         .kubernetes
         .as_ref()
         .expect("kubernetes")
@@ -35,12 +33,9 @@ async fn pods_api(app: &TestApp, experiment: &str) -> Api<Pod> {
     Api::namespaced(client, &ns)
 }
 
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
     let app = TestApp::start(pool, Options::default()).await;
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let exp = experiment_id();
@@ -66,7 +61,7 @@ async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
     assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
     assert_eq!(task["completed"].as_i64(), Some(100));
     // The shared watch of managed Pods (not a watch of its own) told the create it runs.
-    let backend = app.state.backends.kubernetes.clone().expect("k8s");
+    let backend = app.kubernetes.clone().expect("k8s");
     assert_eq!(backend.pod_feed().state(), FeedState::Live);
     assert_eq!(backend.pod_feed().settled(), 1);
 
@@ -139,12 +134,9 @@ async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
     assert_eq!(list.as_array().map(Vec::len), Some(1));
 }
 
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_retried_create_adopts_the_pod_instead_of_making_a_second(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
     // The worker is off: we play a worker that created the pod and then crashed.
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
@@ -163,12 +155,12 @@ async fn a_retried_create_adopts_the_pod_instead_of_making_a_second(pool: PgPool
         .to_string();
     let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
     let uuid = parse_id(IdKind::Resource, "tld-city-bp1", &resource_id).expect("uuid");
-    let record = ResourceRecord::load(&app.state, uuid)
+    let record = app::ssr::rows::load_record(&app.state.pool, app.state.site(), uuid)
         .await
         .expect("record");
-    let backend = app.state.backends.kubernetes.clone().expect("k8s");
+    let backend = app.kubernetes.clone().expect("k8s");
     let task_uuid = parse_id(IdKind::Task, "tld-city-bp1", &task_id).expect("uuid");
-    let progress = Progress::new(pool.clone(), task_uuid, uuid, "crashed-worker");
+    let progress = PgProgress::new(pool.clone(), task_uuid, uuid, "crashed-worker");
     backend
         .create(&record, &progress)
         .await
@@ -178,7 +170,7 @@ async fn a_retried_create_adopts_the_pod_instead_of_making_a_second(pool: PgPool
 
     // Now a real worker runs the (still queued) task: it must adopt the pod.
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(app::ssr::tasks::run_worker(app.state.clone(), rx));
+    let worker = tokio::spawn(app::ssr::worker::run_worker(app.state.worker(), rx));
     let task = app.wait_task(&task_id, &token, 60).await;
     assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
     assert_eq!(
@@ -247,16 +239,11 @@ impl Drop for StuckCluster {
     }
 }
 
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
-    let Some(cluster) = StuckCluster::start() else {
-        eprintln!("SKIPPED: ../shared/k8s-testserver is not available to start a stuck cluster");
-        return;
-    };
+    let cluster = StuckCluster::start()
+        .expect("../shared/k8s-testserver is needed to start a cluster without a kubelet");
     let app = TestApp::start(
         pool,
         Options {
@@ -303,13 +290,7 @@ async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
         .await
         .expect("cfg");
     let client = kube::Client::try_from(cfg).expect("client");
-    let ns = app
-        .state
-        .backends
-        .kubernetes
-        .as_ref()
-        .expect("k8s")
-        .namespace_for(&exp);
+    let ns = app.kubernetes.as_ref().expect("k8s").namespace_for(&exp);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     match pods.get_opt("never-runs").await.expect("get") {
         None => {}
@@ -338,4 +319,85 @@ async fn a_pod_feed_that_cannot_watch_sends_waiters_to_their_own_watch() {
     let answer = waiter.settle("uid", |_| true).await;
     assert_eq!(answer.err(), Some(FeedGone));
     assert_eq!(feed.settled(), 0);
+}
+
+/// What a backend reported, recorded instead of written to Postgres.
+#[derive(Default)]
+struct RecordedProgress {
+    calls: std::sync::Mutex<Vec<(i16, String)>>,
+}
+
+#[async_trait::async_trait]
+impl app::ssr::backend::Progress for RecordedProgress {
+    async fn report(&self, completed: i16, message: &str) {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push((completed, message.to_string()));
+    }
+
+    async fn stage(
+        &self,
+        completed: i16,
+        _allocation: app::model::AllocationState,
+        _operational: app::model::OperationalState,
+        message: &str,
+        _details: Option<&app::model::BackendDetails>,
+    ) {
+        self.report(completed, message).await;
+    }
+}
+
+/// The Kubernetes adapter on its own: no database, no application state, a fake `Progress`
+/// (the port), and the real API server.
+#[tokio::test]
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
+async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
+    let config = kube::Config::infer().await.expect("KUBECONFIG");
+    let client = || app::ssr::backend::kubernetes::kube_client(config.clone()).expect("client");
+    let backend = app::ssr::backend::kubernetes::KubernetesBackend::new(
+        client(),
+        client(),
+        "slices-adapter-",
+        std::time::Duration::from_secs(60),
+    );
+    let id = uuid::Uuid::now_v7();
+    let record = ResourceRecord {
+        id,
+        typed_id: app::ids::format_id(IdKind::Resource, "tld-city-bp1", id),
+        experiment_id: experiment_id(),
+        project_id: "project_test".into(),
+        requested_by: Some(ALICE.into()),
+        friendly_name: "fake-progress".into(),
+        flavor_type: app::model::FlavorType::K8s,
+        allocation_state: app::model::AllocationState::Provisioning,
+        image_location: "nginx:alpine".into(),
+        image_name: "nginx".into(),
+        image_cluster_id: "default".into(),
+        default_username: String::new(),
+        vcpus: 1,
+        ram_mib: 64,
+        disk_mb: 0,
+        flavor_name: "small".into(),
+        flavor_source_id: None,
+        network_name: None,
+        userdata: None,
+        ssh_authorized_keys: Vec::new(),
+        details: Default::default(),
+    };
+    let progress = RecordedProgress::default();
+    let details = backend.create(&record, &progress).await.expect("create");
+    assert_eq!(details.pod_name.as_deref(), Some("fake-progress"));
+    assert_eq!(details.phase.as_deref(), Some("Running"));
+    backend.delete(&record, &progress).await.expect("delete");
+    let calls = progress.calls.lock().expect("lock").clone();
+    let steps: Vec<i16> = calls.iter().map(|(c, _)| *c).collect();
+    assert_eq!(steps, vec![50, 100, 50, 100], "{calls:?}");
+    assert_eq!(calls[1].1, "pod running");
+    assert_eq!(calls[3].1, "pod deleted");
+    assert!(
+        backend.health().starts_with("connected"),
+        "{}",
+        backend.health()
+    );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{experiment_id, in_an_hour, skip_k8s, Options, TestApp, ALICE};
+use common::{experiment_id, in_an_hour, Options, TestApp, ALICE};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -37,7 +37,7 @@ async fn two_workers_never_claim_the_same_task_and_respect_per_resource_order(po
         let pool = pool.clone();
         tokio::spawn(async move {
             let mut claimed = Vec::new();
-            while let Some(task) = app::ssr::tasks::claim(&pool, worker).await.expect("claim") {
+            while let Some(task) = app::ssr::queue::claim(&pool, worker).await.expect("claim") {
                 claimed.push(task);
             }
             claimed
@@ -53,12 +53,9 @@ async fn two_workers_never_claim_the_same_task_and_respect_per_resource_order(po
     assert!(!a.is_empty() || !b.is_empty());
 }
 
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
@@ -72,7 +69,7 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
         .await;
     let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
     // A worker claimed it and died: the row says running, its lease ran out.
-    let claimed = app::ssr::tasks::claim(&pool, "dead-worker")
+    let claimed = app::ssr::queue::claim(&pool, "dead-worker")
         .await
         .expect("claim")
         .expect("task");
@@ -83,7 +80,7 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
         .expect("expire lease");
 
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(app::ssr::tasks::run_worker(app.state.clone(), rx));
+    let worker = tokio::spawn(app::ssr::worker::run_worker(app.state.worker(), rx));
     let task = app.wait_task(&task_id, &token, 60).await;
     assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
     assert_eq!(
@@ -117,7 +114,8 @@ async fn bookkeeping_connections_skip_the_flush_wait_and_request_connections_do_
 async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder(pool: PgPool) {
     use app::ids::{parse_id, IdKind};
     use app::model::{AllocationState, BackendDetails, OperationalState};
-    use app::ssr::tasks::Progress;
+    use app::ssr::backend::Progress as _;
+    use app::ssr::queue::PgProgress;
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
@@ -169,7 +167,7 @@ async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder
     };
 
     // Not the holder: the resource is written, the task is not.
-    Progress::new(pool.clone(), task, resource, "w2")
+    PgProgress::new(pool.clone(), task, resource, "w2")
         .stage(
             40,
             AllocationState::Provisioning,
@@ -188,7 +186,7 @@ async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder
     assert_ne!(task_message, "from w2");
 
     // The holder: both, with the same message; the details are kept when none are given.
-    Progress::new(pool.clone(), task, resource, "w1")
+    PgProgress::new(pool.clone(), task, resource, "w1")
         .stage(
             50,
             AllocationState::Provisioning,
@@ -207,12 +205,9 @@ async fn a_stage_writes_resource_and_task_and_the_task_only_for_the_lease_holder
 /// A request served by a process with a worker hands its new tasks straight to that worker,
 /// as many as it has free slots (`--worker-concurrency 4` here); the rest are queued. Every
 /// task runs exactly once.
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn requests_hand_new_tasks_to_the_local_worker_up_to_its_free_slots(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
     let app = TestApp::start(pool.clone(), Options::default()).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !app.state.local_worker.is_attached() {
@@ -277,12 +272,9 @@ async fn requests_hand_new_tasks_to_the_local_worker_up_to_its_free_slots(pool: 
 
 /// A task handed to a worker that dies before starting it is not lost: it stays claimed by
 /// that worker until the lease runs out, then another worker runs it.
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_task_handed_to_a_worker_that_died_is_run_after_its_lease(pool: PgPool) {
-    if skip_k8s() {
-        eprintln!("SKIPPED: no Kubernetes API server (SKIP_K8S_TESTS=1 or no KUBECONFIG)");
-        return;
-    }
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
@@ -314,7 +306,7 @@ async fn a_task_handed_to_a_worker_that_died_is_run_after_its_lease(pool: PgPool
         .await
         .expect("expire lease");
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(app::ssr::tasks::run_worker(app.state.clone(), rx));
+    let worker = tokio::spawn(app::ssr::worker::run_worker(app.state.worker(), rx));
     let task = app.wait_task(&task_id, &token, 60).await;
     assert_eq!(task["status"], "finished", "{task}");
     assert_eq!(

@@ -304,7 +304,7 @@ async fn list_resources(
     Bearer(p): Bearer,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, AppError> {
-    let scope = resources::Scope::of(&p);
+    let scope = crate::ssr::rows::Scope::of(&p);
     let limit = query.limit.unwrap_or(resources::DEFAULT_PAGE);
     let key = ListKey {
         scope_experiment: scope.experiment_id,
@@ -320,7 +320,7 @@ async fn list_resources(
     }
     // Recorded before the database is read: a change committed meanwhile voids this fill.
     let generation = s.list_cache.begin_fill();
-    let items = resources::list_resources(&s, &p, &query).await?;
+    let items = resources::list_resources(&s.pool, s.site(), &p, &query).await?;
     let body = serde_json::to_vec(&items).map_err(crate::ssr::internal)?;
     let page = Page {
         body: body.into(),
@@ -382,7 +382,7 @@ async fn create_resources(
     Bearer(p): Bearer,
     ApiJson(request): ApiJson<CreateResourcesRequest>,
 ) -> Result<(StatusCode, Json<CreateResourcesResponse>), AppError> {
-    let created = resources::create_resources(&s, &p, &request).await?;
+    let created = resources::create_resources(&s.resources(), &p, &request).await?;
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
@@ -394,7 +394,9 @@ async fn get_resource(
     Bearer(p): Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<Resource>, AppError> {
-    resources::get_resource(&s, &p, &id).await.map(Json)
+    resources::get_resource(&s.pool, s.site(), &p, &id)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
@@ -406,7 +408,7 @@ async fn extend_resource(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<ResourcePatch>,
 ) -> Result<Json<Resource>, AppError> {
-    resources::extend_resource(&s, &p, &id, &patch)
+    resources::extend_resource(&s.resources(), &p, &id, &patch)
         .await
         .map(Json)
 }
@@ -420,7 +422,7 @@ async fn delete_resource(
     Bearer(p): Bearer,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Task>), AppError> {
-    let task = resources::delete_resource(&s, &p, &id).await?;
+    let task = resources::delete_resource(&s.resources(), &p, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
@@ -440,7 +442,9 @@ async fn list_tasks(
     Bearer(p): Bearer,
     ApiQuery(q): ApiQuery<TaskQuery>,
 ) -> Result<Json<Vec<Task>>, AppError> {
-    tasks::list_tasks(&s, &p, &q.resource_id).await.map(Json)
+    tasks::list_tasks(&s.pool, s.site(), &p, &q.resource_id)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/tasks/{id}", tag = "tasks",
@@ -451,7 +455,7 @@ async fn get_task(
     Bearer(p): Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, AppError> {
-    tasks::get_task(&s, &p, &id).await.map(Json)
+    tasks::get_task(&s.pool, s.site(), &p, &id).await.map(Json)
 }
 
 /// Query of `GET /resources/{id}/console`.
@@ -472,7 +476,9 @@ async fn get_console_log(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ConsoleQuery>,
 ) -> Result<Json<ConsoleLog>, AppError> {
-    resources::console_log(&s, &p, &id, q.lines).await.map(Json)
+    resources::console_log(&s.resources(), &p, &id, q.lines)
+        .await
+        .map(Json)
 }
 
 /// Query of `PUT /clouds-yaml`.
@@ -518,18 +524,24 @@ async fn put_clouds_yaml(
             )));
         }
     }
-    if body.len() > clouds::MAX_BYTES {
+    if body.len() > crate::ssr::cloud_config::MAX_BYTES {
         return Err(AppError::PayloadTooLarge {
-            limit_bytes: clouds::MAX_BYTES,
+            limit_bytes: crate::ssr::cloud_config::MAX_BYTES,
         });
     }
     let text = zeroize::Zeroizing::new(
         String::from_utf8(body.to_vec())
             .map_err(|_| AppError::BadRequest("the clouds.yaml is not UTF-8 text".into()))?,
     );
-    clouds::store(&s, user, &text, q.default_cloud.as_deref())
-        .await
-        .map(Json)
+    clouds::store(
+        &s.pool,
+        &s.clouds_keys,
+        user,
+        &text,
+        q.default_cloud.as_deref(),
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
@@ -582,9 +594,15 @@ async fn test_clouds_yaml(
     Bearer(p): Bearer,
     ApiQuery(q): ApiQuery<CloudQuery>,
 ) -> Result<Json<ConnectionTest>, AppError> {
-    clouds::test_connection(&s, clouds::owner(&p)?, q.cloud.as_deref())
-        .await
-        .map(Json)
+    clouds::test_connection(
+        &s.pool,
+        &s.clouds_keys,
+        &s.openstack,
+        clouds::owner(&p)?,
+        q.cloud.as_deref(),
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/catalog/import", tag = "catalog",
@@ -598,9 +616,14 @@ async fn import_catalog(
     ApiQuery(q): ApiQuery<CloudQuery>,
 ) -> Result<Json<ImportReport>, AppError> {
     p.require_admin()?;
-    catalog_import::import_site_cloud(&s, q.cloud.as_deref())
-        .await
-        .map(Json)
+    catalog_import::import_site_cloud(
+        &s.pool,
+        &s.openstack,
+        s.config.site_clouds_yaml.as_deref(),
+        q.cloud.as_deref(),
+    )
+    .await
+    .map(Json)
 }
 
 struct BearerScheme;
@@ -692,17 +715,15 @@ pub fn dev_issuer_router() -> Router<AppState> {
         )
 }
 
-/// `GET /healthz`: 200 when the database answers; says which backends are connected.
+/// `GET /healthz`: 200 when the database answers (503 otherwise); says how each backend is
+/// connected (`{"database": "ok", "kubernetes": "connected; pod watch live", "openstack": …}`).
 pub async fn healthz(State(s): State<AppState>) -> Response {
     let db = sqlx::query_scalar!("SELECT 1 AS \"one!\"")
         .fetch_one(&s.pool)
         .await
         .is_ok();
-    let body = serde_json::json!({
-        "database": if db { "ok" } else { "unreachable" },
-        "kubernetes": if s.backends.kubernetes.is_some() { "connected" } else { "not configured" },
-        "openstack": "not configured",
-    });
+    let mut body = s.backends.health();
+    body["database"] = if db { "ok" } else { "unreachable" }.into();
     let status = if db {
         StatusCode::OK
     } else {

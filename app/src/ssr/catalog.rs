@@ -55,7 +55,7 @@ struct FlavorRow {
     id: Uuid,
     friendly_name: String,
     description: String,
-    flavor_type: String,
+    flavor_type: FlavorType,
     ram_mib: i32,
     vcpus: i32,
     disk_mb: i32,
@@ -64,16 +64,10 @@ struct FlavorRow {
 }
 
 impl FlavorRow {
-    fn into_wire(self, site: &str) -> Result<Flavor, AppError> {
-        Ok(Flavor {
+    fn into_wire(self, site: &str) -> Flavor {
+        Flavor {
             id: format_id(IdKind::Flavor, site, self.id),
-            flavor_type: FlavorType::parse(&self.flavor_type).ok_or_else(|| {
-                internal(anyhow::anyhow!(
-                    "flavor {} has type {}",
-                    self.id,
-                    self.flavor_type
-                ))
-            })?,
+            flavor_type: self.flavor_type,
             friendly_name: self.friendly_name,
             description: self.description,
             ram_mib: self.ram_mib,
@@ -81,7 +75,7 @@ impl FlavorRow {
             disk_mb: self.disk_mb,
             created_at: self.created_at,
             updated_at: self.updated_at,
-        })
+        }
     }
 }
 
@@ -277,8 +271,7 @@ pub async fn update_image(
         ImageRow,
         r#"UPDATE disk_images SET friendly_name = $2, cluster_id = $3, location = $4,
                default_username = $5, min_disk_mb = $6, min_ram_mib = $7,
-               short_description = $8, long_description = $9, tags = $10, hidden = $11,
-               updated_at = now()
+               short_description = $8, long_description = $9, tags = $10, hidden = $11
            WHERE id = $1
            RETURNING id, friendly_name, cluster_id, location, default_username, min_disk_mb,
                   min_ram_mib, short_description, long_description, tags, hidden,
@@ -318,13 +311,13 @@ pub async fn delete_image(pool: &PgPool, site: &str, id: &str) -> Result<(), App
 pub async fn list_flavors(pool: &PgPool, site: &str) -> Result<Vec<Flavor>, AppError> {
     let rows = sqlx::query_as!(
         FlavorRow,
-        r#"SELECT id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb,
+        r#"SELECT id, friendly_name, description, flavor_type AS "flavor_type: FlavorType", ram_mib, vcpus, disk_mb,
                   created_at AS "created_at: DateTime<Utc>", updated_at AS "updated_at: DateTime<Utc>"
            FROM flavors ORDER BY created_at, id"#
     )
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(|r| r.into_wire(site)).collect()
+    Ok(rows.into_iter().map(|r| r.into_wire(site)).collect())
 }
 
 /// One flavor by typed id.
@@ -332,7 +325,7 @@ pub async fn get_flavor(pool: &PgPool, site: &str, id: &str) -> Result<Flavor, A
     let uuid = path_id(IdKind::Flavor, site, id)?;
     let row = sqlx::query_as!(
         FlavorRow,
-        r#"SELECT id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb,
+        r#"SELECT id, friendly_name, description, flavor_type AS "flavor_type: FlavorType", ram_mib, vcpus, disk_mb,
                   created_at AS "created_at: DateTime<Utc>", updated_at AS "updated_at: DateTime<Utc>"
            FROM flavors WHERE id = $1"#,
         uuid
@@ -340,7 +333,7 @@ pub async fn get_flavor(pool: &PgPool, site: &str, id: &str) -> Result<Flavor, A
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(r) => r.into_wire(site),
+        Some(r) => Ok(r.into_wire(site)),
         None => Err(AppError::NotFound(format!("flavor `{id}` not found"))),
     }
 }
@@ -356,7 +349,7 @@ pub async fn create_flavor(
         FlavorRow,
         r#"INSERT INTO flavors (id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
-           RETURNING id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb,
+           RETURNING id, friendly_name, description, flavor_type AS "flavor_type: FlavorType", ram_mib, vcpus, disk_mb,
                   created_at AS "created_at: DateTime<Utc>", updated_at AS "updated_at: DateTime<Utc>""#,
         Uuid::now_v7(),
         input.friendly_name.trim(),
@@ -368,7 +361,7 @@ pub async fn create_flavor(
     )
     .fetch_one(pool)
     .await?;
-    row.into_wire(site)
+    Ok(row.into_wire(site))
 }
 
 /// Changes the fields present in `patch`.
@@ -392,9 +385,9 @@ pub async fn update_flavor(
     let row = sqlx::query_as!(
         FlavorRow,
         r#"UPDATE flavors SET friendly_name = $2, description = $3, flavor_type = $4,
-               ram_mib = $5, vcpus = $6, disk_mb = $7, updated_at = now()
+               ram_mib = $5, vcpus = $6, disk_mb = $7
            WHERE id = $1
-           RETURNING id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb,
+           RETURNING id, friendly_name, description, flavor_type AS "flavor_type: FlavorType", ram_mib, vcpus, disk_mb,
                   created_at AS "created_at: DateTime<Utc>", updated_at AS "updated_at: DateTime<Utc>""#,
         uuid,
         next.friendly_name.trim(),
@@ -407,7 +400,7 @@ pub async fn update_flavor(
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(r) => r.into_wire(site),
+        Some(r) => Ok(r.into_wire(site)),
         None => Err(AppError::NotFound(format!("flavor `{id}` not found"))),
     }
 }

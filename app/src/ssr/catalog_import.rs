@@ -7,11 +7,12 @@
 
 use crate::error::AppError;
 use crate::model::{ImportReport, ImportedEntry};
-use crate::ssr::clouds::Cloud;
-use crate::ssr::openstack::OpenStackClient;
+use crate::ssr::cloud_config::{parse, Cloud};
+use crate::ssr::openstack::{OpenStackClient, OpenStackError};
 use reqwest::Method;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::path::Path;
 use uuid::Uuid;
 
 fn entry(name: &str, source_id: &str) -> ImportedEntry {
@@ -49,185 +50,206 @@ pub fn guess_username(image_name: &str) -> &'static str {
         .map_or("root", |(_, user)| user)
 }
 
-/// Imports the images and flavors `cloud` shows. Errors from OpenStack become 503 with its
-/// message; database errors are internal.
+/// Imports the images and flavors `cloud` shows, in one transaction. Errors from OpenStack
+/// become 503 with its message; database errors are internal.
 pub async fn import(
     pool: &PgPool,
     client: &OpenStackClient,
     cloud: &Cloud,
 ) -> Result<ImportReport, AppError> {
-    let unavailable = |e: crate::ssr::openstack::OpenStackError| {
-        AppError::Unavailable(format!("catalog import from `{}`: {e}", cloud.name))
-    };
-    let token = client.authenticate(cloud).await.map_err(unavailable)?;
-    let glance = token.endpoint("image", cloud).map_err(unavailable)?;
-    let nova = token.endpoint("compute", cloud).map_err(unavailable)?;
-    let images = client
-        .call(
-            cloud,
-            &token,
-            Method::GET,
-            &format!("{glance}/v2/images?limit=1000&status=active"),
-            None,
-        )
+    let (images, flavors) = fetch(client, cloud)
         .await
-        .map_err(unavailable)?
-        .unwrap_or(Value::Null);
-    let flavors = client
-        .call(
-            cloud,
-            &token,
-            Method::GET,
-            &format!("{nova}/flavors/detail"),
-            None,
-        )
-        .await
-        .map_err(unavailable)?
-        .unwrap_or(Value::Null);
-
+        .map_err(|e| AppError::Unavailable(format!("catalog import from `{}`: {e}", cloud.name)))?;
     let mut report = ImportReport {
         cloud: cloud.name.clone(),
         ..ImportReport::default()
     };
     let mut tx = pool.begin().await?;
     for image in images["images"].as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (image["id"].as_str(), image["name"].as_str()) else {
-            continue;
-        };
-        // Only images every user's project can boot: public or community.
-        if !matches!(image["visibility"].as_str(), Some("public" | "community")) {
-            report.images_skipped.push(entry(name, id));
-            continue;
-        }
-        let min_disk_mb = mib(image["min_disk"].as_i64().unwrap_or(0).saturating_mul(1024));
-        let min_ram_mib = mib(image["min_ram"].as_i64().unwrap_or(0));
-        let username = image["os_admin_user"]
-            .as_str()
-            .or(image["default_user"].as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| guess_username(name).to_string());
-        let existing = sqlx::query!(
-            r#"SELECT id, friendly_name, location, min_disk_mb, min_ram_mib FROM disk_images
-               WHERE source_cloud = $1 AND source_id = $2"#,
-            cloud.name,
-            id
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        match existing {
-            None => {
-                sqlx::query!(
-                    r#"INSERT INTO disk_images (id, friendly_name, cluster_id, location, default_username,
-                           min_disk_mb, min_ram_mib, short_description, source_cloud, source_id)
-                       VALUES ($1, $2, 'default', $3, $4, $5, $6, $7, $8, $9)"#,
-                    Uuid::now_v7(),
-                    name,
-                    id,
-                    &username,
-                    min_disk_mb,
-                    min_ram_mib,
-                    format!("Imported from cloud {}", cloud.name),
-                    cloud.name,
-                    id
-                )
-                .execute(&mut *tx)
-                .await?;
-                report.images_added.push(entry(name, id));
-            }
-            Some(row)
-                if row.friendly_name == name
-                    && row.location == id
-                    && row.min_disk_mb == min_disk_mb
-                    && row.min_ram_mib == min_ram_mib =>
-            {
-                report.images_unchanged.push(entry(name, id));
-            }
-            Some(row) => {
-                sqlx::query!(
-                    r#"UPDATE disk_images SET friendly_name = $2, location = $3, min_disk_mb = $4,
-                           min_ram_mib = $5, updated_at = now() WHERE id = $1"#,
-                    row.id,
-                    name,
-                    id,
-                    min_disk_mb,
-                    min_ram_mib
-                )
-                .execute(&mut *tx)
-                .await?;
-                report.images_updated.push(entry(name, id));
-            }
-        }
+        import_image(&mut tx, &cloud.name, image, &mut report).await?;
     }
     for flavor in flavors["flavors"].as_array().into_iter().flatten() {
-        let (Some(id), Some(name)) = (flavor["id"].as_str(), flavor["name"].as_str()) else {
-            continue;
-        };
-        let vcpus = mib(flavor["vcpus"].as_i64().unwrap_or(1)).max(1);
-        let ram_mib = mib(flavor["ram"].as_i64().unwrap_or(1)).max(1);
-        let disk_mb = mib(flavor["disk"].as_i64().unwrap_or(0).saturating_mul(1024));
-        let description = flavor["description"].as_str().unwrap_or("").to_string();
-        let existing = sqlx::query!(
-            r#"SELECT id, friendly_name, vcpus, ram_mib, disk_mb FROM flavors
-               WHERE source_cloud = $1 AND source_id = $2"#,
-            cloud.name,
-            id
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        match existing {
-            None => {
-                sqlx::query!(
-                    r#"INSERT INTO flavors (id, friendly_name, description, flavor_type, ram_mib, vcpus,
-                           disk_mb, source_cloud, source_id)
-                       VALUES ($1, $2, $3, 'vm', $4, $5, $6, $7, $8)"#,
-                    Uuid::now_v7(),
-                    name,
-                    description,
-                    ram_mib,
-                    vcpus,
-                    disk_mb,
-                    cloud.name,
-                    id
-                )
-                .execute(&mut *tx)
-                .await?;
-                report.flavors_added.push(entry(name, id));
-            }
-            Some(row)
-                if row.friendly_name == name
-                    && row.vcpus == vcpus
-                    && row.ram_mib == ram_mib
-                    && row.disk_mb == disk_mb =>
-            {
-                report.flavors_unchanged.push(entry(name, id));
-            }
-            Some(row) => {
-                sqlx::query!(
-                    r#"UPDATE flavors SET friendly_name = $2, vcpus = $3, ram_mib = $4, disk_mb = $5,
-                           updated_at = now() WHERE id = $1"#,
-                    row.id,
-                    name,
-                    vcpus,
-                    ram_mib,
-                    disk_mb
-                )
-                .execute(&mut *tx)
-                .await?;
-                report.flavors_updated.push(entry(name, id));
-            }
-        }
+        import_flavor(&mut tx, &cloud.name, flavor, &mut report).await?;
     }
     tx.commit().await?;
     Ok(report)
 }
 
+/// Image v2 "List images" (active ones) and Compute "List Flavors With Details".
+async fn fetch(client: &OpenStackClient, cloud: &Cloud) -> Result<(Value, Value), OpenStackError> {
+    let token = client.authenticate(cloud).await?;
+    let glance = token.endpoint("image", cloud)?;
+    let nova = token.endpoint("compute", cloud)?;
+    let list = |url: String| {
+        let token = &token;
+        async move {
+            Ok::<_, OpenStackError>(
+                client
+                    .call(cloud, token, Method::GET, &url, None)
+                    .await?
+                    .unwrap_or(Value::Null),
+            )
+        }
+    };
+    let images = list(format!("{glance}/v2/images?limit=1000&status=active")).await?;
+    let flavors = list(format!("{nova}/flavors/detail")).await?;
+    Ok((images, flavors))
+}
+
+/// One Glance image: added, updated or unchanged (keyed by cloud and Glance id); private
+/// and shared images are skipped, since not every user's project could boot them.
+async fn import_image(
+    tx: &mut Transaction<'_, Postgres>,
+    cloud: &str,
+    image: &Value,
+    report: &mut ImportReport,
+) -> Result<(), AppError> {
+    let (Some(id), Some(name)) = (image["id"].as_str(), image["name"].as_str()) else {
+        return Ok(());
+    };
+    if !matches!(image["visibility"].as_str(), Some("public" | "community")) {
+        report.images_skipped.push(entry(name, id));
+        return Ok(());
+    }
+    let min_disk_mb = mib(image["min_disk"].as_i64().unwrap_or(0).saturating_mul(1024));
+    let min_ram_mib = mib(image["min_ram"].as_i64().unwrap_or(0));
+    let username = image["os_admin_user"]
+        .as_str()
+        .or(image["default_user"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| guess_username(name).to_string());
+    let existing = sqlx::query!(
+        r#"SELECT id, friendly_name, location, min_disk_mb, min_ram_mib FROM disk_images
+           WHERE source_cloud = $1 AND source_id = $2"#,
+        cloud,
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    let list = match existing {
+        None => {
+            sqlx::query!(
+                r#"INSERT INTO disk_images (id, friendly_name, cluster_id, location, default_username,
+                       min_disk_mb, min_ram_mib, short_description, source_cloud, source_id)
+                   VALUES ($1, $2, 'default', $3, $4, $5, $6, $7, $8, $9)"#,
+                Uuid::now_v7(),
+                name,
+                id,
+                &username,
+                min_disk_mb,
+                min_ram_mib,
+                format!("Imported from cloud {cloud}"),
+                cloud,
+                id
+            )
+            .execute(&mut **tx)
+            .await?;
+            &mut report.images_added
+        }
+        Some(row)
+            if row.friendly_name == name
+                && row.location == id
+                && row.min_disk_mb == min_disk_mb
+                && row.min_ram_mib == min_ram_mib =>
+        {
+            &mut report.images_unchanged
+        }
+        Some(row) => {
+            sqlx::query!(
+                r#"UPDATE disk_images SET friendly_name = $2, location = $3, min_disk_mb = $4,
+                       min_ram_mib = $5 WHERE id = $1"#,
+                row.id,
+                name,
+                id,
+                min_disk_mb,
+                min_ram_mib
+            )
+            .execute(&mut **tx)
+            .await?;
+            &mut report.images_updated
+        }
+    };
+    list.push(entry(name, id));
+    Ok(())
+}
+
+/// One Nova flavor: added, updated or unchanged (keyed by cloud and Nova id).
+async fn import_flavor(
+    tx: &mut Transaction<'_, Postgres>,
+    cloud: &str,
+    flavor: &Value,
+    report: &mut ImportReport,
+) -> Result<(), AppError> {
+    let (Some(id), Some(name)) = (flavor["id"].as_str(), flavor["name"].as_str()) else {
+        return Ok(());
+    };
+    let vcpus = mib(flavor["vcpus"].as_i64().unwrap_or(1)).max(1);
+    let ram_mib = mib(flavor["ram"].as_i64().unwrap_or(1)).max(1);
+    let disk_mb = mib(flavor["disk"].as_i64().unwrap_or(0).saturating_mul(1024));
+    let description = flavor["description"].as_str().unwrap_or("").to_string();
+    let existing = sqlx::query!(
+        r#"SELECT id, friendly_name, vcpus, ram_mib, disk_mb FROM flavors
+           WHERE source_cloud = $1 AND source_id = $2"#,
+        cloud,
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    let list = match existing {
+        None => {
+            sqlx::query!(
+                r#"INSERT INTO flavors (id, friendly_name, description, flavor_type, ram_mib, vcpus,
+                       disk_mb, source_cloud, source_id)
+                   VALUES ($1, $2, $3, 'vm', $4, $5, $6, $7, $8)"#,
+                Uuid::now_v7(),
+                name,
+                description,
+                ram_mib,
+                vcpus,
+                disk_mb,
+                cloud,
+                id
+            )
+            .execute(&mut **tx)
+            .await?;
+            &mut report.flavors_added
+        }
+        Some(row)
+            if row.friendly_name == name
+                && row.vcpus == vcpus
+                && row.ram_mib == ram_mib
+                && row.disk_mb == disk_mb =>
+        {
+            &mut report.flavors_unchanged
+        }
+        Some(row) => {
+            sqlx::query!(
+                r#"UPDATE flavors SET friendly_name = $2, vcpus = $3, ram_mib = $4, disk_mb = $5
+                   WHERE id = $1"#,
+                row.id,
+                name,
+                vcpus,
+                ram_mib,
+                disk_mb
+            )
+            .execute(&mut **tx)
+            .await?;
+            &mut report.flavors_updated
+        }
+    };
+    list.push(entry(name, id));
+    Ok(())
+}
+
 /// Imports from a cloud of the operator's `SITE_CLOUDS_YAML` (its first cloud when `cloud`
 /// is `None`). 503 when no site cloud is configured; 422 (`cloud`) for an unknown name.
 pub async fn import_site_cloud(
-    state: &crate::ssr::state::AppState,
+    pool: &PgPool,
+    client: &OpenStackClient,
+    site_clouds_yaml: Option<&Path>,
     cloud: Option<&str>,
 ) -> Result<ImportReport, AppError> {
-    let path = state.config.site_clouds_yaml.as_ref().ok_or_else(|| {
+    let path = site_clouds_yaml.ok_or_else(|| {
         AppError::Unavailable(
             "no site cloud is configured: set SITE_CLOUDS_YAML to the operator's clouds.yaml"
                 .into(),
@@ -237,7 +259,7 @@ pub async fn import_site_cloud(
         zeroize::Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|e| {
             AppError::Unavailable(format!("SITE_CLOUDS_YAML {}: {e}", path.display()))
         })?);
-    let file = crate::ssr::clouds::parse(&text).map_err(|e| {
+    let file = parse(&text).map_err(|e| {
         AppError::Unavailable(format!(
             "SITE_CLOUDS_YAML {} is invalid: {e}",
             path.display()
@@ -262,7 +284,7 @@ pub async fn import_site_cloud(
             .first()
             .ok_or_else(|| AppError::Unavailable("SITE_CLOUDS_YAML defines no cloud".into()))?,
     };
-    let report = import(&state.pool, &state.openstack, chosen).await?;
+    let report = import(pool, client, chosen).await?;
     tracing::info!(
         cloud = %report.cloud,
         images_added = report.images_added.len(),

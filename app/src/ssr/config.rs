@@ -162,21 +162,9 @@ fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
 
 impl Settings {
     /// Validates the raw settings. `need_database` is false for commands that do not touch
-    /// the database (`dev-token`).
+    /// the database (`dev-token`). The first problem found is the error.
     pub fn validate(&self, need_database: bool) -> Result<Config, ConfigError> {
-        let database_url = match &self.database_url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                url.clone()
-            }
-            Some(_) => return Err(err("DATABASE_URL", "must be a postgres:// URL")),
-            None if need_database => {
-                return Err(err(
-                    "DATABASE_URL",
-                    "not set (scripts/run starts an embedded PostgreSQL and sets it for you)",
-                ))
-            }
-            None => String::new(),
-        };
+        let database_url = self.database_url(need_database)?;
         let site_addr: SocketAddr = self
             .site_addr
             .parse()
@@ -188,18 +176,62 @@ impl Settings {
             }
             None => format!("http://{site_addr}"),
         };
+        let site_id = self.site_id()?;
+        let auth = self.auth(&public_url)?;
+        self.check_backends()?;
+        let (clouds_key, clouds_key_previous) = self.clouds_keys()?;
+        Ok(Config {
+            database_url,
+            site_addr,
+            site_id,
+            auth,
+            public_url,
+            k8s_namespace_prefix: self.k8s_namespace_prefix.clone(),
+            pod_ready_timeout: Duration::from_secs(self.pod_ready_timeout_secs),
+            worker_concurrency: self.worker_concurrency,
+            run_worker: self.run_worker,
+            secret_key_file: self.secret_key_file.clone(),
+            seed_demo_catalog: self.seed_demo_catalog,
+            clouds_key,
+            clouds_key_previous,
+            clouds_key_file: self.clouds_encryption_key_file.clone(),
+            site_clouds_yaml: self.site_clouds_yaml.clone(),
+            vm_ready_timeout: Duration::from_secs(self.vm_ready_timeout_secs),
+        })
+    }
+
+    /// `DATABASE_URL`: a postgres:// URL; empty when not needed and not set.
+    fn database_url(&self, need_database: bool) -> Result<String, ConfigError> {
+        match &self.database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(url.clone())
+            }
+            Some(_) => Err(err("DATABASE_URL", "must be a postgres:// URL")),
+            None if need_database => Err(err(
+                "DATABASE_URL",
+                "not set (scripts/run starts an embedded PostgreSQL and sets it for you)",
+            )),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// `SITE_ID`: the site part of typed ids (no `_`, which separates the parts).
+    fn site_id(&self) -> Result<String, ConfigError> {
         let site_id = self.site_id.trim().to_string();
-        if site_id.is_empty()
-            || site_id.contains('_')
-            || !site_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        {
+        let allowed =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+        if site_id.is_empty() || !site_id.bytes().all(allowed) {
             return Err(err(
                 "SITE_ID",
                 "must be lowercase letters, digits, `-` or `.`, without `_` (e.g. tld-city-bp1)",
             ));
         }
+        Ok(site_id)
+    }
+
+    /// The token verification settings: issuer (or the dev issuer), JWKS, audience (default
+    /// `public_url`), claim names and admins.
+    fn auth(&self, public_url: &str) -> Result<AuthConfig, ConfigError> {
         if let Some(issuer) = &self.slices_issuer {
             check_url("SLICES_ISSUER", issuer)?;
         }
@@ -218,8 +250,31 @@ impl Settings {
                 "not set: name the SLICES portal's OIDC issuer, or set DEV_ISSUER=true for a local run",
             ));
         }
-        let admin_user_ids = parse_admin_ids(&self.admin_user_ids)?;
-        let prefix = self.k8s_namespace_prefix.clone();
+        Ok(AuthConfig {
+            issuer: self
+                .slices_issuer
+                .as_ref()
+                .map(|s| s.trim_end_matches('/').to_string()),
+            jwks_url: self.slices_jwks_url.clone(),
+            audience: self
+                .slices_audience
+                .clone()
+                .unwrap_or_else(|| public_url.to_string()),
+            claims: ClaimNames {
+                project: self.claim_project.clone(),
+                experiment_expires: self.claim_experiment_expires.clone(),
+                acting_user: self.claim_acting_user.clone(),
+            },
+            admin_user_ids: parse_admin_ids(&self.admin_user_ids)?,
+            dev_issuer_key_file: self.dev_issuer.then(|| self.dev_issuer_key_file.clone()),
+            dev_issuer_url: format!("{public_url}/dev-issuer"),
+        })
+    }
+
+    /// The backends' and the worker's settings: namespace prefix, timeouts, concurrency,
+    /// the site cloud file.
+    fn check_backends(&self) -> Result<(), ConfigError> {
+        let prefix = &self.k8s_namespace_prefix;
         if prefix.len() > 30
             || !prefix
                 .bytes()
@@ -237,16 +292,6 @@ impl Settings {
         if self.vm_ready_timeout_secs == 0 {
             return Err(err("VM_READY_TIMEOUT_SECS", "must be at least 1"));
         }
-        let clouds_key = self
-            .clouds_encryption_key
-            .as_deref()
-            .map(|k| parse_key_value("CLOUDS_ENCRYPTION_KEY", k))
-            .transpose()?;
-        let clouds_key_previous = self
-            .clouds_encryption_key_previous
-            .as_deref()
-            .map(|k| parse_key_value("CLOUDS_ENCRYPTION_KEY_PREVIOUS", k))
-            .transpose()?;
         if let Some(path) = &self.site_clouds_yaml {
             if !path.is_file() {
                 return Err(err(
@@ -258,43 +303,24 @@ impl Settings {
         if self.worker_concurrency == 0 || self.worker_concurrency > 256 {
             return Err(err("WORKER_CONCURRENCY", "must be between 1 and 256"));
         }
-        let audience = self
-            .slices_audience
-            .clone()
-            .unwrap_or_else(|| public_url.clone());
-        Ok(Config {
-            database_url,
-            site_addr,
-            site_id,
-            auth: AuthConfig {
-                issuer: self
-                    .slices_issuer
-                    .as_ref()
-                    .map(|s| s.trim_end_matches('/').to_string()),
-                jwks_url: self.slices_jwks_url.clone(),
-                audience,
-                claims: ClaimNames {
-                    project: self.claim_project.clone(),
-                    experiment_expires: self.claim_experiment_expires.clone(),
-                    acting_user: self.claim_acting_user.clone(),
-                },
-                admin_user_ids,
-                dev_issuer_key_file: self.dev_issuer.then(|| self.dev_issuer_key_file.clone()),
-                dev_issuer_url: format!("{public_url}/dev-issuer"),
-            },
-            public_url,
-            k8s_namespace_prefix: prefix,
-            pod_ready_timeout: Duration::from_secs(self.pod_ready_timeout_secs),
-            worker_concurrency: self.worker_concurrency,
-            run_worker: self.run_worker,
-            secret_key_file: self.secret_key_file.clone(),
-            seed_demo_catalog: self.seed_demo_catalog,
-            clouds_key,
-            clouds_key_previous,
-            clouds_key_file: self.clouds_encryption_key_file.clone(),
-            site_clouds_yaml: self.site_clouds_yaml.clone(),
-            vm_ready_timeout: Duration::from_secs(self.vm_ready_timeout_secs),
-        })
+        Ok(())
+    }
+
+    /// `CLOUDS_ENCRYPTION_KEY` and `_PREVIOUS`, when given inline.
+    fn clouds_keys(&self) -> Result<(Option<SecretBox>, Option<SecretBox>), ConfigError> {
+        let key = |variable, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|k| parse_key_value(variable, k))
+                .transpose()
+        };
+        Ok((
+            key("CLOUDS_ENCRYPTION_KEY", &self.clouds_encryption_key)?,
+            key(
+                "CLOUDS_ENCRYPTION_KEY_PREVIOUS",
+                &self.clouds_encryption_key_previous,
+            )?,
+        ))
     }
 }
 

@@ -60,26 +60,55 @@ struct Entry {
     page: Page,
 }
 
-/// The page cache of one server process (one per [`crate::ssr::state::AppState`]).
+/// The page cache of one server process (one per application state).
 #[derive(Default)]
 pub struct ListCache {
     generation: AtomicU64,
     listening: AtomicBool,
+    /// Writes in flight ([`ListCache::writing`]): while any is, pages are neither served nor kept.
+    writers: AtomicU64,
     entries: Mutex<HashMap<ListKey, Entry>>,
+}
+
+/// A write in flight (from [`ListCache::writing`] until dropped, which the writer does right
+/// after its commit): no page is served or kept meanwhile, and every page read before is
+/// stale afterwards. So a client that sees the write's effect anywhere (e.g. a task that
+/// ended) never reads a page from before it, however the commit and the drop interleave with
+/// its requests.
+pub struct WriteGuard<'a> {
+    cache: &'a ListCache,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate();
+        self.cache.writers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ListCache {
     /// The generation a page fill must record before it reads the database; `None` while the
     /// cache is off (no listener connected), when pages must not be kept.
     pub fn begin_fill(&self) -> Option<u64> {
-        self.listening
-            .load(Ordering::Acquire)
+        self.serving()
             .then(|| self.generation.load(Ordering::Acquire))
+    }
+
+    /// Pages may be served and kept: the listener is connected and no write is in flight.
+    fn serving(&self) -> bool {
+        self.listening.load(Ordering::Acquire) && self.writers.load(Ordering::Acquire) == 0
+    }
+
+    /// Marks a write in flight until the guard is dropped (see [`WriteGuard`]).
+    pub fn writing(&self) -> WriteGuard<'_> {
+        self.writers.fetch_add(1, Ordering::AcqRel);
+        self.invalidate();
+        WriteGuard { cache: self }
     }
 
     /// The kept page for `key`, if it is still valid.
     pub fn get(&self, key: &ListKey) -> Option<Page> {
-        if !self.listening.load(Ordering::Acquire) {
+        if !self.serving() {
             return None;
         }
         let current = self.generation.load(Ordering::Acquire);
@@ -94,9 +123,7 @@ impl ListCache {
     pub fn put(&self, key: ListKey, generation: u64, page: Page) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock: an invalidation after this point makes the entry stale.
-        if !self.listening.load(Ordering::Acquire)
-            || self.generation.load(Ordering::Acquire) != generation
-        {
+        if !self.serving() || self.generation.load(Ordering::Acquire) != generation {
             return;
         }
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
@@ -238,6 +265,24 @@ mod tests {
         );
         cache.invalidate();
         assert!(cache.get(&key(0)).is_none());
+    }
+
+    #[test]
+    fn nothing_is_served_or_kept_while_a_write_is_in_flight() {
+        let (cache, generation) = listening();
+        cache.put(key(0), generation, page("before"));
+        let guard = cache.writing();
+        assert!(cache.get(&key(0)).is_none(), "a page from before the write");
+        assert!(cache.begin_fill().is_none(), "a fill during the write");
+        cache.put(key(0), generation, page("during"));
+        drop(guard);
+        assert!(cache.get(&key(0)).is_none(), "stale after the write");
+        let after = cache.begin_fill().expect("serving again");
+        cache.put(key(0), after, page("after"));
+        assert_eq!(
+            cache.get(&key(0)).map(|p| p.body),
+            Some(Bytes::from("after"))
+        );
     }
 
     #[test]

@@ -1,21 +1,39 @@
 //! Server-only code (feature `ssr`): configuration, authentication, the database services,
 //! the task worker, the compute backends and the REST API. The browser build never sees it.
+//!
+//! The modules form layers that import only downwards (README, "Architecture"; checked by
+//! `app/tests/layers.rs`):
+//!
+//! 1. pure types and parsing, no I/O: [`cloud_config`], [`names`], [`secrets`], [`config`];
+//! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
+//! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
+//!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`]
+//!    and [`queue`] (Postgres);
+//! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
+//!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`session`];
+//! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
+//!    [`state`] (and the UI's server functions).
 
 pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod catalog;
 pub mod catalog_import;
+pub mod cloud_config;
 pub mod clouds;
 pub mod config;
 pub mod list_cache;
+pub mod names;
 pub mod openstack;
+pub mod queue;
 pub mod resources;
+pub mod rows;
 pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod tasks;
+pub mod worker;
 
 use crate::error::AppError;
 

@@ -10,7 +10,7 @@
 //! (os-getConsoleOutput Action)"; Image API v2 "List images"; Networking API v2.0 "List
 //! networks".
 
-use crate::ssr::clouds::{Cloud, CloudAuth, NameOrId};
+use crate::ssr::cloud_config::{Cloud, CloudAuth, NameOrId};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -401,7 +401,7 @@ fn transport_cause(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ssr::clouds::parse;
+    use crate::ssr::cloud_config::parse;
 
     #[test]
     fn auth_bodies_follow_the_identity_api() {

@@ -1,20 +1,29 @@
-//! Resources: validation of `POST /resources`, visibility (an experiment token sees its
-//! experiment's resources, a user token the resources that user requested), and the
-//! state changes that enqueue create/delete tasks (../shared/slices-api.md, "Resources
-//! and tasks").
+//! Resources: validation of `POST /resources`, visibility, and the state changes that
+//! enqueue create/delete tasks (../shared/slices-api.md, "Resources and tasks"). A request
+//! goes validate → plan (catalog entries, the user's clouds) → store (resources and tasks in
+//! one statement) → hand over (to this process's worker, or the queue).
 
 use crate::error::AppError;
-use crate::ids::{format_id, IdKind};
+use crate::ids::IdKind;
 use crate::model::{
-    AllocationState, BackendDetails, CreateResourcesRequest, CreateResourcesResponse, FlavorType,
-    OperationalState, Resource, ResourcePatch, Task, TaskKind,
+    AllocationState, BackendDetails, CloudsYamlSummary, ConsoleLog, CreateResourcesRequest,
+    CreateResourcesResponse, DiskImage, Flavor, FlavorType, OperationalState, Resource,
+    ResourcePatch, ResourceSpec, Task, TaskKind, TaskStatus,
 };
-use crate::ssr::auth::{Principal, TokenKind};
-use crate::ssr::backend::RecordRow;
-use crate::ssr::state::AppState;
-use crate::ssr::{catalog, field_id, internal, path_id, tasks};
+use crate::ssr::auth::{Authenticator, Principal, TokenKind};
+use crate::ssr::backend::Backends;
+use crate::ssr::list_cache::ListCache;
+use crate::ssr::names::is_dns_label;
+use crate::ssr::queue::{self, LocalWorker, Reserved};
+use crate::ssr::rows::{
+    fetch_resource, fetch_task, load_record, select_resources, RecordRow, ResourceFilter,
+    ResourceRow, Scope, TaskRow,
+};
+use crate::ssr::{catalog, clouds, field_id, internal, path_id};
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// Most resources one request may ask for.
@@ -24,28 +33,22 @@ pub const MAX_USERDATA_BYTES: usize = 64 * 1024;
 /// Default and largest page size of `GET /resources`.
 pub const DEFAULT_PAGE: i64 = 100;
 pub const MAX_PAGE: i64 = 500;
+/// Most console lines one request may ask for.
+pub const MAX_CONSOLE_LINES: u32 = 2000;
 
-/// Which resources a principal may see.
-#[derive(Debug, Clone)]
-pub struct Scope {
-    pub experiment_id: Option<String>,
-    pub requested_by: Option<String>,
-}
-
-impl Scope {
-    /// Experiment token → its experiment; user token → what that user requested.
-    pub fn of(principal: &Principal) -> Scope {
-        match principal.kind {
-            TokenKind::Experiment => Scope {
-                experiment_id: principal.experiment_id.clone(),
-                requested_by: None,
-            },
-            TokenKind::User => Scope {
-                experiment_id: None,
-                requested_by: Some(principal.user_id.clone().unwrap_or_default()),
-            },
-        }
-    }
+/// What the resource service works with, borrowed from the application state by the entry
+/// points (REST handlers, server functions).
+#[derive(Clone, Copy)]
+pub struct Resources<'a> {
+    pub pool: &'a PgPool,
+    /// The site part of typed ids.
+    pub site: &'a str,
+    /// Verifies the user token in a request body.
+    pub auth: &'a Authenticator,
+    pub backends: &'a Backends,
+    pub list_cache: &'a ListCache,
+    /// This process's worker, which takes new tasks straight from the request.
+    pub local: &'a LocalWorker,
 }
 
 /// Filters of `GET /resources`.
@@ -63,83 +66,6 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// Rows to skip (default 0).
     pub offset: Option<i64>,
-}
-
-pub(crate) struct ResourceRow {
-    pub id: Uuid,
-    pub experiment_id: String,
-    pub project_id: String,
-    pub requested_by: Option<String>,
-    pub friendly_name: String,
-    pub disk_image_id: Uuid,
-    pub flavor_id: Uuid,
-    pub flavor_type: String,
-    pub network_name: Option<String>,
-    pub ssh_authorized_keys: Vec<String>,
-    pub expires_at: DateTime<Utc>,
-    pub allocation_state: String,
-    pub operational_state: String,
-    pub status_message: String,
-    pub backend_details: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub default_username: String,
-    pub last_task_id: Option<Uuid>,
-}
-
-impl ResourceRow {
-    pub(crate) fn into_wire(self, site: &str) -> Result<Resource, AppError> {
-        let details: BackendDetails =
-            serde_json::from_value(self.backend_details).unwrap_or_default();
-        let ip = details
-            .addresses
-            .first()
-            .cloned()
-            .or_else(|| details.pod_ip.clone());
-        let ssh_command = match (&ip, self.flavor_type.as_str()) {
-            (Some(ip), "vm") if !self.default_username.is_empty() => {
-                Some(format!("ssh {}@{}", self.default_username, ip))
-            }
-            _ => None,
-        };
-        let bad =
-            |what: &str, v: &str| internal(anyhow::anyhow!("resource {} has {what} {v}", self.id));
-        Ok(Resource {
-            id: format_id(IdKind::Resource, site, self.id),
-            friendly_name: self.friendly_name,
-            experiment_id: self.experiment_id,
-            project_id: self.project_id,
-            requested_by: self.requested_by,
-            disk_image_id: format_id(IdKind::Image, site, self.disk_image_id),
-            flavor_id: format_id(IdKind::Flavor, site, self.flavor_id),
-            flavor_type: FlavorType::parse(&self.flavor_type)
-                .ok_or_else(|| bad("flavor type", &self.flavor_type))?,
-            network_name: self.network_name,
-            ssh_authorized_keys: self.ssh_authorized_keys,
-            expires_at: self.expires_at,
-            allocation_state: AllocationState::parse(&self.allocation_state)
-                .ok_or_else(|| bad("allocation state", &self.allocation_state))?,
-            operational_state: OperationalState::parse(&self.operational_state)
-                .ok_or_else(|| bad("operational state", &self.operational_state))?,
-            status_message: self.status_message,
-            details,
-            ssh_command,
-            last_task_id: self.last_task_id.map(|t| format_id(IdKind::Task, site, t)),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-/// RFC 1123 DNS label: what a Pod name must be (Kubernetes API conventions, "Names").
-pub fn is_dns_label(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 fn check_ssh_keys(keys: &[String]) -> Result<(), AppError> {
@@ -192,6 +118,48 @@ fn check_expiry(
     Ok(())
 }
 
+/// The request-wide checks: size, expiry, SSH keys.
+fn check_request(principal: &Principal, request: &CreateResourcesRequest) -> Result<(), AppError> {
+    if request.resources.is_empty() {
+        return Err(AppError::invalid(
+            "resources",
+            "ask for at least one resource",
+        ));
+    }
+    if request.resources.len() > MAX_RESOURCES_PER_REQUEST {
+        return Err(AppError::invalid(
+            "resources",
+            format!("at most {MAX_RESOURCES_PER_REQUEST} resources per request"),
+        ));
+    }
+    check_expiry("expires_at", request.expires_at, principal)?;
+    check_ssh_keys(&request.ssh_authorized_keys)
+}
+
+/// Who asked: the user token in the body (as the SLICES CLI sends it), else the experiment
+/// token's acting user. 422 (`tokens[0].jwt`) for a token that is invalid or not a user's.
+async fn requesting_user(
+    auth: &Authenticator,
+    principal: &Principal,
+    request: &CreateResourcesRequest,
+) -> Result<Option<String>, AppError> {
+    let Some(token) = request.tokens.first() else {
+        return Ok(principal.user_id.clone());
+    };
+    let user = auth
+        .verify(&token.jwt)
+        .await
+        .map_err(|e| AppError::invalid("tokens[0].jwt", e.message()))?;
+    if user.kind != TokenKind::User {
+        return Err(AppError::invalid(
+            "tokens[0].jwt",
+            "must be a user token (`slices auth id-token`), not an experiment token",
+        ));
+    }
+    Ok(user.user_id)
+}
+
+/// One resource of a request, checked and resolved.
 struct Planned {
     id: Uuid,
     friendly_name: String,
@@ -202,32 +170,192 @@ struct Planned {
     userdata: Option<String>,
 }
 
-/// The clouds.yaml summary of the user a VM is made for: 422 (`tokens`) when the request names
-/// no user or the user has uploaded none.
-async fn vm_user_clouds(
-    state: &AppState,
-    user: Option<&str>,
-) -> Result<crate::model::CloudsYamlSummary, AppError> {
-    let Some(user) = user.filter(|u| !u.is_empty()) else {
-        return Err(AppError::invalid(
-            "tokens",
-            "a VM is created with the requesting user's clouds.yaml: send your user token in `tokens[0].jwt`",
-        ));
-    };
-    match crate::ssr::clouds::summary(&state.pool, user).await {
-        Err(AppError::NotFound(_)) => Err(AppError::invalid(
-            "tokens",
-            format!("user `{user}` has not uploaded a clouds.yaml yet (dashboard page Clouds, or PUT /clouds-yaml)"),
-        )),
-        other => other,
+/// Resolves a request's resources against the catalog and the requesting user's clouds,
+/// reading each image, flavor and the clouds.yaml summary once per request.
+struct Planner<'a> {
+    ctx: &'a Resources<'a>,
+    principal: &'a Principal,
+    requested_by: Option<&'a str>,
+    seen: HashSet<String>,
+    images: HashMap<String, DiskImage>,
+    flavors: HashMap<String, Flavor>,
+    /// Read at the first VM of the request.
+    user_clouds: Option<CloudsYamlSummary>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        ctx: &'a Resources<'a>,
+        principal: &'a Principal,
+        requested_by: Option<&'a str>,
+    ) -> Self {
+        Self {
+            ctx,
+            principal,
+            requested_by,
+            seen: HashSet::new(),
+            images: HashMap::new(),
+            flavors: HashMap::new(),
+            user_clouds: None,
+        }
     }
+
+    async fn plan(mut self, specs: &[ResourceSpec]) -> Result<Vec<Planned>, AppError> {
+        let mut planned = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            planned.push(self.plan_one(i, spec).await?);
+        }
+        Ok(planned)
+    }
+
+    /// `resources[i]`: its name, catalog entries, backend and (VMs) cloud.
+    async fn plan_one(&mut self, i: usize, spec: &ResourceSpec) -> Result<Planned, AppError> {
+        let f = |name: &str| format!("resources[{i}].{name}");
+        let name = spec.friendly_name.trim().to_string();
+        if name.is_empty() {
+            return Err(AppError::invalid(f("friendly_name"), "must not be empty"));
+        }
+        if !self.seen.insert(name.clone()) {
+            return Err(AppError::invalid(
+                f("friendly_name"),
+                format!("`{name}` appears twice in this request"),
+            ));
+        }
+        let site = self.ctx.site;
+        let disk_image_id = field_id(
+            IdKind::Image,
+            site,
+            &f("disk_image_id"),
+            &spec.disk_image_id,
+        )?;
+        let flavor_id = field_id(IdKind::Flavor, site, &f("flavor_id"), &spec.flavor_id)?;
+        let (image, flavor) = self.catalog(spec, &f).await?;
+        check_name(flavor.flavor_type, &name, &f("friendly_name"))?;
+        if !self.ctx.backends.supports(flavor.flavor_type) {
+            return Err(AppError::Unavailable(format!(
+                "{}: this site has no {} backend configured",
+                f("flavor_id"),
+                match flavor.flavor_type {
+                    FlavorType::K8s => "Kubernetes (KUBECONFIG)",
+                    FlavorType::Vm => "OpenStack",
+                }
+            )));
+        }
+        if flavor.flavor_type == FlavorType::Vm {
+            let clouds = self.user_clouds().await?;
+            check_image_cloud(clouds, &image, &f("disk_image_id"))?;
+        }
+        check_texts(spec, &f)?;
+        Ok(Planned {
+            id: Uuid::now_v7(),
+            friendly_name: name,
+            disk_image_id,
+            flavor_id,
+            flavor_type: flavor.flavor_type,
+            network_name: spec.network_name.clone().filter(|n| !n.trim().is_empty()),
+            userdata: spec.userdata.clone().filter(|u| !u.is_empty()),
+        })
+    }
+
+    /// The spec's image and flavor (422 naming the field when unknown); reads not made
+    /// earlier in this request run both at once (two pooled connections: one round trip).
+    async fn catalog(
+        &mut self,
+        spec: &ResourceSpec,
+        f: &impl Fn(&str) -> String,
+    ) -> Result<(DiskImage, Flavor), AppError> {
+        let (pool, site, admin) = (self.ctx.pool, self.ctx.site, self.principal.is_admin);
+        let (image, flavor) = tokio::join!(
+            async {
+                match self.images.get(&spec.disk_image_id) {
+                    Some(known) => Ok(known.clone()),
+                    None => catalog::get_image(pool, site, &spec.disk_image_id, admin).await,
+                }
+            },
+            async {
+                match self.flavors.get(&spec.flavor_id) {
+                    Some(known) => Ok(known.clone()),
+                    None => catalog::get_flavor(pool, site, &spec.flavor_id).await,
+                }
+            }
+        );
+        let unknown = |field: String| {
+            move |e| match e {
+                AppError::NotFound(m) => AppError::invalid(field, m),
+                other => other,
+            }
+        };
+        let image = image.map_err(unknown(f("disk_image_id")))?;
+        let flavor = flavor.map_err(unknown(f("flavor_id")))?;
+        self.images
+            .insert(spec.disk_image_id.clone(), image.clone());
+        self.flavors.insert(spec.flavor_id.clone(), flavor.clone());
+        Ok((image, flavor))
+    }
+
+    /// The clouds.yaml summary of the user a VM is made for: 422 (`tokens`) when the request
+    /// names no user or the user has uploaded none.
+    async fn user_clouds(&mut self) -> Result<&CloudsYamlSummary, AppError> {
+        if self.user_clouds.is_none() {
+            let Some(user) = self.requested_by.filter(|u| !u.is_empty()) else {
+                return Err(AppError::invalid(
+                    "tokens",
+                    "a VM is created with the requesting user's clouds.yaml: send your user token in `tokens[0].jwt`",
+                ));
+            };
+            let summary = match clouds::summary(self.ctx.pool, user).await {
+                Err(AppError::NotFound(_)) => Err(AppError::invalid(
+                    "tokens",
+                    format!("user `{user}` has not uploaded a clouds.yaml yet (dashboard page Clouds, or PUT /clouds-yaml)"),
+                )),
+                other => other,
+            }?;
+            self.user_clouds = Some(summary);
+        }
+        self.user_clouds
+            .as_ref()
+            .ok_or_else(|| internal(anyhow::anyhow!("clouds summary not kept")))
+    }
+}
+
+/// A Pod's name must be a DNS label; a VM's at most 63 characters.
+fn check_name(flavor_type: FlavorType, name: &str, field: &str) -> Result<(), AppError> {
+    match flavor_type {
+        FlavorType::K8s if !is_dns_label(name) => Err(AppError::invalid(
+            field,
+            "a pod name must be a DNS label: lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters",
+        )),
+        FlavorType::Vm if name.len() > 63 => Err(AppError::invalid(field, "at most 63 characters")),
+        _ => Ok(()),
+    }
+}
+
+/// Sizes of `userdata` and `network_name`.
+fn check_texts(spec: &ResourceSpec, f: &impl Fn(&str) -> String) -> Result<(), AppError> {
+    if spec
+        .userdata
+        .as_ref()
+        .is_some_and(|u| u.len() > MAX_USERDATA_BYTES)
+    {
+        return Err(AppError::invalid(
+            f("userdata"),
+            format!("at most {MAX_USERDATA_BYTES} bytes"),
+        ));
+    }
+    if spec.network_name.as_ref().is_some_and(|n| n.len() > 255) {
+        return Err(AppError::invalid(
+            f("network_name"),
+            "at most 255 characters",
+        ));
+    }
+    Ok(())
 }
 
 /// 422 (`image_field`) when the image's cloud (`cluster_id`; `default` = the user's default)
 /// is not in the user's clouds.yaml.
 fn check_image_cloud(
-    clouds: &crate::model::CloudsYamlSummary,
-    image: &crate::model::DiskImage,
+    clouds: &CloudsYamlSummary,
+    image: &DiskImage,
     image_field: &str,
 ) -> Result<(), AppError> {
     if image.cluster_id != "default" && !clouds.clouds.iter().any(|c| c.name == image.cluster_id) {
@@ -244,186 +372,112 @@ fn check_image_cloud(
 
 /// `POST /resources`: validates everything first, then inserts every resource and its
 /// create task in one statement (all or nothing). Tasks this process's worker has room for
-/// are written already claimed by it and handed over in memory
-/// ([`tasks::LocalWorker`]); the others are queued and the workers notified. The answer is
-/// built from the inserted rows (no re-read).
+/// are written already claimed by it and handed over in memory ([`LocalWorker`]); the others
+/// are queued and the workers notified. The answer is built from the inserted rows (no
+/// re-read).
 pub async fn create_resources(
-    state: &AppState,
+    ctx: &Resources<'_>,
     principal: &Principal,
     request: &CreateResourcesRequest,
 ) -> Result<CreateResourcesResponse, AppError> {
-    let experiment_id = principal.require_experiment()?.to_string();
-    let site = state.site();
-    if request.resources.is_empty() {
-        return Err(AppError::invalid(
-            "resources",
-            "ask for at least one resource",
-        ));
-    }
-    if request.resources.len() > MAX_RESOURCES_PER_REQUEST {
-        return Err(AppError::invalid(
-            "resources",
-            format!("at most {MAX_RESOURCES_PER_REQUEST} resources per request"),
-        ));
-    }
-    check_expiry("expires_at", request.expires_at, principal)?;
-    check_ssh_keys(&request.ssh_authorized_keys)?;
-
-    // Who asked: the user token in the body (as the SLICES CLI sends it), else the
-    // experiment token's acting user.
-    let requested_by = match request.tokens.first() {
-        Some(token) => {
-            let user = state
-                .auth
-                .verify(&token.jwt)
-                .await
-                .map_err(|e| AppError::invalid("tokens[0].jwt", e.message()))?;
-            if user.kind != TokenKind::User {
-                return Err(AppError::invalid(
-                    "tokens[0].jwt",
-                    "must be a user token (`slices auth id-token`), not an experiment token",
-                ));
-            }
-            user.user_id
-        }
-        None => principal.user_id.clone(),
-    };
-
-    let mut planned = Vec::with_capacity(request.resources.len());
-    let mut seen = HashSet::new();
-    // Read at the first VM of the request, then reused for the others.
-    let mut user_clouds = None;
-    // Read each image and flavor once per request (resources of one request mostly share
-    // them; keyed by the typed id as sent).
-    let mut images = std::collections::HashMap::new();
-    let mut flavors = std::collections::HashMap::new();
-    for (i, spec) in request.resources.iter().enumerate() {
-        let f = |name: &str| format!("resources[{i}].{name}");
-        let name = spec.friendly_name.trim().to_string();
-        if name.is_empty() {
-            return Err(AppError::invalid(f("friendly_name"), "must not be empty"));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(AppError::invalid(
-                f("friendly_name"),
-                format!("`{name}` appears twice in this request"),
-            ));
-        }
-        let image_uuid = field_id(
-            IdKind::Image,
-            site,
-            &f("disk_image_id"),
-            &spec.disk_image_id,
-        )?;
-        let flavor_uuid = field_id(IdKind::Flavor, site, &f("flavor_id"), &spec.flavor_id)?;
-        // The reads not yet made, both at once (two pooled connections): one round trip.
-        let (image, flavor) = tokio::join!(
-            async {
-                match images.get(&spec.disk_image_id).cloned() {
-                    Some(known) => Ok(known),
-                    None => {
-                        catalog::get_image(
-                            &state.pool,
-                            site,
-                            &spec.disk_image_id,
-                            principal.is_admin,
-                        )
-                        .await
-                    }
-                }
-            },
-            async {
-                match flavors.get(&spec.flavor_id).cloned() {
-                    Some(known) => Ok(known),
-                    None => catalog::get_flavor(&state.pool, site, &spec.flavor_id).await,
-                }
-            }
-        );
-        let image: crate::model::DiskImage = image.map_err(|e| match e {
-            AppError::NotFound(m) => AppError::invalid(f("disk_image_id"), m),
-            other => other,
-        })?;
-        let flavor: crate::model::Flavor = flavor.map_err(|e| match e {
-            AppError::NotFound(m) => AppError::invalid(f("flavor_id"), m),
-            other => other,
-        })?;
-        images.insert(spec.disk_image_id.clone(), image.clone());
-        flavors.insert(spec.flavor_id.clone(), flavor.clone());
-        match flavor.flavor_type {
-            FlavorType::K8s => {
-                if !is_dns_label(&name) {
-                    return Err(AppError::invalid(
-                        f("friendly_name"),
-                        "a pod name must be a DNS label: lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters",
-                    ));
-                }
-            }
-            FlavorType::Vm => {
-                if name.len() > 63 {
-                    return Err(AppError::invalid(
-                        f("friendly_name"),
-                        "at most 63 characters",
-                    ));
-                }
-            }
-        }
-        if !state.backends.supports(flavor.flavor_type) {
-            return Err(AppError::Unavailable(format!(
-                "{}: this site has no {} backend configured",
-                f("flavor_id"),
-                match flavor.flavor_type {
-                    FlavorType::K8s => "Kubernetes (KUBECONFIG)",
-                    FlavorType::Vm => "OpenStack",
-                }
-            )));
-        }
-        if flavor.flavor_type == FlavorType::Vm {
-            if user_clouds.is_none() {
-                user_clouds = Some(vm_user_clouds(state, requested_by.as_deref()).await?);
-            }
-            if let Some(clouds) = &user_clouds {
-                check_image_cloud(clouds, &image, &f("disk_image_id"))?;
-            }
-        }
-        if let Some(userdata) = &spec.userdata {
-            if userdata.len() > MAX_USERDATA_BYTES {
-                return Err(AppError::invalid(
-                    f("userdata"),
-                    format!("at most {MAX_USERDATA_BYTES} bytes"),
-                ));
-            }
-        }
-        if let Some(network) = &spec.network_name {
-            if network.len() > 255 {
-                return Err(AppError::invalid(
-                    f("network_name"),
-                    "at most 255 characters",
-                ));
-            }
-        }
-        planned.push(Planned {
-            id: Uuid::now_v7(),
-            friendly_name: name,
-            disk_image_id: image_uuid,
-            flavor_id: flavor_uuid,
-            flavor_type: flavor.flavor_type,
-            network_name: spec.network_name.clone().filter(|n| !n.trim().is_empty()),
-            userdata: spec.userdata.clone().filter(|u| !u.is_empty()),
-        });
-    }
-
-    let project_id = principal.project_id.clone().unwrap_or_default();
+    let experiment_id = principal.require_experiment()?;
+    check_request(principal, request)?;
+    let requested_by = requesting_user(ctx.auth, principal, request).await?;
+    let planned = Planner::new(ctx, principal, requested_by.as_deref())
+        .plan(&request.resources)
+        .await?;
     // This process's worker takes what it has room for straight from here (no claim, no
     // re-read); the rest is queued for any worker.
-    let mut reserved = state.local_worker.reserve(planned.len());
+    let reserved = ctx.local.reserve(planned.len());
+    let owner = Owner {
+        experiment_id,
+        project_id: principal.project_id.as_deref().unwrap_or_default(),
+        requested_by: requested_by.as_deref(),
+    };
+    let rows = store(ctx, &owner, request, &planned, &reserved).await?;
+    if rows.len() > reserved.len() {
+        queue::notify_queued(ctx.pool).await;
+        ctx.local.wake();
+    }
+    ctx.list_cache.invalidate();
+    Ok(hand_over(ctx.site, rows, reserved))
+}
+
+/// Whose new resources these are.
+struct Owner<'a> {
+    experiment_id: &'a str,
+    project_id: &'a str,
+    requested_by: Option<&'a str>,
+}
+
+/// A resource and its create task as inserted, with what the answer and the worker need
+/// joined from the catalog.
+struct InsertedRow {
+    id: Uuid,
+    experiment_id: String,
+    project_id: String,
+    requested_by: Option<String>,
+    friendly_name: String,
+    disk_image_id: Uuid,
+    flavor_id: Uuid,
+    flavor_type: FlavorType,
+    network_name: Option<String>,
+    userdata: Option<String>,
+    ssh_authorized_keys: Vec<String>,
+    expires_at: DateTime<Utc>,
+    allocation_state: AllocationState,
+    operational_state: OperationalState,
+    status_message: String,
+    backend_details: Json<BackendDetails>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    location: String,
+    cluster_id: String,
+    default_username: String,
+    image_name: String,
+    vcpus: i32,
+    ram_mib: i32,
+    disk_mb: i32,
+    flavor_name: String,
+    flavor_source_id: Option<String>,
+    task_id: Uuid,
+    task_kind: TaskKind,
+    task_status: TaskStatus,
+    task_completed: i16,
+    task_message: String,
+    task_attempts: i32,
+    task_max_attempts: i32,
+    task_created_at: DateTime<Utc>,
+    task_updated_at: DateTime<Utc>,
+    task_started_at: Option<DateTime<Utc>>,
+    task_finished_at: Option<DateTime<Utc>>,
+}
+
+/// Every planned resource and its create task in one statement (one round trip, atomic on
+/// its own): the first `reserved.len()` tasks already claimed by this process's worker with
+/// a fresh lease, the others queued. A live name already taken is a 409 naming the field.
+async fn store(
+    ctx: &Resources<'_>,
+    owner: &Owner<'_>,
+    request: &CreateResourcesRequest,
+    planned: &[Planned],
+    reserved: &[Reserved],
+) -> Result<Vec<InsertedRow>, AppError> {
+    let ids: Vec<Uuid> = planned.iter().map(|p| p.id).collect();
+    let names: Vec<String> = planned.iter().map(|p| p.friendly_name.clone()).collect();
+    let images: Vec<Uuid> = planned.iter().map(|p| p.disk_image_id).collect();
+    let flavors: Vec<Uuid> = planned.iter().map(|p| p.flavor_id).collect();
+    let types: Vec<String> = planned
+        .iter()
+        .map(|p| p.flavor_type.as_str().into())
+        .collect();
+    let networks: Vec<Option<String>> = planned.iter().map(|p| p.network_name.clone()).collect();
+    let userdata: Vec<Option<String>> = planned.iter().map(|p| p.userdata.clone()).collect();
     let handed: Vec<bool> = (0..planned.len()).map(|i| i < reserved.len()).collect();
     let task_ids: Vec<Uuid> = planned.iter().map(|_| Uuid::now_v7()).collect();
-    let ids: Vec<Uuid> = planned.iter().map(|p| p.id).collect();
     let worker_id = reserved.first().map(|r| r.worker_id().to_string());
-    // One statement, so one round trip and atomic on its own: every resource, its create
-    // task (queued, or already claimed by this process's worker with a fresh lease), and
-    // what the answer and the worker need, joined from the catalog.
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        InsertedRow,
         r#"WITH r AS (
                INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
                    disk_image_id, flavor_id, flavor_type, network_name, userdata,
@@ -452,18 +506,20 @@ pub async fn create_resources(
            SELECT r.id AS "id!", r.experiment_id AS "experiment_id!", r.project_id AS "project_id!",
                   r.requested_by, r.friendly_name AS "friendly_name!",
                   r.disk_image_id AS "disk_image_id!", r.flavor_id AS "flavor_id!",
-                  r.flavor_type AS "flavor_type!", r.network_name, r.userdata,
+                  r.flavor_type AS "flavor_type!: FlavorType", r.network_name, r.userdata,
                   r.ssh_authorized_keys AS "ssh_authorized_keys!",
                   r.expires_at AS "expires_at!: DateTime<Utc>",
-                  r.allocation_state AS "allocation_state!",
-                  r.operational_state AS "operational_state!",
-                  r.status_message AS "status_message!", r.backend_details AS "backend_details!",
+                  r.allocation_state AS "allocation_state!: AllocationState",
+                  r.operational_state AS "operational_state!: OperationalState",
+                  r.status_message AS "status_message!",
+                  r.backend_details AS "backend_details!: Json<BackendDetails>",
                   r.created_at AS "created_at!: DateTime<Utc>",
                   r.updated_at AS "updated_at!: DateTime<Utc>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
                   f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
                   f.source_id AS flavor_source_id,
-                  t.id AS "task_id!", t.kind AS "task_kind!", t.status AS "task_status!",
+                  t.id AS "task_id!", t.kind AS "task_kind!: TaskKind",
+                  t.status AS "task_status!: TaskStatus",
                   t.completed AS "task_completed!", t.message AS "task_message!",
                   t.attempts AS "task_attempts!", t.max_attempts AS "task_max_attempts!",
                   t.created_at AS "task_created_at!: DateTime<Utc>",
@@ -475,124 +531,115 @@ pub async fn create_resources(
                   JOIN flavors f ON f.id = r.flavor_id
            ORDER BY array_position($1::uuid[], r.id)"#,
         &ids,
-        experiment_id,
-        project_id,
-        requested_by,
+        owner.experiment_id,
+        owner.project_id,
+        owner.requested_by,
         &request.ssh_authorized_keys,
         request.expires_at as _,
-        &planned
-            .iter()
-            .map(|p| p.friendly_name.clone())
-            .collect::<Vec<_>>(),
-        &planned.iter().map(|p| p.disk_image_id).collect::<Vec<_>>(),
-        &planned.iter().map(|p| p.flavor_id).collect::<Vec<_>>(),
-        &planned
-            .iter()
-            .map(|p| p.flavor_type.as_str().to_string())
-            .collect::<Vec<_>>(),
-        &planned
-            .iter()
-            .map(|p| p.network_name.clone())
-            .collect::<Vec<_>>() as &[Option<String>],
-        &planned
-            .iter()
-            .map(|p| p.userdata.clone())
-            .collect::<Vec<_>>() as &[Option<String>],
+        &names,
+        &images,
+        &flavors,
+        &types,
+        &networks as &[Option<String>],
+        &userdata as &[Option<String>],
         &handed,
         &task_ids,
         worker_id,
-        tasks::LEASE.as_secs_f64()
+        queue::LEASE.as_secs_f64()
     )
-    .fetch_all(&state.pool)
+    .fetch_all(ctx.pool)
     .await
-    .map_err(|e| name_conflict(e, &experiment_id, &planned))?;
-    if handed.iter().any(|h| !h) {
-        tasks::notify_queued(&state.pool).await;
-        state.tasks_queued();
-    }
-    state.list_cache.invalidate();
+    .map_err(|e| name_conflict(e, owner.experiment_id, planned))
+}
 
-    let mut resources = Vec::with_capacity(rows.len());
-    let mut created_tasks = Vec::with_capacity(rows.len());
-    let mut reserved = reserved.drain(..);
-    for row in rows {
-        let record = RecordRow {
-            id: row.id,
-            experiment_id: row.experiment_id.clone(),
-            project_id: row.project_id.clone(),
-            requested_by: row.requested_by.clone(),
-            friendly_name: row.friendly_name.clone(),
-            flavor_type: row.flavor_type.clone(),
-            allocation_state: row.allocation_state.clone(),
-            network_name: row.network_name.clone(),
-            userdata: row.userdata,
-            ssh_authorized_keys: row.ssh_authorized_keys.clone(),
-            backend_details: row.backend_details.clone(),
-            location: row.location,
-            cluster_id: row.cluster_id,
-            default_username: row.default_username.clone(),
-            image_name: row.image_name,
-            vcpus: row.vcpus,
-            ram_mib: row.ram_mib,
-            disk_mb: row.disk_mb,
-            flavor_name: row.flavor_name,
-            flavor_source_id: row.flavor_source_id,
+impl InsertedRow {
+    /// The row as the answer shows it (resource and task) and as the worker needs it.
+    fn split(self, site: &str) -> (Resource, Task, RecordRow) {
+        let task = TaskRow {
+            id: self.task_id,
+            resource_id: self.id,
+            kind: self.task_kind,
+            status: self.task_status,
+            completed: self.task_completed,
+            message: self.task_message,
+            attempts: self.task_attempts,
+            created_at: self.task_created_at,
+            updated_at: self.task_updated_at,
+            started_at: self.task_started_at,
+            finished_at: self.task_finished_at,
         };
-        if row.task_status == "running" {
-            if let Some(slot) = reserved.next() {
-                slot.start(
-                    row.task_id,
-                    TaskKind::Create,
-                    row.task_max_attempts,
-                    record.into_record(site),
-                );
-            }
-        }
-        created_tasks.push(
-            tasks::TaskRow {
-                id: row.task_id,
-                resource_id: row.id,
-                kind: row.task_kind,
-                status: row.task_status,
-                completed: row.task_completed,
-                message: row.task_message,
-                attempts: row.task_attempts,
-                created_at: row.task_created_at,
-                updated_at: row.task_updated_at,
-                started_at: row.task_started_at,
-                finished_at: row.task_finished_at,
-            }
-            .into_wire(site)?,
-        );
-        resources.push(
-            ResourceRow {
-                id: row.id,
-                experiment_id: row.experiment_id,
-                project_id: row.project_id,
-                requested_by: row.requested_by,
-                friendly_name: row.friendly_name,
-                disk_image_id: row.disk_image_id,
-                flavor_id: row.flavor_id,
-                flavor_type: row.flavor_type,
-                network_name: row.network_name,
-                ssh_authorized_keys: row.ssh_authorized_keys,
-                expires_at: row.expires_at,
-                allocation_state: row.allocation_state,
-                operational_state: row.operational_state,
-                status_message: row.status_message,
-                backend_details: row.backend_details,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-                default_username: row.default_username,
-                last_task_id: Some(row.task_id),
-            }
-            .into_wire(site)?,
-        );
+        let record = RecordRow {
+            id: self.id,
+            experiment_id: self.experiment_id.clone(),
+            project_id: self.project_id.clone(),
+            requested_by: self.requested_by.clone(),
+            friendly_name: self.friendly_name.clone(),
+            flavor_type: self.flavor_type,
+            allocation_state: self.allocation_state,
+            network_name: self.network_name.clone(),
+            userdata: self.userdata,
+            ssh_authorized_keys: self.ssh_authorized_keys.clone(),
+            backend_details: self.backend_details.clone(),
+            location: self.location,
+            cluster_id: self.cluster_id,
+            default_username: self.default_username.clone(),
+            image_name: self.image_name,
+            vcpus: self.vcpus,
+            ram_mib: self.ram_mib,
+            disk_mb: self.disk_mb,
+            flavor_name: self.flavor_name,
+            flavor_source_id: self.flavor_source_id,
+        };
+        let resource = ResourceRow {
+            id: self.id,
+            experiment_id: self.experiment_id,
+            project_id: self.project_id,
+            requested_by: self.requested_by,
+            friendly_name: self.friendly_name,
+            disk_image_id: self.disk_image_id,
+            flavor_id: self.flavor_id,
+            flavor_type: self.flavor_type,
+            network_name: self.network_name,
+            ssh_authorized_keys: self.ssh_authorized_keys,
+            expires_at: self.expires_at,
+            allocation_state: self.allocation_state,
+            operational_state: self.operational_state,
+            status_message: self.status_message,
+            backend_details: self.backend_details,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            default_username: self.default_username,
+            last_task_id: Some(self.task_id),
+        };
+        (resource.into_wire(site), task.into_wire(site), record)
     }
-    Ok(CreateResourcesResponse {
-        resources,
-        tasks: created_tasks,
-    })
+}
+
+/// Starts the tasks claimed for this process's worker and builds the 202 answer.
+fn hand_over(
+    site: &str,
+    rows: Vec<InsertedRow>,
+    reserved: Vec<Reserved>,
+) -> CreateResourcesResponse {
+    let mut resources = Vec::with_capacity(rows.len());
+    let mut tasks = Vec::with_capacity(rows.len());
+    let mut reserved = reserved.into_iter();
+    for row in rows {
+        let (task_id, max_attempts) = (row.task_id, row.task_max_attempts);
+        let handed = row.task_status == TaskStatus::Running;
+        let (resource, task, record) = row.split(site);
+        if let Some(slot) = handed.then(|| reserved.next()).flatten() {
+            slot.start(
+                task_id,
+                TaskKind::Create,
+                max_attempts,
+                record.into_record(site),
+            );
+        }
+        resources.push(resource);
+        tasks.push(task);
+    }
+    CreateResourcesResponse { resources, tasks }
 }
 
 /// Maps the live-name unique index of `resources` to a 409 naming the request's field
@@ -622,9 +669,10 @@ fn name_conflict(e: sqlx::Error, experiment_id: &str, planned: &[Planned]) -> Ap
     }
 }
 
-/// `GET /resources`.
+/// `GET /resources`: the principal's resources, oldest first, one page.
 pub async fn list_resources(
-    state: &AppState,
+    pool: &PgPool,
+    site: &str,
     principal: &Principal,
     query: &ListQuery,
 ) -> Result<Vec<Resource>, AppError> {
@@ -644,163 +692,111 @@ pub async fn list_resources(
     if offset < 0 {
         return Err(AppError::BadRequest("offset must not be negative".into()));
     }
-    let experiment = scope.experiment_id.clone().or(query.experiment_id.clone());
-    let rows = sqlx::query_as!(
-        ResourceRow,
-        r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
-                  r.disk_image_id, r.flavor_id, r.flavor_type, r.network_name,
-                  r.ssh_authorized_keys, r.expires_at AS "expires_at: DateTime<Utc>", r.allocation_state, r.operational_state,
-                  r.status_message, r.backend_details, r.created_at AS "created_at: DateTime<Utc>",
-                  r.updated_at AS "updated_at: DateTime<Utc>",
-                  i.default_username,
-                  (SELECT t.id FROM tasks t WHERE t.resource_id = r.id
-                   ORDER BY t.created_at DESC LIMIT 1) AS last_task_id
-           FROM resources r JOIN disk_images i ON i.id = r.disk_image_id
-           WHERE ($1::text IS NULL OR r.experiment_id = $1)
-             AND ($2::text IS NULL OR r.requested_by = $2)
-             AND ($3::text IS NULL OR r.project_id = $3)
-             AND ($4 OR r.allocation_state NOT IN ('deleted', 'expired'))
-           ORDER BY r.created_at, r.id
-           LIMIT $5 OFFSET $6"#,
-        experiment,
-        scope.requested_by,
-        query.project,
-        query.include_deleted,
+    let filter = ResourceFilter {
+        id: None,
+        experiment_id: scope.experiment_id.or(query.experiment_id.clone()),
+        requested_by: scope.requested_by,
+        project_id: query.project.clone(),
+        include_deleted: query.include_deleted,
         limit,
-        offset
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| r.into_wire(state.site()))
-        .collect()
-}
-
-/// One resource visible to `scope`, by uuid.
-pub(crate) async fn fetch(state: &AppState, scope: &Scope, id: Uuid) -> Result<Resource, AppError> {
-    let row = sqlx::query_as!(
-        ResourceRow,
-        r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
-                  r.disk_image_id, r.flavor_id, r.flavor_type, r.network_name,
-                  r.ssh_authorized_keys, r.expires_at AS "expires_at: DateTime<Utc>", r.allocation_state, r.operational_state,
-                  r.status_message, r.backend_details, r.created_at AS "created_at: DateTime<Utc>",
-                  r.updated_at AS "updated_at: DateTime<Utc>",
-                  i.default_username,
-                  (SELECT t.id FROM tasks t WHERE t.resource_id = r.id
-                   ORDER BY t.created_at DESC LIMIT 1) AS last_task_id
-           FROM resources r JOIN disk_images i ON i.id = r.disk_image_id
-           WHERE r.id = $1
-             AND ($2::text IS NULL OR r.experiment_id = $2)
-             AND ($3::text IS NULL OR r.requested_by = $3)"#,
-        id,
-        scope.experiment_id,
-        scope.requested_by
-    )
-    .fetch_optional(&state.pool)
-    .await?;
-    match row {
-        Some(r) => r.into_wire(state.site()),
-        None => Err(AppError::NotFound(format!(
-            "resource `{}` not found",
-            format_id(IdKind::Resource, state.site(), id)
-        ))),
-    }
+        offset,
+    };
+    Ok(select_resources(pool, site, &filter).await?)
 }
 
 /// `GET /resources/{id}`.
 pub async fn get_resource(
-    state: &AppState,
+    pool: &PgPool,
+    site: &str,
     principal: &Principal,
     id: &str,
 ) -> Result<Resource, AppError> {
-    let uuid = path_id(IdKind::Resource, state.site(), id)?;
-    fetch(state, &Scope::of(principal), uuid).await
+    let uuid = path_id(IdKind::Resource, site, id)?;
+    fetch_resource(pool, site, &Scope::of(principal), uuid).await
 }
 
 /// `DELETE /resources/{id}`: marks the resource `deleting` and enqueues a delete task.
 /// Idempotent: a resource already being deleted (or gone) answers with its delete task.
 pub async fn delete_resource(
-    state: &AppState,
+    ctx: &Resources<'_>,
     principal: &Principal,
     id: &str,
 ) -> Result<Task, AppError> {
     principal.require_experiment()?;
-    let uuid = path_id(IdKind::Resource, state.site(), id)?;
+    let uuid = path_id(IdKind::Resource, ctx.site, id)?;
     let scope = Scope::of(principal);
-    fetch(state, &scope, uuid).await?;
-    let mut tx = state.pool.begin().await?;
+    fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
+    let mut tx = ctx.pool.begin().await?;
     let marked = sqlx::query!(
         r#"UPDATE resources SET allocation_state = 'deleting',
-               status_message = 'deletion requested', updated_at = now()
+               status_message = 'deletion requested'
            WHERE id = $1 AND allocation_state NOT IN ('deleting', 'deleted', 'expired')"#,
         uuid
     )
     .execute(&mut *tx)
     .await?;
-    let task_id = if marked.rows_affected() == 1 {
-        tasks::enqueue(&mut tx, uuid, TaskKind::Delete).await?
+    let existing = if marked.rows_affected() == 1 {
+        None
     } else {
-        let existing = sqlx::query_scalar!(
+        sqlx::query_scalar!(
             r#"SELECT id FROM tasks WHERE resource_id = $1 AND kind = 'delete'
                ORDER BY created_at DESC LIMIT 1"#,
             uuid
         )
         .fetch_optional(&mut *tx)
-        .await?;
-        match existing {
-            Some(task) => task,
-            // Expired without a delete task of its own: enqueue one so its backend object goes.
-            None => tasks::enqueue(&mut tx, uuid, TaskKind::Delete).await?,
-        }
+        .await?
+    };
+    // A resource that expired without a delete task of its own gets one, so its backend
+    // object goes.
+    let task_id = match existing {
+        Some(task) => task,
+        None => queue::enqueue(&mut tx, uuid, TaskKind::Delete).await?,
     };
     tx.commit().await?;
-    state.tasks_queued();
-    state.list_cache.invalidate();
-    tasks::fetch(state, &scope, task_id).await
+    ctx.local.wake();
+    ctx.list_cache.invalidate();
+    fetch_task(ctx.pool, ctx.site, &scope, task_id).await
 }
 
 /// `PATCH /resources/{id}`: moves `expires_at` (within the experiment's expiry).
 pub async fn extend_resource(
-    state: &AppState,
+    ctx: &Resources<'_>,
     principal: &Principal,
     id: &str,
     patch: &ResourcePatch,
 ) -> Result<Resource, AppError> {
     principal.require_experiment()?;
-    let uuid = path_id(IdKind::Resource, state.site(), id)?;
+    let uuid = path_id(IdKind::Resource, ctx.site, id)?;
     let scope = Scope::of(principal);
-    fetch(state, &scope, uuid).await?;
+    fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
     check_expiry("expires_at", patch.expires_at, principal)?;
     let updated = sqlx::query!(
-        r#"UPDATE resources SET expires_at = $2, updated_at = now()
+        r#"UPDATE resources SET expires_at = $2
            WHERE id = $1 AND allocation_state IN ('requested', 'provisioning', 'provisioned')"#,
         uuid,
         patch.expires_at as _
     )
-    .execute(&state.pool)
+    .execute(ctx.pool)
     .await?;
-    state.list_cache.invalidate();
+    ctx.list_cache.invalidate();
     if updated.rows_affected() == 0 {
         return Err(AppError::Conflict {
             field: "expires_at".into(),
             message: "only live resources can be extended".into(),
         });
     }
-    fetch(state, &scope, uuid).await
+    fetch_resource(ctx.pool, ctx.site, &scope, uuid).await
 }
-
-/// Most console lines one request may ask for.
-pub const MAX_CONSOLE_LINES: u32 = 2000;
 
 /// `GET /resources/{id}/console?lines=N`: the tail of a VM's console (Nova
 /// `os-getConsoleOutput`, Compute API "Show Console Output"), read with the requesting
 /// user's clouds.yaml. 409 for Pods and for VMs without a server; 502 when Nova refuses.
 pub async fn console_log(
-    state: &AppState,
+    ctx: &Resources<'_>,
     principal: &Principal,
     id: &str,
     lines: Option<u32>,
-) -> Result<crate::model::ConsoleLog, AppError> {
+) -> Result<ConsoleLog, AppError> {
     let lines = lines.unwrap_or(200);
     if !(1..=MAX_CONSOLE_LINES).contains(&lines) {
         return Err(AppError::invalid(
@@ -808,8 +804,8 @@ pub async fn console_log(
             format!("must be between 1 and {MAX_CONSOLE_LINES}"),
         ));
     }
-    let uuid = path_id(IdKind::Resource, state.site(), id)?;
-    let resource = fetch(state, &Scope::of(principal), uuid).await?;
+    let uuid = path_id(IdKind::Resource, ctx.site, id)?;
+    let resource = fetch_resource(ctx.pool, ctx.site, &Scope::of(principal), uuid).await?;
     if resource.flavor_type != FlavorType::Vm {
         return Err(AppError::Conflict {
             field: "id".into(),
@@ -822,17 +818,16 @@ pub async fn console_log(
             message: "the VM has no server yet (or any more): no console to read".into(),
         });
     }
-    let backend = state
+    let backend = ctx
         .backends
-        .openstack
-        .clone()
+        .for_type(FlavorType::Vm)
         .ok_or_else(|| AppError::Unavailable("this site has no OpenStack backend".into()))?;
-    let record = crate::ssr::backend::ResourceRecord::load(state, uuid).await?;
+    let record = load_record(ctx.pool, ctx.site, uuid).await?;
     let output = backend
         .console_log(&record, lines)
         .await
         .map_err(|e| AppError::Upstream(e.message))?;
-    Ok(crate::model::ConsoleLog {
+    Ok(ConsoleLog {
         resource_id: resource.id,
         output,
         lines,
@@ -842,16 +837,6 @@ pub async fn console_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dns_labels() {
-        for ok in ["a", "pod-1", "0abc", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "ä", &"a".repeat(64)] {
-            assert!(!is_dns_label(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn ssh_keys() {

@@ -7,6 +7,7 @@ use crate::ssr::backend::{kubernetes::KubernetesBackend, openstack::OpenStackBac
 use crate::ssr::clouds::{CloudsKeys, DbClouds};
 use crate::ssr::config::Config;
 use crate::ssr::openstack::OpenStackClient;
+use crate::ssr::queue::bookkeeping_pool;
 use crate::ssr::secrets::SecretBox;
 use crate::ssr::state::AppState;
 use crate::{shell, App};
@@ -47,7 +48,7 @@ pub async fn assemble(
     let auth = Authenticator::new(config.auth.clone(), http)?;
     let mut backends = Backends::default();
     match KubernetesBackend::connect(&config.k8s_namespace_prefix, config.pod_ready_timeout).await {
-        Ok(k) => backends.kubernetes = Some(Arc::new(k)),
+        Ok(k) => backends.kubernetes = Some(Arc::new(k) as _),
         Err(e) => {
             tracing::warn!(error = %e, "Kubernetes is not connected: k8s flavors cannot be provisioned");
             backends.kubernetes_error = Some(format!("{e:#}"));
@@ -62,7 +63,7 @@ pub async fn assemble(
             keys: clouds_keys.clone(),
         }),
         config.vm_ready_timeout,
-    )));
+    )) as _);
     if config.seed_demo_catalog
         && crate::ssr::catalog::seed_demo(&pool, &config.site_id)
             .await
@@ -70,17 +71,16 @@ pub async fn assemble(
     {
         tracing::info!("seeded a demo image and flavor (SEED_DEMO_CATALOG)");
     }
-    let bookkeeping = crate::ssr::tasks::bookkeeping_pool(&pool);
+    let bookkeeping = bookkeeping_pool(&pool);
     Ok(AppState {
         leptos_options,
         bookkeeping,
-        task_wake: Arc::default(),
         local_worker: Arc::default(),
         pool,
         config: Arc::new(config),
         auth: Arc::new(auth),
         secrets,
-        backends: Arc::new(backends),
+        backends,
         clouds_keys,
         openstack,
         list_cache: Arc::default(),

@@ -1,12 +1,17 @@
-//! `AppState`: the one bundle of shared services handed to axum handlers, server functions
-//! and the worker.
+//! `AppState`: the one bundle of shared services, seen only by the entry points (REST
+//! handlers, server functions, the worker's start), which hand each service exactly what it
+//! uses.
 
 use crate::ssr::auth::Authenticator;
 use crate::ssr::backend::Backends;
 use crate::ssr::clouds::CloudsKeys;
 use crate::ssr::config::Config;
+use crate::ssr::list_cache::ListCache;
 use crate::ssr::openstack::OpenStackClient;
+use crate::ssr::queue::LocalWorker;
+use crate::ssr::resources::Resources;
 use crate::ssr::secrets::SecretBox;
+use crate::ssr::worker::Worker;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use sqlx::PgPool;
@@ -20,25 +25,21 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
     pub secrets: SecretBox,
-    pub backends: Arc<Backends>,
+    pub backends: Backends,
     /// Keys sealing users' clouds.yaml at rest.
     pub clouds_keys: CloudsKeys,
     /// Keystone/Nova/Glance/Neutron client with its token cache (shared by the VM backend,
     /// connection tests and catalog import).
     pub openstack: Arc<OpenStackClient>,
     /// Serialized `GET /resources` pages (see `list_cache`).
-    pub list_cache: Arc<crate::ssr::list_cache::ListCache>,
+    pub list_cache: Arc<ListCache>,
     /// Connections for the worker's own bookkeeping (claims, heartbeats, progress), opened
-    /// with `synchronous_commit = off`: see [`crate::ssr::tasks::bookkeeping_pool`].
+    /// with `synchronous_commit = off`: see [`crate::ssr::queue::bookkeeping_pool`].
     #[from_ref(skip)]
     pub bookkeeping: PgPool,
-    /// Wakes this process's worker right after a request queued a task (other processes'
-    /// workers hear the `pg_notify` sent in the same transaction).
-    #[from_ref(skip)]
-    pub task_wake: Arc<tokio::sync::Notify>,
     /// This process's worker, when it runs one: requests hand new tasks straight to it.
     #[from_ref(skip)]
-    pub local_worker: Arc<crate::ssr::tasks::LocalWorker>,
+    pub local_worker: Arc<LocalWorker>,
 }
 
 impl AppState {
@@ -47,10 +48,29 @@ impl AppState {
         &self.config.site_id
     }
 
-    /// Call after committing a transaction that queued tasks: this process's worker claims
-    /// them at once instead of waiting for the notification's round trip through Postgres.
-    pub fn tasks_queued(&self) {
-        self.task_wake.notify_one();
+    /// What the resource service uses.
+    pub fn resources(&self) -> Resources<'_> {
+        Resources {
+            pool: &self.pool,
+            site: &self.config.site_id,
+            auth: &self.auth,
+            backends: &self.backends,
+            list_cache: &self.list_cache,
+            local: &self.local_worker,
+        }
+    }
+
+    /// What the task worker uses.
+    pub fn worker(&self) -> Worker {
+        Worker {
+            pool: self.pool.clone(),
+            bookkeeping: self.bookkeeping.clone(),
+            site: self.config.site_id.clone(),
+            backends: self.backends.clone(),
+            list_cache: self.list_cache.clone(),
+            local: self.local_worker.clone(),
+            concurrency: self.config.worker_concurrency,
+        }
     }
 }
 

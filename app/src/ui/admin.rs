@@ -60,8 +60,9 @@ pub async fn save_flavor(
 ) -> Result<Flavor, AppError> {
     use crate::model::{FlavorInput, FlavorPatch, FlavorType};
     let state = admin().await?;
-    let flavor_type = FlavorType::parse(&flavor_type)
-        .ok_or_else(|| AppError::invalid("flavor_type", "`vm` or `k8s`"))?;
+    let flavor_type: FlavorType = flavor_type
+        .parse()
+        .map_err(|_| AppError::invalid("flavor_type", "`vm` or `k8s`"))?;
     let vcpus = form_number("vcpus", &vcpus)?;
     let ram_mib = form_number("ram_mib", &ram_mib)?;
     let disk_mb = form_number("disk_mb", &disk_mb)?;
@@ -176,7 +177,13 @@ pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
 pub async fn import_catalog(cloud: String) -> Result<crate::model::ImportReport, AppError> {
     let state = admin().await?;
     let cloud = Some(cloud.trim()).filter(|c| !c.is_empty());
-    crate::ssr::catalog_import::import_site_cloud(&state, cloud).await
+    crate::ssr::catalog_import::import_site_cloud(
+        &state.pool,
+        &state.openstack,
+        state.config.site_clouds_yaml.as_deref(),
+        cloud,
+    )
+    .await
 }
 
 /// The outcome of an import, one line per group.

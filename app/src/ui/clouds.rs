@@ -40,7 +40,9 @@ pub async fn upload_clouds(
         ));
     }
     let default_cloud = Some(default_cloud.trim()).filter(|d| !d.is_empty());
-    let summary = crate::ssr::clouds::store(&state, &user, &text, default_cloud).await?;
+    let summary =
+        crate::ssr::clouds::store(&state.pool, &state.clouds_keys, &user, &text, default_cloud)
+            .await?;
     leptos_axum::redirect("/clouds");
     Ok(summary)
 }
@@ -67,7 +69,14 @@ pub async fn delete_clouds() -> Result<(), AppError> {
 #[server(endpoint = "test-cloud")]
 pub async fn test_cloud(cloud: String) -> Result<ConnectionTest, AppError> {
     let (state, user) = owner().await?;
-    crate::ssr::clouds::test_connection(&state, &user, Some(cloud.trim())).await
+    crate::ssr::clouds::test_connection(
+        &state.pool,
+        &state.clouds_keys,
+        &state.openstack,
+        &user,
+        Some(cloud.trim()),
+    )
+    .await
 }
 
 #[component]

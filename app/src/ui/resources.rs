@@ -17,7 +17,7 @@ pub async fn list_my_resources() -> Result<Vec<ComputeResource>, AppError> {
         limit: Some(crate::ssr::resources::MAX_PAGE),
         ..Default::default()
     };
-    crate::ssr::resources::list_resources(&state, &auth.acting(), &query).await
+    crate::ssr::resources::list_resources(&state.pool, state.site(), &auth.acting(), &query).await
 }
 
 /// One resource and its tasks.
@@ -25,8 +25,9 @@ pub async fn list_my_resources() -> Result<Vec<ComputeResource>, AppError> {
 pub async fn resource_detail(id: String) -> Result<(ComputeResource, Vec<Task>), AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
     let principal = auth.acting();
-    let resource = crate::ssr::resources::get_resource(&state, &principal, &id).await?;
-    let tasks = crate::ssr::tasks::list_tasks(&state, &principal, &id).await?;
+    let resource =
+        crate::ssr::resources::get_resource(&state.pool, state.site(), &principal, &id).await?;
+    let tasks = crate::ssr::tasks::list_tasks(&state.pool, state.site(), &principal, &id).await?;
     Ok((resource, tasks))
 }
 
@@ -35,7 +36,8 @@ pub async fn resource_detail(id: String) -> Result<(ComputeResource, Vec<Task>),
 #[server(endpoint = "console-log")]
 pub async fn console_log(id: String) -> Result<crate::model::ConsoleLog, AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
-    crate::ssr::resources::console_log(&state, &auth.acting(), &id, Some(CONSOLE_LINES)).await
+    crate::ssr::resources::console_log(&state.resources(), &auth.acting(), &id, Some(CONSOLE_LINES))
+        .await
 }
 
 /// Lines of console output the detail page shows.
@@ -80,7 +82,8 @@ pub async fn request_resource(
             jwt: auth.user_token.clone(),
         }],
     };
-    let created = crate::ssr::resources::create_resources(&state, experiment, &request).await?;
+    let created =
+        crate::ssr::resources::create_resources(&state.resources(), experiment, &request).await?;
     leptos_axum::redirect("/resources");
     Ok(created
         .resources
@@ -111,7 +114,7 @@ pub fn parse_expiry(value: &str) -> Result<chrono::DateTime<chrono::Utc>, AppErr
 #[server(endpoint = "delete-resource")]
 pub async fn delete_resource(id: String) -> Result<Task, AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
-    crate::ssr::resources::delete_resource(&state, &auth.acting(), &id).await
+    crate::ssr::resources::delete_resource(&state.resources(), &auth.acting(), &id).await
 }
 
 /// Catalog entries offered in the request form.

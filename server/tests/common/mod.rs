@@ -162,6 +162,8 @@ pub struct TestApp {
     pub base: String,
     pub api: String,
     pub state: AppState,
+    /// The Kubernetes backend as its concrete type (its Pod feed), when the app has one.
+    pub kubernetes: Option<Arc<KubernetesBackend>>,
     pub issuer: Issuer,
     pub http: reqwest::Client,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -255,6 +257,7 @@ impl TestApp {
             openstack: state.backends.openstack.clone(),
             ..Backends::default()
         };
+        let mut kubernetes = None;
         if !options.no_kubernetes {
             let config = match &options.kubeconfig {
                 Some(path) => {
@@ -279,25 +282,28 @@ impl TestApp {
                     kube::Client::try_from(kube::Config::new(url)).expect("client")
                 }
             };
-            backends.kubernetes = Some(Arc::new(KubernetesBackend::new(
+            let k8s = Arc::new(KubernetesBackend::new(
                 client(),
                 client(),
                 &state.config.k8s_namespace_prefix,
                 state.config.pod_ready_timeout,
-            )));
+            ));
+            backends.kubernetes = Some(k8s.clone() as _);
+            kubernetes = Some(k8s);
         }
-        state.backends = Arc::new(backends);
+        state.backends = backends;
         let router = app::ssr::server::router(&state).await.expect("router");
         tokio::spawn(async move { axum::serve(listener, router).await });
         let (stop, rx) = tokio::sync::watch::channel(false);
         if !options.no_worker {
-            let worker_state = state.clone();
-            tokio::spawn(async move { app::ssr::tasks::run_worker(worker_state, rx).await });
+            let worker = state.worker();
+            tokio::spawn(async move { app::ssr::worker::run_worker(worker, rx).await });
         }
         TestApp {
             api: format!("{base}/apis/bi.slices.eu/v1alpha2"),
             base,
             state,
+            kubernetes,
             issuer,
             http: reqwest::Client::new(),
             _stop: stop,

@@ -21,10 +21,9 @@
 //!   itself, bounded by `POD_READY_TIMEOUT_SECS`; phases map as Pending → provisioning,
 //!   Running → ready, Failed or image errors → failed with the reason ([`classify`]).
 
-use super::pod_feed::PodFeed;
-use super::{BackendError, ComputeBackend, Observation, ResourceRecord};
+use super::pod_feed::{FeedState, PodFeed};
+use super::{BackendError, ComputeBackend, Progress, ResourceRecord};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
-use crate::ssr::tasks::Progress;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements,
 };
@@ -429,67 +428,56 @@ async fn settle(
     await_condition(pods.clone(), name, settled).await
 }
 
-#[async_trait::async_trait]
-impl ComputeBackend for KubernetesBackend {
-    async fn create(
+impl KubernetesBackend {
+    /// Creates the Pod (making its namespace when missing, again if it was deleted by hand),
+    /// or adopts the one an earlier attempt made. Answers the Pod as the API server returned
+    /// it: where the wait for it to run starts.
+    async fn create_pod(
         &self,
+        pods: &Api<Pod>,
         resource: &ResourceRecord,
-        progress: &Progress,
-    ) -> Result<BackendDetails, BackendError> {
-        let namespace = self.namespace_for(&resource.experiment_id);
-        self.ensure_namespace(&namespace, &resource.experiment_id)
-            .await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        namespace: &str,
+    ) -> Result<Pod, BackendError> {
         let name = resource.friendly_name.as_str();
-        let manifest = pod_manifest(resource, &namespace);
-        // Before the create: every change after it reaches this subscription.
-        let feed = self.feed.subscribe().await;
+        let manifest = pod_manifest(resource, namespace);
         let mut created = pods.create(&PostParams::default(), &manifest).await;
         if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
             // The namespace we remembered is gone (deleted by hand): make it again, once.
-            self.set_namespace_known(&namespace, false);
-            self.ensure_namespace(&namespace, &resource.experiment_id)
+            self.set_namespace_known(namespace, false);
+            self.ensure_namespace(namespace, &resource.experiment_id)
                 .await?;
             created = pods.create(&PostParams::default(), &manifest).await;
         }
-        // The Pod as the API server answered: where the watch below starts.
-        let current = match created {
-            Ok(pod) => pod,
+        match created {
+            Ok(pod) => Ok(pod),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let existing = pods
                     .get(name)
                     .await
                     .map_err(|e| map_error("reading the pod", e))?;
-                let owner = existing
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(LABEL_RESOURCE));
-                if owner != Some(&resource.typed_id) {
+                if owner_of(&existing) != Some(&resource.typed_id) {
                     return Err(BackendError::retryable(format!(
                         "pod name `{name}` is still held by another pod in {namespace} (being deleted?)"
                     )));
                 }
                 tracing::info!(pod = name, "adopting the pod an earlier attempt created");
-                existing
+                Ok(existing)
             }
-            Err(e) => return Err(map_error("creating the pod", e)),
-        };
-        progress
-            .stage(
-                50,
-                AllocationState::Provisioning,
-                OperationalState::Booting,
-                "pod created; waiting for it to run",
-                Some(&BackendDetails {
-                    namespace: Some(namespace.clone()),
-                    pod_name: Some(name.to_string()),
-                    ..BackendDetails::default()
-                }),
-            )
-            .await;
+            Err(e) => Err(map_error("creating the pod", e)),
+        }
+    }
 
-        let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);
+    /// Waits (at most `POD_READY_TIMEOUT_SECS`) until the Pod is no longer pending: through
+    /// the shared feed when it is live, else a watch of this Pod.
+    async fn wait_running(
+        &self,
+        feed: super::pod_feed::Subscription,
+        pods: &Api<Pod>,
+        namespace: &str,
+        current: Pod,
+    ) -> Result<Pod, BackendError> {
+        let name = current.metadata.name.clone().unwrap_or_default();
+        let watched: Api<Pod> = Api::namespaced(self.watch_client.clone(), namespace);
         // The shared feed first; without it (or for a Pod already settled, which `settle`
         // answers at once) a watch of this Pod.
         let wait = async {
@@ -498,12 +486,11 @@ impl ComputeBackend for KubernetesBackend {
                     return Ok(answer);
                 }
             }
-            settle(&watched, name, current).await
+            settle(&watched, &name, current).await
         };
-        let waited = tokio::time::timeout(self.ready_timeout, wait).await;
-        match waited {
+        match tokio::time::timeout(self.ready_timeout, wait).await {
             Err(_) => {
-                let last = match pods.get_opt(name).await {
+                let last = match pods.get_opt(&name).await {
                     Ok(Some(p)) => match classify(&p) {
                         PodVerdict::Pending(why) => why,
                         other => format!("{other:?}"),
@@ -520,60 +507,66 @@ impl ComputeBackend for KubernetesBackend {
                 "the pod was deleted before it became Running",
             )),
             Ok(Ok(Some(pod))) => match classify(&pod) {
-                PodVerdict::Running { .. } => {
-                    progress.report(100, "pod running").await;
-                    Ok(details_of(&pod, &namespace))
-                }
+                PodVerdict::Running { .. } => Ok(pod),
                 PodVerdict::Failed(why) => Err(BackendError::permanent(why)),
                 PodVerdict::Pending(why) => Err(BackendError::retryable(why)),
             },
         }
     }
+}
 
-    async fn observe(&self, resource: &ResourceRecord) -> Result<Observation, BackendError> {
+/// The resource id a Pod of ours carries (annotation [`LABEL_RESOURCE`]).
+fn owner_of(pod: &Pod) -> Option<&String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LABEL_RESOURCE))
+}
+
+#[async_trait::async_trait]
+impl ComputeBackend for KubernetesBackend {
+    async fn create(
+        &self,
+        resource: &ResourceRecord,
+        progress: &dyn Progress,
+    ) -> Result<BackendDetails, BackendError> {
         let namespace = self.namespace_for(&resource.experiment_id);
+        self.ensure_namespace(&namespace, &resource.experiment_id)
+            .await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let pod = pods
-            .get_opt(&resource.friendly_name)
-            .await
-            .map_err(|e| map_error("reading the pod", e))?;
-        Ok(match pod {
-            None => Observation {
-                allocation: AllocationState::Failed,
-                operational: OperationalState::Error,
-                message: "the pod no longer exists".into(),
-                details: BackendDetails::default(),
-            },
-            Some(p) => {
-                let details = details_of(&p, &namespace);
-                match classify(&p) {
-                    PodVerdict::Running { .. } => Observation {
-                        allocation: AllocationState::Provisioned,
-                        operational: OperationalState::Ready,
-                        message: "ready".into(),
-                        details,
-                    },
-                    PodVerdict::Pending(why) => Observation {
-                        allocation: AllocationState::Provisioning,
-                        operational: OperationalState::Booting,
-                        message: why,
-                        details,
-                    },
-                    PodVerdict::Failed(why) => Observation {
-                        allocation: AllocationState::Failed,
-                        operational: OperationalState::Error,
-                        message: why,
-                        details,
-                    },
-                }
-            }
-        })
+        // Before the create: every change after it reaches this subscription.
+        let feed = self.feed.subscribe().await;
+        let current = self.create_pod(&pods, resource, &namespace).await?;
+        progress
+            .stage(
+                50,
+                AllocationState::Provisioning,
+                OperationalState::Booting,
+                "pod created; waiting for it to run",
+                Some(&BackendDetails {
+                    namespace: Some(namespace.clone()),
+                    pod_name: Some(resource.friendly_name.clone()),
+                    ..BackendDetails::default()
+                }),
+            )
+            .await;
+        let pod = self.wait_running(feed, &pods, &namespace, current).await?;
+        progress.report(100, "pod running").await;
+        Ok(details_of(&pod, &namespace))
+    }
+
+    fn health(&self) -> String {
+        match self.feed.state() {
+            FeedState::Live => "connected; pod watch live".into(),
+            FeedState::Starting => "connected; pod watch starting".into(),
+            FeedState::Down => "connected; pod watch down (creates watch their own pods)".into(),
+        }
     }
 
     async fn delete(
         &self,
         resource: &ResourceRecord,
-        progress: &Progress,
+        progress: &dyn Progress,
     ) -> Result<(), BackendError> {
         let namespace = self.namespace_for(&resource.experiment_id);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -584,12 +577,7 @@ impl ComputeBackend for KubernetesBackend {
             Ok(None) => return Ok(()),
             Err(e) => return Err(map_error("reading the pod", e)),
         };
-        let owner = existing
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LABEL_RESOURCE));
-        if owner != Some(&resource.typed_id) {
+        if owner_of(&existing) != Some(&resource.typed_id) {
             return Ok(());
         }
         let uid = existing.metadata.uid.clone().unwrap_or_default();
@@ -702,7 +690,7 @@ mod tests {
         let long = format!("exp_{}_{}", "x".repeat(40), "00sqtwepw69hev0qxd08d2f3dk");
         let ns = namespace_name("slices-", &long);
         assert!(
-            ns.len() <= 63 && crate::ssr::resources::is_dns_label(&ns),
+            ns.len() <= 63 && crate::ssr::names::is_dns_label(&ns),
             "{ns}"
         );
         let other = namespace_name("slices-", &format!("{long}1"));

@@ -1,15 +1,17 @@
-//! Compute backends behind one trait: the task worker and the UI only see
-//! [`ComputeBackend`]: Kubernetes Pods (`flavor_type = k8s`) and OpenStack Nova servers
-//! (`vm`, with each requesting user's own clouds.yaml).
+//! The ports: what the core (the task worker, the resource service, the dashboard) needs
+//! from the outside, next to their error types. [`ComputeBackend`] is implemented by the
+//! adapters in this folder — Kubernetes Pods (`flavor_type = k8s`, [`kubernetes`]) and
+//! OpenStack Nova servers (`vm`, with each requesting user's own clouds.yaml, [`openstack`]);
+//! [`Progress`] by the task queue (`queue::PgProgress`); [`CloudsSource`] by the clouds.yaml
+//! store (`clouds::DbClouds`). The adapters import only this module and the pure modules
+//! below it; nothing here knows the application state.
 
 pub mod kubernetes;
 pub mod openstack;
 pub mod pod_feed;
 
-use crate::error::AppError;
 use crate::model::{AllocationState, BackendDetails, FlavorType, OperationalState};
-use crate::ssr::state::AppState;
-use crate::ssr::tasks::Progress;
+use crate::ssr::cloud_config::CloudsFile;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -36,15 +38,6 @@ impl BackendError {
             message: message.into(),
         }
     }
-}
-
-/// What a backend currently sees of a resource.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub allocation: AllocationState,
-    pub operational: OperationalState,
-    pub message: String,
-    pub details: BackendDetails,
 }
 
 /// Everything a backend needs to know about one resource (joined from the catalog).
@@ -79,131 +72,103 @@ pub struct ResourceRecord {
     pub details: BackendDetails,
 }
 
-/// The columns a [`ResourceRecord`] is read from: a resource joined with its image and
-/// flavor ([`ResourceRecord::load`], and the insert of `POST /resources`, which hands the
-/// record it wrote to this process's worker).
-pub(crate) struct RecordRow {
-    pub id: Uuid,
-    pub experiment_id: String,
-    pub project_id: String,
-    pub requested_by: Option<String>,
-    pub friendly_name: String,
-    pub flavor_type: String,
-    pub allocation_state: String,
-    pub network_name: Option<String>,
-    pub userdata: Option<String>,
-    pub ssh_authorized_keys: Vec<String>,
-    pub backend_details: serde_json::Value,
-    pub location: String,
-    pub cluster_id: String,
-    pub default_username: String,
-    pub image_name: String,
-    pub vcpus: i32,
-    pub ram_mib: i32,
-    pub disk_mb: i32,
-    pub flavor_name: String,
-    pub flavor_source_id: Option<String>,
+/// Where a running task reports what it is doing. The queue's implementation writes to the
+/// task and resource rows only while its worker holds the task's lease; tests may record the
+/// calls instead.
+#[async_trait::async_trait]
+pub trait Progress: Send + Sync {
+    /// Sets the task's progress (`completed`, 0-100) and message, and mirrors the message on
+    /// the resource.
+    async fn report(&self, completed: i16, message: &str);
+
+    /// The resource's two state axes, message and (when given) backend details, together
+    /// with the task's `completed` (0-100) and the same message: one write, used at the step
+    /// where the Pod or server has been created.
+    async fn stage(
+        &self,
+        completed: i16,
+        allocation: AllocationState,
+        operational: OperationalState,
+        message: &str,
+        details: Option<&BackendDetails>,
+    );
 }
 
-impl RecordRow {
-    pub(crate) fn into_record(self, site: &str) -> ResourceRecord {
-        ResourceRecord {
-            id: self.id,
-            typed_id: crate::ids::format_id(crate::ids::IdKind::Resource, site, self.id),
-            experiment_id: self.experiment_id,
-            project_id: self.project_id,
-            requested_by: self.requested_by,
-            friendly_name: self.friendly_name,
-            flavor_type: FlavorType::parse(&self.flavor_type).unwrap_or(FlavorType::K8s),
-            allocation_state: AllocationState::parse(&self.allocation_state)
-                .unwrap_or(AllocationState::Failed),
-            image_location: self.location,
-            image_name: self.image_name,
-            image_cluster_id: self.cluster_id,
-            default_username: self.default_username,
-            vcpus: self.vcpus,
-            ram_mib: self.ram_mib,
-            disk_mb: self.disk_mb,
-            flavor_name: self.flavor_name,
-            flavor_source_id: self.flavor_source_id,
-            network_name: self.network_name,
-            userdata: self.userdata,
-            ssh_authorized_keys: self.ssh_authorized_keys,
-            details: serde_json::from_value(self.backend_details).unwrap_or_default(),
-        }
-    }
+/// A user's parsed clouds.yaml and chosen default cloud, for the VM backend.
+#[async_trait::async_trait]
+pub trait CloudsSource: Send + Sync {
+    /// `Err` carries a message for the experimenter (no clouds.yaml uploaded, unreadable).
+    async fn clouds_of(&self, user_id: &str) -> Result<(CloudsFile, String), String>;
 }
 
-impl ResourceRecord {
-    /// Loads a resource with its image and flavor.
-    pub async fn load(state: &AppState, id: Uuid) -> Result<Self, AppError> {
-        let row = sqlx::query_as!(
-            RecordRow,
-            r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
-                      r.flavor_type, r.allocation_state, r.network_name, r.userdata,
-                      r.ssh_authorized_keys, r.backend_details,
-                      i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
-                      f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
-                      f.source_id AS flavor_source_id
-               FROM resources r
-               JOIN disk_images i ON i.id = r.disk_image_id
-               JOIN flavors f ON f.id = r.flavor_id
-               WHERE r.id = $1"#,
-            id
-        )
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("resource {id} vanished")))?;
-        Ok(row.into_record(state.site()))
-    }
-}
-
-/// A place resources are provisioned: create, observe, delete. Implementations must be
-/// idempotent — a retried create adopts what an earlier attempt made, a delete of
-/// something already gone succeeds.
+/// A place resources are provisioned. Implementations must be idempotent — a retried create
+/// adopts what an earlier attempt made, a delete of something already gone succeeds.
 #[async_trait::async_trait]
 pub trait ComputeBackend: Send + Sync {
     /// Makes (or adopts) the backend object and waits until it is ready or failed.
     async fn create(
         &self,
         resource: &ResourceRecord,
-        progress: &Progress,
+        progress: &dyn Progress,
     ) -> Result<BackendDetails, BackendError>;
-
-    /// Reads the backend object's current state.
-    async fn observe(&self, resource: &ResourceRecord) -> Result<Observation, BackendError>;
 
     /// Removes the backend object and waits until it is gone; absent counts as done.
     async fn delete(
         &self,
         resource: &ResourceRecord,
-        progress: &Progress,
+        progress: &dyn Progress,
     ) -> Result<(), BackendError>;
+
+    /// The last `lines` lines of the object's console (a VM's boot log). Backends without
+    /// one answer a permanent error saying so.
+    async fn console_log(
+        &self,
+        _resource: &ResourceRecord,
+        _lines: u32,
+    ) -> Result<String, BackendError> {
+        Err(BackendError::permanent(
+            "this kind of resource has no console log",
+        ))
+    }
+
+    /// One line on the backend's connection for `/healthz` (e.g. `connected; pod watch live`).
+    fn health(&self) -> String;
 }
 
-/// The configured backends.
-#[derive(Default)]
+/// The configured backends, one per flavor type; `None` = not configured on this site.
+#[derive(Default, Clone)]
 pub struct Backends {
-    pub kubernetes: Option<Arc<kubernetes::KubernetesBackend>>,
-    /// Why Kubernetes is not connected, for the start-up report.
+    pub kubernetes: Option<Arc<dyn ComputeBackend>>,
+    /// Why Kubernetes is not connected, for the start-up report and `/healthz`.
     pub kubernetes_error: Option<String>,
-    pub openstack: Option<Arc<openstack::OpenStackBackend>>,
+    pub openstack: Option<Arc<dyn ComputeBackend>>,
 }
 
 impl Backends {
     /// The backend for a flavor type, if configured.
     pub fn for_type(&self, flavor_type: FlavorType) -> Option<Arc<dyn ComputeBackend>> {
         match flavor_type {
-            FlavorType::K8s => self
-                .kubernetes
-                .clone()
-                .map(|k| k as Arc<dyn ComputeBackend>),
-            FlavorType::Vm => self.openstack.clone().map(|o| o as Arc<dyn ComputeBackend>),
+            FlavorType::K8s => self.kubernetes.clone(),
+            FlavorType::Vm => self.openstack.clone(),
         }
     }
 
     /// Whether resources of this flavor type can be provisioned here.
     pub fn supports(&self, flavor_type: FlavorType) -> bool {
         self.for_type(flavor_type).is_some()
+    }
+
+    /// Each backend's state for `/healthz`: its [`ComputeBackend::health`], or why it is absent.
+    pub fn health(&self) -> serde_json::Value {
+        let kubernetes = match (&self.kubernetes, &self.kubernetes_error) {
+            (Some(k), _) => k.health(),
+            (None, Some(_)) => "not connected (see the server log)".into(),
+            (None, None) => "not configured".into(),
+        };
+        let openstack = self
+            .openstack
+            .as_ref()
+            .map_or_else(|| "not configured".into(), |o| o.health());
+        serde_json::json!({ "kubernetes": kubernetes, "openstack": openstack })
     }
 }

@@ -12,11 +12,10 @@
 //! - Status: `GET /servers/{id}` polled with backoff until ACTIVE (addresses recorded) or
 //!   ERROR (Nova's fault message), bounded by `VM_READY_TIMEOUT_SECS`.
 
-use super::{BackendError, ComputeBackend, Observation, ResourceRecord};
+use super::{BackendError, CloudsSource, ComputeBackend, Progress, ResourceRecord};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
-use crate::ssr::clouds::{Cloud, CloudsFile};
+use crate::ssr::cloud_config::Cloud;
 use crate::ssr::openstack::{settings_hash, OpenStackClient, OpenStackError, Token, TokenKey};
-use crate::ssr::tasks::Progress;
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -27,13 +26,6 @@ use std::time::Duration;
 pub const META_RESOURCE: &str = "slices-resource-id";
 const META_EXPERIMENT: &str = "slices-experiment-id";
 const DELETE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Where a user's clouds.yaml comes from (the database in production).
-#[async_trait::async_trait]
-pub trait CloudsSource: Send + Sync {
-    /// The user's parsed clouds.yaml and default cloud, or a message the user can act on.
-    async fn clouds_of(&self, user_id: &str) -> Result<(CloudsFile, String), String>;
-}
 
 /// Nova servers.
 pub struct OpenStackBackend {
@@ -77,11 +69,6 @@ impl OpenStackBackend {
             clouds,
             ready_timeout,
         }
-    }
-
-    /// The client (its Keystone request count is reported by the benchmark).
-    pub fn client(&self) -> &OpenStackClient {
-        &self.client
     }
 
     /// The cloud and a token for a resource's requesting user.
@@ -263,12 +250,9 @@ impl OpenStackBackend {
         }
     }
 
-    /// Console output (`os-getConsoleOutput`), last `lines` lines.
-    pub async fn console_log(
-        &self,
-        r: &ResourceRecord,
-        lines: u32,
-    ) -> Result<String, BackendError> {
+    /// Console output (`os-getConsoleOutput`, Compute API "Show Console Output"), last
+    /// `lines` lines.
+    async fn console_output(&self, r: &ResourceRecord, lines: u32) -> Result<String, BackendError> {
         let (cloud, _, token) = self.session(r).await?;
         let server = self
             .find_server(&cloud, &token, r)
@@ -316,99 +300,98 @@ fn details_of(server: &Value) -> BackendDetails {
     }
 }
 
-#[async_trait::async_trait]
-impl ComputeBackend for OpenStackBackend {
-    async fn create(
+impl OpenStackBackend {
+    /// The server carrying the resource's id (an earlier attempt made it), else a new one.
+    /// Answers its id.
+    async fn create_server(
         &self,
+        cloud: &Cloud,
+        key: &TokenKey,
+        token: &Token,
         r: &ResourceRecord,
-        progress: &Progress,
-    ) -> Result<BackendDetails, BackendError> {
-        let (cloud, key, token) = self.session(r).await?;
-        progress
-            .report(
-                20,
-                &format!("authenticated with Keystone (cloud {})", cloud.name),
+    ) -> Result<String, BackendError> {
+        if let Some(existing) = self.find_server(cloud, token, r).await? {
+            tracing::info!(server = %existing["id"], "adopting the server an earlier attempt created");
+            return Ok(existing["id"].as_str().unwrap_or_default().to_string());
+        }
+        let server = self.server_request(cloud, token, r).await?;
+        let compute = token.endpoint("compute", cloud).map_err(map)?;
+        let created = match self
+            .client
+            .call(
+                cloud,
+                token,
+                Method::POST,
+                &format!("{compute}/servers"),
+                Some(&json!({ "server": server })),
             )
-            .await;
-        let compute = token.endpoint("compute", &cloud).map_err(map)?;
-        let server_id = match self.find_server(&cloud, &token, r).await? {
-            Some(existing) => {
-                tracing::info!(server = %existing["id"], "adopting the server an earlier attempt created");
-                existing["id"].as_str().unwrap_or_default().to_string()
+            .await
+        {
+            Err(OpenStackError::Unauthorized { .. }) => {
+                // The cached token may have been revoked: forget it and let the retry
+                // re-authenticate.
+                self.client.forget(key).await;
+                return Err(BackendError::retryable(
+                    "the token was refused; authenticating again",
+                ));
             }
-            None => {
-                let image = self.resolve_image(&cloud, &token, r).await?;
-                let flavor = self.resolve_flavor(&cloud, &token, r).await?;
-                let network = self
-                    .resolve_network(&cloud, &token, r.network_name.as_deref())
-                    .await?;
-                let user_data = merge_user_data(r.userdata.as_deref(), &r.ssh_authorized_keys);
-                let mut server = json!({
-                    "name": r.friendly_name,
-                    "imageRef": image,
-                    "flavorRef": flavor,
-                    "networks": [{"uuid": network}],
-                    "metadata": {META_RESOURCE: r.typed_id, META_EXPERIMENT: truncate(&r.experiment_id, 255)},
-                });
-                if !user_data.is_empty() {
-                    server["user_data"] = base64::engine::general_purpose::STANDARD
-                        .encode(user_data)
-                        .into();
-                }
-                let created = match self
-                    .client
-                    .call(
-                        &cloud,
-                        &token,
-                        Method::POST,
-                        &format!("{compute}/servers"),
-                        Some(&json!({"server": server})),
-                    )
-                    .await
-                {
-                    Err(OpenStackError::Unauthorized { .. }) => {
-                        // The cached token may have been revoked: forget it and let the retry re-authenticate.
-                        self.client.forget(&key).await;
-                        return Err(BackendError::retryable(
-                            "the token was refused; authenticating again",
-                        ));
-                    }
-                    other => other.map_err(map)?,
-                };
-                created
-                    .and_then(|b| b["server"]["id"].as_str().map(str::to_string))
-                    .ok_or_else(|| {
-                        BackendError::retryable("Nova accepted the server but sent no id")
-                    })?
-            }
+            other => other.map_err(map)?,
         };
-        progress
-            .stage(
-                50,
-                AllocationState::Provisioning,
-                OperationalState::Booting,
-                &format!("server {server_id} created; waiting for ACTIVE"),
-                Some(&BackendDetails {
-                    server_id: Some(server_id.clone()),
-                    ..BackendDetails::default()
-                }),
-            )
-            .await;
+        created
+            .and_then(|b| b["server"]["id"].as_str().map(str::to_string))
+            .ok_or_else(|| BackendError::retryable("Nova accepted the server but sent no id"))
+    }
+
+    /// The body of Compute "Create Server": image, flavor and network resolved on the cloud,
+    /// the resource id in its metadata, the user data with the SSH keys merged in.
+    async fn server_request(
+        &self,
+        cloud: &Cloud,
+        token: &Token,
+        r: &ResourceRecord,
+    ) -> Result<Value, BackendError> {
+        let image = self.resolve_image(cloud, token, r).await?;
+        let flavor = self.resolve_flavor(cloud, token, r).await?;
+        let network = self
+            .resolve_network(cloud, token, r.network_name.as_deref())
+            .await?;
+        let user_data = merge_user_data(r.userdata.as_deref(), &r.ssh_authorized_keys);
+        let mut server = json!({
+            "name": r.friendly_name,
+            "imageRef": image,
+            "flavorRef": flavor,
+            "networks": [{"uuid": network}],
+            "metadata": {META_RESOURCE: r.typed_id, META_EXPERIMENT: truncate(&r.experiment_id, 255)},
+        });
+        if !user_data.is_empty() {
+            server["user_data"] = base64::engine::general_purpose::STANDARD
+                .encode(user_data)
+                .into();
+        }
+        Ok(server)
+    }
+
+    /// Polls "Show Server Details" with backoff until ACTIVE (its details) or ERROR (Nova's
+    /// fault message), at most `VM_READY_TIMEOUT_SECS`.
+    async fn wait_active(
+        &self,
+        cloud: &Cloud,
+        token: &Token,
+        server_id: &str,
+    ) -> Result<BackendDetails, BackendError> {
+        let compute = token.endpoint("compute", cloud).map_err(map)?;
         let started = tokio::time::Instant::now();
         let deadline = started + self.ready_timeout;
         loop {
             let server = self
-                .get(&cloud, &token, &format!("{compute}/servers/{server_id}"))
+                .get(cloud, token, &format!("{compute}/servers/{server_id}"))
                 .await?
                 .map(|b| b["server"].clone())
                 .ok_or_else(|| {
                     BackendError::permanent("the server was deleted before it became ACTIVE")
                 })?;
             match server["status"].as_str() {
-                Some("ACTIVE") => {
-                    progress.report(100, "server ACTIVE").await;
-                    return Ok(details_of(&server));
-                }
+                Some("ACTIVE") => return Ok(details_of(&server)),
                 Some("ERROR") => {
                     let fault = server["fault"]["message"]
                         .as_str()
@@ -431,33 +414,53 @@ impl ComputeBackend for OpenStackBackend {
             tokio::time::sleep(delay).await;
         }
     }
+}
 
-    async fn observe(&self, r: &ResourceRecord) -> Result<Observation, BackendError> {
-        let (cloud, _, token) = self.session(r).await?;
-        Ok(match self.find_server(&cloud, &token, r).await? {
-            None => Observation {
-                allocation: AllocationState::Failed,
-                operational: OperationalState::Error,
-                message: "the server no longer exists".into(),
-                details: BackendDetails::default(),
-            },
-            Some(server) => {
-                let (allocation, operational) = match server["status"].as_str() {
-                    Some("ACTIVE") => (AllocationState::Provisioned, OperationalState::Ready),
-                    Some("ERROR") => (AllocationState::Failed, OperationalState::Error),
-                    _ => (AllocationState::Provisioning, OperationalState::Booting),
-                };
-                Observation {
-                    allocation,
-                    operational,
-                    message: server["status"].as_str().unwrap_or_default().to_lowercase(),
-                    details: details_of(&server),
-                }
-            }
-        })
+#[async_trait::async_trait]
+impl ComputeBackend for OpenStackBackend {
+    async fn create(
+        &self,
+        r: &ResourceRecord,
+        progress: &dyn Progress,
+    ) -> Result<BackendDetails, BackendError> {
+        let (cloud, key, token) = self.session(r).await?;
+        progress
+            .report(
+                20,
+                &format!("authenticated with Keystone (cloud {})", cloud.name),
+            )
+            .await;
+        let server_id = self.create_server(&cloud, &key, &token, r).await?;
+        progress
+            .stage(
+                50,
+                AllocationState::Provisioning,
+                OperationalState::Booting,
+                &format!("server {server_id} created; waiting for ACTIVE"),
+                Some(&BackendDetails {
+                    server_id: Some(server_id.clone()),
+                    ..BackendDetails::default()
+                }),
+            )
+            .await;
+        let details = self.wait_active(&cloud, &token, &server_id).await?;
+        progress.report(100, "server ACTIVE").await;
+        Ok(details)
     }
 
-    async fn delete(&self, r: &ResourceRecord, progress: &Progress) -> Result<(), BackendError> {
+    async fn console_log(&self, r: &ResourceRecord, lines: u32) -> Result<String, BackendError> {
+        self.console_output(r, lines).await
+    }
+
+    fn health(&self) -> String {
+        "configured (each user's clouds.yaml)".into()
+    }
+
+    async fn delete(
+        &self,
+        r: &ResourceRecord,
+        progress: &dyn Progress,
+    ) -> Result<(), BackendError> {
         let (cloud, _, token) = self.session(r).await?;
         let Some(server) = self.find_server(&cloud, &token, r).await? else {
             return Ok(());

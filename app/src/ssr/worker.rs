@@ -1,0 +1,295 @@
+//! The task worker: claims tasks from the queue (`queue`) or takes them handed over by this
+//! process's requests, runs each against its backend next to a heartbeat that keeps the
+//! lease, records the outcome, and sweeps expired resources. Several workers (in-process or
+//! `slices-blueprint worker`) share one database safely: see the guarantees in `queue`.
+
+use crate::model::{AllocationState, OperationalState, TaskKind};
+use crate::ssr::backend::{BackendError, Backends, ResourceRecord};
+use crate::ssr::list_cache::ListCache;
+use crate::ssr::queue::{self, Attached, Claimed, LocalWorker, Outcome, PgProgress, HEARTBEAT};
+use crate::ssr::rows::load_record;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// Fallback poll for retries that became due and expired leases.
+const POLL: Duration = Duration::from_secs(1);
+/// How often the expiry sweep runs.
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// What the worker works with (taken from the application state by its entry point).
+#[derive(Clone)]
+pub struct Worker {
+    pub pool: PgPool,
+    /// Connections for claims, heartbeats and progress (`queue::bookkeeping_pool`).
+    pub bookkeeping: PgPool,
+    /// The site part of typed ids.
+    pub site: String,
+    pub backends: Backends,
+    pub list_cache: Arc<ListCache>,
+    /// This process's hand-over point ([`LocalWorker`]).
+    pub local: Arc<LocalWorker>,
+    /// Tasks run at once (`WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+}
+
+/// A process-unique worker id: `<HOSTNAME>-<pid>-<random>`.
+fn worker_id() -> String {
+    format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+        std::process::id(),
+        &crate::ids::encode_suffix(Uuid::now_v7())[20..]
+    )
+}
+
+/// Runs tasks until `shutdown` turns true; then hands its running tasks back to the queue.
+pub async fn run_worker(
+    worker: Worker,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let worker_id = worker_id();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&worker.pool).await?;
+    listener.listen(queue::CHANNEL).await?;
+    let mut attached = worker.local.attach(&worker_id, worker.concurrency);
+    tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
+    loop {
+        if last_reap.elapsed() >= REAP_EVERY {
+            last_reap = tokio::time::Instant::now();
+            if let Err(e) = reap_expired(&worker.pool).await {
+                tracing::warn!(error = %e, "expiry sweep failed");
+            }
+        }
+        claim_free_slots(&worker, &worker_id, &attached, &mut running).await;
+        tokio::select! {
+            n = listener.recv() => {
+                if let Err(e) = n {
+                    tracing::warn!(error = %e, "task notification listener failed; reconnecting");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            Some(h) = attached.handoffs.recv() => {
+                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), h.permit);
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = worker.local.woken() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // No more hand-offs; what was sent but not started is re-queued with the rest below.
+    drop(attached);
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    let released = queue::release(&worker.pool, &worker_id).await?;
+    tracing::info!(released, "task worker stopped");
+    Ok(())
+}
+
+/// Claims queued tasks while the worker has free slots, and starts each.
+async fn claim_free_slots(
+    worker: &Worker,
+    worker_id: &str,
+    attached: &Attached,
+    running: &mut JoinSet<()>,
+) {
+    while let Ok(permit) = attached.slots.clone().try_acquire_owned() {
+        match queue::claim(&worker.bookkeeping, worker_id).await {
+            Ok(Some(task)) => spawn_task(running, worker, worker_id, task, None, permit),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a task failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Runs `task` on the worker's task set, holding its slot until it ends.
+fn spawn_task(
+    running: &mut JoinSet<()>,
+    worker: &Worker,
+    worker_id: &str,
+    task: Claimed,
+    record: Option<ResourceRecord>,
+    permit: OwnedSemaphorePermit,
+) {
+    let worker = worker.clone();
+    let worker_id = worker_id.to_string();
+    running.spawn(async move {
+        run_task(&worker, &worker_id, task, record).await;
+        drop(permit);
+    });
+}
+
+/// Marks expired live resources `deleting` and enqueues their delete tasks.
+pub async fn reap_expired(pool: &PgPool) -> Result<u64, crate::error::AppError> {
+    let mut tx = pool.begin().await?;
+    let due = sqlx::query_scalar!(
+        r#"SELECT id FROM resources
+           WHERE expires_at <= now() AND allocation_state IN ('requested', 'provisioning', 'provisioned')
+           ORDER BY expires_at LIMIT 100 FOR UPDATE SKIP LOCKED"#
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &due {
+        sqlx::query!(
+            r#"UPDATE resources SET allocation_state = 'deleting',
+                   status_message = 'expired; deleting' WHERE id = $1"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+        queue::enqueue(&mut tx, *id, TaskKind::Delete).await?;
+    }
+    tx.commit().await?;
+    if !due.is_empty() {
+        tracing::info!(count = due.len(), "expired resources queued for deletion");
+    }
+    Ok(due.len() as u64)
+}
+
+/// Runs one claimed task to an outcome and records it.
+#[tracing::instrument(skip_all, fields(task = %task.id, resource = %task.resource_id, kind = task.kind.as_str(), attempt = task.attempts))]
+async fn run_task(worker: &Worker, worker_id: &str, task: Claimed, record: Option<ResourceRecord>) {
+    let progress = PgProgress::new(
+        worker.bookkeeping.clone(),
+        task.id,
+        task.resource_id,
+        worker_id,
+    );
+    let outcome = if task.attempts > task.max_attempts {
+        Outcome::Failed(BackendError::permanent(format!(
+            "gave up after {} attempts (the worker running it stopped)",
+            task.max_attempts
+        )))
+    } else {
+        // A hand-off from a request brings the record the request just wrote.
+        let loaded = match record {
+            Some(record) => Ok(record),
+            None => load_record(&worker.pool, &worker.site, task.resource_id).await,
+        };
+        match loaded {
+            Ok(record) => supervise(worker, worker_id, &task, &progress, &record).await,
+            Err(e) => Outcome::Failed(BackendError::retryable(format!(
+                "loading the resource: {e}"
+            ))),
+        }
+    };
+    if matches!(outcome, Outcome::Failed(_)) && !outcome.retries(&task) {
+        clean_up_failed(worker, &task, &progress).await;
+    }
+    if let Err(e) =
+        queue::record_outcome(&worker.pool, &worker.list_cache, worker_id, &task, outcome).await
+    {
+        tracing::error!(error = %e, "recording the task outcome failed; its lease will expire and it will run again");
+    }
+}
+
+/// A create that failed for good leaves nothing half-made behind: whatever the backend
+/// created is removed before the failure is recorded.
+async fn clean_up_failed(worker: &Worker, task: &Claimed, progress: &PgProgress) {
+    if task.kind != TaskKind::Create {
+        return;
+    }
+    let Ok(record) = load_record(&worker.pool, &worker.site, task.resource_id).await else {
+        return;
+    };
+    if let Some(backend) = worker.backends.for_type(record.flavor_type) {
+        if let Err(e) = backend.delete(&record, progress).await {
+            tracing::warn!(error = %e.message, "cleanup after a failed create failed");
+        }
+    }
+}
+
+/// Runs the backend call next to a heartbeat that renews the lease and, for creates,
+/// notices a deletion request; whichever ends first decides the outcome.
+async fn supervise(
+    worker: &Worker,
+    worker_id: &str,
+    task: &Claimed,
+    progress: &PgProgress,
+    record: &ResourceRecord,
+) -> Outcome {
+    if task.kind == TaskKind::Create && record.allocation_state == AllocationState::Deleting {
+        return Outcome::Cancelled("cancelled: the resource's deletion was requested".into());
+    }
+    tokio::select! {
+        outcome = work(worker, task, progress, record) => outcome,
+        outcome = heartbeat(&worker.bookkeeping, worker_id, task) => outcome,
+    }
+}
+
+/// The backend call of a task.
+async fn work(
+    worker: &Worker,
+    task: &Claimed,
+    progress: &PgProgress,
+    record: &ResourceRecord,
+) -> Outcome {
+    let Some(backend) = worker.backends.for_type(record.flavor_type) else {
+        return Outcome::Failed(BackendError::permanent(format!(
+            "this site has no backend for {} resources",
+            record.flavor_type.as_str()
+        )));
+    };
+    let result = match task.kind {
+        TaskKind::Create => {
+            // At most one write before the backend starts (the claim already marked the
+            // task running): the sooner the Pod or server is requested, the sooner it runs.
+            // A task handed over by its request starts with the resource already
+            // `provisioning` (written by that request's insert): no write at all.
+            if !(task.attempts == 1 && record.allocation_state == AllocationState::Provisioning) {
+                progress
+                    .set_resource(
+                        AllocationState::Provisioning,
+                        OperationalState::Pending,
+                        "provisioning",
+                        None,
+                    )
+                    .await;
+            }
+            backend.create(record, progress).await.map(Some)
+        }
+        TaskKind::Delete => {
+            crate::ssr::backend::Progress::report(progress, 10, "deleting").await;
+            backend.delete(record, progress).await.map(|()| None)
+        }
+    };
+    match result {
+        Ok(details) => Outcome::Finished {
+            message: match task.kind {
+                TaskKind::Create => "ready",
+                TaskKind::Delete => "deleted",
+            }
+            .to_string(),
+            details,
+        },
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Renews the lease every [`HEARTBEAT`]; ends only when the lease is lost or a create's
+/// resource is being deleted.
+async fn heartbeat(pool: &PgPool, worker_id: &str, task: &Claimed) -> Outcome {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match queue::renew_lease(pool, task.id, worker_id).await {
+            Ok(None) => return Outcome::LeaseLost,
+            Ok(Some(AllocationState::Deleting)) if task.kind == TaskKind::Create => {
+                return Outcome::Cancelled(
+                    "cancelled: the resource's deletion was requested".into(),
+                )
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
