@@ -539,6 +539,13 @@ async fn openapi_and_docs_are_served_offline(pool: PgPool) {
         .await
         .expect("json");
     assert_eq!(health["database"].as_str(), Some("ok"));
+    // Each backend says how it is connected (OpenStack used to read "not configured" always).
+    assert_eq!(
+        health["openstack"].as_str(),
+        Some("configured (each user's clouds.yaml)"),
+        "{health}"
+    );
+    assert!(health["kubernetes"].is_string(), "{health}");
 }
 
 /// `GET /resources` pages are served from memory (app/src/ssr/list_cache.rs) but never stale

@@ -11,7 +11,9 @@
 //! A verified token is remembered (its mapped [`Principal`]) for at most
 //! [`VERIFIED_TTL_SECS`] and never past its `exp`, so a client's repeated requests with one
 //! token skip the signature check (an ES256 verification costs far more than the rest of a list
-//! request). The cache holds at most [`VERIFIED_CACHE_MAX`] tokens.
+//! request). The cache (moka) holds at most [`VERIFIED_CACHE_MAX`] tokens, evicting the least
+//! used ones past that, and verifies one token once even when many requests bring it at the
+//! same moment; failures are not remembered.
 //!
 //! The dev issuer (`DEV_ISSUER=true`) signs ES256 tokens with a local P-256 key for local
 //! runs and tests; its tokens are verified exactly like the portal's.
@@ -126,7 +128,22 @@ pub struct Authenticator {
     remote: Option<RemoteIssuer>,
     dev: Option<DevIssuer>,
     /// Verified tokens → (principal, trusted until, seconds since the epoch).
-    verified: std::sync::Mutex<HashMap<String, (Principal, i64)>>,
+    verified: moka::future::Cache<String, (Principal, i64)>,
+}
+
+/// Each remembered token lives until its own "trusted until" time.
+struct TrustedUntil;
+
+impl moka::Expiry<String, (Principal, i64)> for TrustedUntil {
+    fn expire_after_create(
+        &self,
+        _token: &String,
+        value: &(Principal, i64),
+        _now: Instant,
+    ) -> Option<Duration> {
+        let left = value.1 - Utc::now().timestamp();
+        Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
 }
 
 impl Authenticator {
@@ -147,7 +164,10 @@ impl Authenticator {
             http,
             remote,
             dev,
-            verified: std::sync::Mutex::new(HashMap::new()),
+            verified: moka::future::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_MAX as u64)
+                .expire_after(TrustedUntil)
+                .build(),
         })
     }
 
@@ -168,37 +188,18 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AppError::Unauthenticated("empty bearer token".into()));
         }
-        let now = Utc::now().timestamp();
-        if let Some(principal) = self.remembered(token, now) {
-            return Ok(principal);
+        let verify = async {
+            let principal = self.verify_signed(token).await?;
+            let until = principal
+                .token_expires_at
+                .timestamp()
+                .min(Utc::now().timestamp() + VERIFIED_TTL_SECS);
+            Ok::<_, AppError>((principal, until))
+        };
+        match self.verified.try_get_with_by_ref(token, verify).await {
+            Ok((principal, _)) => Ok(principal),
+            Err(e) => Err((*e).clone()),
         }
-        let principal = self.verify_signed(token).await?;
-        self.remember(token, &principal, now);
-        Ok(principal)
-    }
-
-    /// The principal of a token verified less than [`VERIFIED_TTL_SECS`] ago and not expired.
-    fn remembered(&self, token: &str, now: i64) -> Option<Principal> {
-        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(token)
-            .filter(|(_, until)| now < *until)
-            .map(|(p, _)| p.clone())
-    }
-
-    fn remember(&self, token: &str, principal: &Principal, now: i64) {
-        let until = principal
-            .token_expires_at
-            .timestamp()
-            .min(now + VERIFIED_TTL_SECS);
-        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= VERIFIED_CACHE_MAX {
-            cache.retain(|_, (_, until)| now < *until);
-            if cache.len() >= VERIFIED_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(token.to_string(), (principal.clone(), until));
     }
 
     /// The signature, algorithm, `iss`, `aud` and `exp` checks, then the claim mapping.
@@ -538,7 +539,10 @@ impl DevIssuer {
     }
 
     /// Builds an experiment token request (claim names from the configuration).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per claim of the token; the CLI passes them by name"
+    )]
     pub fn experiment_token(
         &self,
         audience: &str,

@@ -13,11 +13,9 @@
 use crate::ssr::cloud_config::{Cloud, CloudAuth, NameOrId};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 /// Tokens closer than this to their expiry are renewed.
 const RENEW_BEFORE: chrono::Duration = chrono::Duration::minutes(5);
@@ -116,8 +114,32 @@ pub struct TokenKey {
 pub struct OpenStackClient {
     http: reqwest::Client,
     insecure_http: reqwest::Client,
-    tokens: Mutex<HashMap<TokenKey, Token>>,
+    /// Tokens per (user, cloud, settings), kept until [`RENEW_BEFORE`] their expiry (moka:
+    /// one Keystone request per key at a time, other keys never wait for it, least used
+    /// tokens evicted past [`MAX_CACHED_TOKENS`]).
+    tokens: moka::future::Cache<TokenKey, Token>,
     pub keystone_requests: AtomicU64,
+}
+
+/// Most Keystone tokens kept.
+pub const MAX_CACHED_TOKENS: u64 = 10_000;
+
+/// A cached token lives until [`RENEW_BEFORE`] its `expires_at`.
+struct UntilRenewal;
+
+impl moka::Expiry<TokenKey, Token> for UntilRenewal {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        token: &Token,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            (token.expires_at - Utc::now() - RENEW_BEFORE)
+                .to_std()
+                .unwrap_or(Duration::ZERO),
+        )
+    }
 }
 
 fn keystone_base(auth_url: &str) -> String {
@@ -223,7 +245,10 @@ impl OpenStackClient {
         Ok(Self {
             http: build(false)?,
             insecure_http: build(true)?,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: moka::future::Cache::builder()
+                .max_capacity(MAX_CACHED_TOKENS)
+                .expire_after(UntilRenewal)
+                .build(),
             keystone_requests: AtomicU64::new(0),
         })
     }
@@ -301,20 +326,15 @@ impl OpenStackClient {
 
     /// A token for `key`, from the cache while it has more than 5 minutes left.
     pub async fn token(&self, key: &TokenKey, cloud: &Cloud) -> Result<Token, OpenStackError> {
-        let mut tokens = self.tokens.lock().await;
-        if let Some(t) = tokens.get(key) {
-            if t.expires_at - Utc::now() > RENEW_BEFORE {
-                return Ok(t.clone());
-            }
-        }
-        let fresh = self.authenticate(cloud).await?;
-        tokens.insert(key.clone(), fresh.clone());
-        Ok(fresh)
+        self.tokens
+            .try_get_with_by_ref(key, self.authenticate(cloud))
+            .await
+            .map_err(|e| (*e).clone())
     }
 
     /// Forgets a token (after a 401 from a service).
     pub async fn forget(&self, key: &TokenKey) {
-        self.tokens.lock().await.remove(key);
+        self.tokens.invalidate(key).await;
     }
 
     /// One authenticated call; `Ok(None)` for 404. Errors are classified.

@@ -3,7 +3,10 @@
 
 // The save functions take one argument per form field (ActionForm posts fields flat), and
 // `#[server]` does not carry an item-level `allow` over to the client function it generates.
-#![allow(clippy::too_many_arguments)]
+#![expect(
+    clippy::too_many_arguments,
+    reason = "one argument per form field: ActionForm posts fields flat"
+)]
 
 use super::{ErrorBox, FieldError, FormError, SignedIn};
 use crate::error::AppError;

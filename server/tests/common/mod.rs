@@ -1,6 +1,9 @@
 //! Test harness: a token issuer serving OIDC discovery and a JWKS over HTTP on loopback (as
 //! the SLICES portal would), and the real router + task worker on a fresh database.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness; `expect` would fail in the one that uses all of it"
+)]
 
 use app::ssr::backend::{kubernetes::KubernetesBackend, Backends};
 use app::ssr::config::Settings;
