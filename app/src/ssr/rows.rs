@@ -1,7 +1,7 @@
 //! The resource and task rows: one home for their columns, the visibility filter and their
-//! mapping to wire types. [`ResourceRow`] is a resource as the API shows it (joined with its
-//! image's login user and its newest task); [`RecordRow`] is a resource joined with its disk
-//! image and flavor, as a backend needs it ([`ResourceRecord`]); [`TaskRow`] is a task.
+//! mapping to wire types. `ResourceRow` is a resource as the API shows it (joined with its
+//! image's login user and its newest task); `RecordRow` is a resource joined with its disk
+//! image and flavor, as a backend needs it ([`ResourceRecord`]); `TaskRow` is a task.
 //! State columns are `text` with CHECK constraints in SQL and typed enums here (sqlx
 //! `Type` with `type_name = "text"`), so a row never holds an unknown state.
 
