@@ -1,9 +1,19 @@
 //! What slices-blueprint adds to the time a Nova server takes to become ACTIVE, and how many
 //! Keystone tokens it asks for. Not a test: it prints figures. `bench/run` starts the server
 //! (with its log at BENCH_SERVER_LOG) and the OpenStack test cloud, and passes:
-//!   BENCH_BASE_URL, BENCH_EXP_TOKEN, BENCH_USER_TOKEN (the requesting user, whose clouds.yaml
-//!   is uploaded), BENCH_VM_IMAGE_ID, BENCH_VM_FLAVOR_ID, BENCH_CLOUDS_YAML (the file with the
-//!   clouds `ostest` and `ostest-admin`), BENCH_SERVER_LOG, BENCH_ITERATIONS (default 5).
+//!   BENCH_BASE_URL, BENCH_CLOUDS_YAML (the file with the clouds `ostest` and `ostest-admin`),
+//!   BENCH_SERVER_LOG, BENCH_ITERATIONS (default 5), BENCH_SERVER_BIN (the release binary: its
+//!   `dev-token` mints the tokens, with the DEV_ISSUER, DEV_ISSUER_KEY_FILE and PUBLIC_URL
+//!   bench/run exports) and DATABASE_URL (the server's database).
+//!
+//! 0. Set-up ([`prepare`]): catalog import from `ostest-admin` (admin token); the ids of the
+//!    imported image `tiny` and flavor `m1.nano`; tokens for the user `user_dev.local_benchvm`
+//!    and an experiment acting as them; that user's clouds.yaml uploaded (only the `ostest`
+//!    cloud of BENCH_CLOUDS_YAML, the demo project's password cloud). At the end, the stored
+//!    copy is checked: it holds neither the cloud's password nor `auth_url` (it is sealed).
+//!    Skipped when BENCH_VM_IMAGE_ID is given: then BENCH_VM_FLAVOR_ID, BENCH_EXP_TOKEN and
+//!    BENCH_USER_TOKEN (the requesting user, whose clouds.yaml the caller uploaded) are needed,
+//!    and BENCH_SERVER_BIN and DATABASE_URL are not.
 //!
 //! 1. Direct: `POST /servers` → `GET /servers/{id}` every 100 ms until ACTIVE, with the demo
 //!    project's own token (Compute API "Create Server", "Show Server Details").
@@ -12,11 +22,20 @@
 //! 3. Ten VMs in one `POST /resources` for the first time for this user: the Keystone token
 //!    requests the server made, counted from its log ("requested a Keystone token").
 
-use app::ssr::cloud_config::{parse, Cloud};
+use anyhow::Context as _;
+use app::model::{CloudsYamlSummary, DiskImage, Flavor, ImportReport};
+use app::ssr::cloud_config::{parse, Cloud, CloudAuth, CloudsFile};
 use app::ssr::openstack::{OpenStackClient, Token};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use std::path::Path;
 use std::time::{Duration, Instant};
+use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
+
+const API: &str = "/apis/bi.slices.eu/v1alpha2";
+/// The user whose VMs the bench requests, when it sets up by itself.
+const VM_USER: &str = "user_dev.local_benchvm";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -212,25 +231,220 @@ impl Api {
     }
 }
 
+/// Runs `<bin> dev-token <args>` from the workspace root (where bench/run runs the server)
+/// and returns the token it prints.
+fn dev_token(bin: &str, args: &[&str]) -> anyhow::Result<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let out = std::process::Command::new(bin)
+        .arg("dev-token")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .with_context(|| format!("running {bin} dev-token"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{bin} dev-token {}: {}: {}",
+        args.first().copied().unwrap_or_default(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let token = String::from_utf8(out.stdout)
+        .context("dev-token printed non-UTF-8")?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!token.is_empty(), "{bin} dev-token printed no token");
+    Ok(token)
+}
+
+/// Sends `request`: its JSON answer as `T`, or an error with the status and body unless 2xx.
+async fn answer<T: DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> anyhow::Result<T> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{what}: no answer"))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .with_context(|| format!("{what}: reading the answer"))?;
+    let clipped = text
+        .char_indices()
+        .nth(2000)
+        .map_or(text.as_str(), |(end, _)| &text[..end]);
+    anyhow::ensure!(status.is_success(), "{what} -> HTTP {status}: {clipped}");
+    serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer: {clipped}"))
+}
+
+/// A clouds.yaml holding only the cloud `name` of `text` (rebuilt from its YAML tree), checked
+/// with the server's own parser: it must read back as exactly that cloud of `file`.
+fn only_cloud(text: &str, name: &str, file: &CloudsFile) -> anyhow::Result<String> {
+    let docs = YamlLoader::load_from_str(text).context("BENCH_CLOUDS_YAML: not valid YAML")?;
+    let cloud = docs
+        .first()
+        .map(|root| &root["clouds"][name])
+        .filter(|cloud| !cloud.is_badvalue())
+        .with_context(|| format!("BENCH_CLOUDS_YAML has no cloud {name}"))?;
+    let mut clouds = yaml_rust2::yaml::Hash::new();
+    clouds.insert(Yaml::String(name.to_string()), cloud.clone());
+    let mut root = yaml_rust2::yaml::Hash::new();
+    root.insert(Yaml::String("clouds".into()), Yaml::Hash(clouds));
+    let mut out = String::new();
+    YamlEmitter::new(&mut out)
+        .dump(&Yaml::Hash(root))
+        .map_err(|e| anyhow::anyhow!("writing the {name} clouds.yaml: {e}"))?;
+    out.push('\n');
+    let back = parse(&out).map_err(|e| anyhow::anyhow!("the {name} clouds.yaml: {e}"))?;
+    anyhow::ensure!(
+        back.clouds.len() == 1 && back.get(name).is_some() && back.get(name) == file.get(name),
+        "the rebuilt clouds.yaml does not read back as the cloud {name}"
+    );
+    Ok(out)
+}
+
+/// What the measurements need: the VM image and flavor, the experiment token, the requesting
+/// user's token, and (when [`prepare`] uploaded their clouds.yaml) that user's id.
+struct Prepared {
+    image_id: String,
+    flavor_id: String,
+    exp: String,
+    user: String,
+    uploaded_for: Option<String>,
+}
+
+/// The set-up bench/run used to do: catalog import from `ostest-admin`, the ids of `tiny`
+/// and `m1.nano`, the VM user's and experiment's tokens, and the user's clouds.yaml (only
+/// the `ostest` cloud) uploaded with `ostest` as the default cloud.
+async fn prepare(
+    http: &reqwest::Client,
+    base: &str,
+    clouds_text: &str,
+    file: &CloudsFile,
+) -> anyhow::Result<Prepared> {
+    let bin = env("BENCH_SERVER_BIN");
+    let admin = dev_token(
+        &bin,
+        &[
+            "user",
+            "--user-id",
+            "user_dev.local_admin",
+            "--name",
+            "Admin",
+        ],
+    )?;
+    let url = |path: &str| format!("{base}{API}{path}");
+    eprintln!("vm_overhead: catalog import from ostest-admin");
+    let path = "/catalog/import?cloud=ostest-admin";
+    let _: ImportReport = answer(http.post(url(path)).bearer_auth(&admin), path).await?;
+    let path = "/disk-images?limit=500";
+    let images: Vec<DiskImage> = answer(http.get(url(path)).bearer_auth(&admin), path).await?;
+    let path = "/flavors?limit=500";
+    let flavors: Vec<Flavor> = answer(http.get(url(path)).bearer_auth(&admin), path).await?;
+    let image_id = images
+        .into_iter()
+        .find(|i| i.friendly_name == "tiny")
+        .context("the catalog import made no image `tiny`")?
+        .id;
+    let flavor_id = flavors
+        .into_iter()
+        .find(|f| f.friendly_name == "m1.nano")
+        .context("the catalog import made no flavor `m1.nano`")?
+        .id;
+
+    let user = dev_token(
+        &bin,
+        &["user", "--user-id", VM_USER, "--name", "Bench VM user"],
+    )?;
+    let exp = dev_token(
+        &bin,
+        &[
+            "experiment",
+            "--experiment-id",
+            "exp_dev.local_benchvm",
+            "--project-id",
+            "proj_dev.local_qkd",
+            "--user-id",
+            VM_USER,
+            "--expires-in-secs",
+            "7200",
+        ],
+    )?;
+    // The user's own clouds.yaml: the demo project's password cloud.
+    let yaml = only_cloud(clouds_text, "ostest", file)?;
+    let path = "/clouds-yaml?default_cloud=ostest";
+    let request = http
+        .put(url(path))
+        .bearer_auth(&user)
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body(yaml);
+    let _: CloudsYamlSummary = answer(request, path).await?;
+    Ok(Prepared {
+        image_id,
+        flavor_id,
+        exp,
+        user,
+        uploaded_for: Some(VM_USER.to_string()),
+    })
+}
+
+/// The stored-secret check: the clouds.yaml kept for `user` (`user_clouds.sealed_yaml`)
+/// holds neither the password of `cloud` nor the text `auth_url`. Prints one report line.
+async fn check_at_rest(user: &str, cloud: Option<&Cloud>) -> anyhow::Result<()> {
+    let password = match cloud.map(|c| &c.auth) {
+        Some(CloudAuth::Password { password, .. }) => Some(password.expose().to_string()),
+        _ => None,
+    };
+    let pool = sqlx::PgPool::connect(&env("DATABASE_URL"))
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT sealed_yaml FROM user_clouds WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&pool)
+            .await
+            .context("reading user_clouds")?;
+    pool.close().await;
+    let label = "clouds.yaml at rest (password in stored bytes?):";
+    match (password, stored) {
+        (Some(p), Some(s)) if !p.is_empty() && !s.contains(&p) && !s.contains("auth_url") => {
+            println!("{label:<50} no ({} bytes, sealed)", s.len());
+        }
+        _ => println!("{label:<50} CHECK FAILED"),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let file = parse(&std::fs::read_to_string(env("BENCH_CLOUDS_YAML"))?)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: env("BENCH_BASE_URL"),
-        exp: env("BENCH_EXP_TOKEN"),
-        user: env("BENCH_USER_TOKEN"),
+    let clouds_text = std::fs::read_to_string(env("BENCH_CLOUDS_YAML"))?;
+    let file = parse(&clouds_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (http, base) = (reqwest::Client::new(), env("BENCH_BASE_URL"));
+    let log = env("BENCH_SERVER_LOG");
+    let prepared = match std::env::var("BENCH_VM_IMAGE_ID") {
+        Ok(image_id) => Prepared {
+            image_id,
+            flavor_id: env("BENCH_VM_FLAVOR_ID"),
+            exp: env("BENCH_EXP_TOKEN"),
+            user: env("BENCH_USER_TOKEN"),
+            uploaded_for: None,
+        },
+        Err(_) => prepare(&http, &base, &clouds_text, &file).await?,
     };
-    let (image_id, flavor_id, log) = (
-        env("BENCH_VM_IMAGE_ID"),
-        env("BENCH_VM_FLAVOR_ID"),
-        env("BENCH_SERVER_LOG"),
-    );
+    let (image_id, flavor_id) = (prepared.image_id, prepared.flavor_id);
+    let api = Api {
+        http,
+        base,
+        exp: prepared.exp,
+        user: prepared.user,
+    };
 
     // The demo project gets room for 10 VMs at once (the default quota is exactly 10).
     let admin_cloud = file
@@ -333,5 +547,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "10 VMs in one POST → all tasks finished: {ten:.1} s; Keystone token requests: {tokens}"
     );
+    if let Some(user) = &prepared.uploaded_for {
+        check_at_rest(user, file.get("ostest")).await?;
+    }
     Ok(())
 }
