@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing();
             let config = cli.settings.validate(true)?;
             let pool = connect(&config).await?;
-            let keys = server::clouds_keys(&config)?;
+            let keys = server::clouds_keys(&config, &pool).await?;
             let count = app::ssr::clouds::reseal_all(&pool, &keys)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

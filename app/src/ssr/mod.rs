@@ -12,7 +12,7 @@
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
 //!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`session`];
 //! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
-//!    [`state`] (and the UI's server functions).
+//!    [`state`], [`session`], [`web_security`] (and the UI's server functions).
 
 pub mod api;
 pub mod auth;
@@ -33,6 +33,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod tasks;
+pub mod web_security;
 pub mod worker;
 
 use crate::error::AppError;

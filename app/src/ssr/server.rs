@@ -10,8 +10,10 @@ use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::queue::bookkeeping_pool;
 use crate::ssr::secrets::SecretBox;
 use crate::ssr::state::AppState;
+use crate::ssr::web_security::{self, SiteOrigin};
 use crate::{shell, App};
 use anyhow::Context as _;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 use leptos::prelude::LeptosOptions;
@@ -54,7 +56,7 @@ pub async fn assemble(
             backends.kubernetes_error = Some(format!("{e:#}"));
         }
     }
-    let clouds_keys = clouds_keys(&config)?;
+    let clouds_keys = clouds_keys(&config, &pool).await?;
     let openstack = Arc::new(OpenStackClient::new()?);
     backends.openstack = Some(Arc::new(OpenStackBackend::new(
         openstack.clone(),
@@ -88,12 +90,27 @@ pub async fn assemble(
 }
 
 /// The clouds.yaml keys: CLOUDS_ENCRYPTION_KEY (+ _PREVIOUS during a rotation), else the
-/// key file CLOUDS_ENCRYPTION_KEY_FILE, created on first use.
-pub fn clouds_keys(config: &Config) -> anyhow::Result<CloudsKeys> {
+/// key file CLOUDS_ENCRYPTION_KEY_FILE, created on first use. A missing key file while sealed
+/// files are stored is an error (a new key would make them unreadable), not a new key.
+pub async fn clouds_keys(config: &Config, pool: &PgPool) -> anyhow::Result<CloudsKeys> {
     let current = match &config.clouds_key {
         Some(key) => key.clone(),
-        None => SecretBox::load_or_create(&config.clouds_key_file)
-            .context("CLOUDS_ENCRYPTION_KEY_FILE")?,
+        None => {
+            let path = &config.clouds_key_file;
+            if !path.exists() {
+                let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_clouds")
+                    .fetch_one(pool)
+                    .await
+                    .context("counting stored clouds.yaml files")?;
+                if stored > 0 {
+                    anyhow::bail!(
+                        "CLOUDS_ENCRYPTION_KEY_FILE {} is missing, but {stored} clouds.yaml file(s) are stored sealed with it: restore the key file (README, \"Secrets and key rotation\"); a new key would make them unreadable",
+                        path.display()
+                    );
+                }
+            }
+            SecretBox::load_or_create(path).context("CLOUDS_ENCRYPTION_KEY_FILE")?
+        }
     };
     Ok(CloudsKeys {
         current,
@@ -103,7 +120,8 @@ pub fn clouds_keys(config: &Config) -> anyhow::Result<CloudsKeys> {
 
 /// The whole HTTP surface. Sessions (PostgreSQL store, cookie `slices_session`: HttpOnly,
 /// SameSite=Lax, Secure when PUBLIC_URL is https, 12 h of inactivity) cover the dashboard
-/// only; the API is stateless bearer auth.
+/// only, which refuses cross-site state changes; the API is stateless bearer auth. Every
+/// answer carries the security headers of `web_security`.
 pub async fn router(state: &AppState) -> anyhow::Result<Router> {
     let store = PostgresStore::new(state.pool.clone());
     store
@@ -126,16 +144,22 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
     crate::ssr::list_cache::spawn_listener(&state.pool, &state.list_cache);
     let options = state.leptos_options.clone();
     let routes = generate_route_list(App);
+    let site = Arc::new(SiteOrigin::of(&state.config.public_url));
     let ui = Router::new()
         .leptos_routes(state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(sessions);
+        .layer(sessions)
+        .layer(from_fn_with_state(
+            site.clone(),
+            web_security::refuse_cross_site,
+        ));
     Ok(Router::new()
         .route("/healthz", get(api::healthz))
         .nest(api::BASE, api::router())
         .merge(api::docs_router())
         .merge(api::dev_issuer_router())
         .merge(ui)
+        .layer(from_fn_with_state(site, web_security::security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone()))
 }
