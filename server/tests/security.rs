@@ -411,3 +411,85 @@ async fn names_with_control_or_bidi_characters_are_refused(pool: PgPool) {
         "{err}"
     );
 }
+
+/// Sign-ins and failed token checks are rate limited per client: 429 with `Retry-After`,
+/// and a client over the failure limit is refused even with a good token for a while.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn sign_ins_and_bad_tokens_are_rate_limited(pool: PgPool) {
+    let app = TestApp::start(
+        pool,
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    // Sign-ins: 10 a minute (the default), then 429.
+    let bad = [("user_token", "not-a-token"), ("experiment_token", "")];
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let answer = form_post(&app, "/api/sign-in", Some(&app.base), &bad).await;
+        statuses.push(answer.status().as_u16());
+        if answer.status().as_u16() == 429 {
+            let retry: u64 = answer.headers()["retry-after"]
+                .to_str()
+                .expect("text")
+                .parse()
+                .expect("seconds");
+            assert!((1..=60).contains(&retry), "{retry}");
+        }
+    }
+    // A bad token is the client's mistake: 422 naming the field, never a 500.
+    assert!(statuses[..10].iter().all(|s| *s == 422), "{statuses:?}");
+    assert_eq!(statuses[10], 429, "{statuses:?}");
+
+    // Failed token checks: 30 a minute, then every request of that client is refused.
+    let mut last = 0;
+    for _ in 0..31 {
+        last = app.get("/flavors", "not-a-jwt").await.0;
+    }
+    assert_eq!(last, 429);
+    let (s, body) = app.get("/flavors", &app.issuer.user(ALICE)).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(body["code"].as_str(), Some("rate_limited"), "{body}");
+}
+
+/// A client that never finishes its request headers is dropped after the header timeout
+/// instead of holding its connection forever.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_connection_that_never_finishes_its_headers_is_closed(pool: PgPool) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::start(
+        pool,
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(
+        app::ssr::server::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buffer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection was still open after the header timeout"
+    );
+    assert!(
+        started.elapsed()
+            >= app::ssr::server::HEADER_READ_TIMEOUT - std::time::Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}

@@ -31,6 +31,20 @@ pub struct Settings {
     #[arg(long, env = "SLICES_JWKS_URL")]
     pub slices_jwks_url: Option<String>,
     /// Expected `aud` of tokens (default PUBLIC_URL).
+    /// Sign-ins a client may make per minute (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_SIGN_INS_PER_MINUTE", default_value_t = 10)]
+    pub rate_limit_sign_ins_per_minute: u32,
+    /// Requests with invalid tokens a client may make per minute before it is refused for a
+    /// while (0: no limit).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub rate_limit_auth_failures_per_minute: u32,
+    /// API writes (POST, PUT, PATCH, DELETE) a client may make per minute (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_WRITES_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_writes_per_minute: u32,
     /// How often the issuer's JWKS is read again, seconds: a key the portal withdrew stops
     /// working within this time (RFC 8725 §3.5 asks for keys to be rotatable).
     #[arg(long, env = "SLICES_JWKS_REFRESH_SECS", default_value_t = 300)]
@@ -133,9 +147,18 @@ pub struct AuthConfig {
 /// issuer is on (only its key can mint tokens for it, and the dev issuer only runs on loopback).
 pub const DEV_ADMIN_USER_ID: &str = "user_dev.local_admin";
 
+/// Per-client rate limits, per minute (0: that limit is off); see `rate_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub sign_ins_per_minute: u32,
+    pub auth_failures_per_minute: u32,
+    pub writes_per_minute: u32,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub limits: Limits,
     pub database_url: String,
     pub site_addr: SocketAddr,
     pub public_url: String,
@@ -192,6 +215,11 @@ impl Settings {
         self.check_backends()?;
         let (clouds_key, clouds_key_previous) = self.clouds_keys()?;
         Ok(Config {
+            limits: Limits {
+                sign_ins_per_minute: self.rate_limit_sign_ins_per_minute,
+                auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
+                writes_per_minute: self.rate_limit_writes_per_minute,
+            },
             database_url,
             site_addr,
             site_id,

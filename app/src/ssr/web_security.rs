@@ -169,6 +169,28 @@ pub async fn refuse_cross_site(
     .into_response()
 }
 
+/// Server functions answer a failure with the error's own status (422 for a bad field, 401
+/// for a bad token, 403, 404, 429 …) instead of Leptos's blanket 500: the body is the
+/// serialized [`AppError`], which knows its status. Bodies over 64 KiB are left alone.
+pub async fn server_fn_status(request: Request, next: Next) -> Response {
+    let server_fn = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    if !server_fn || response.status() != axum::http::StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return AppError::ServerFn("the server function's error could not be read".into())
+            .into_response();
+    };
+    if let Ok(error) = serde_json::from_slice::<AppError>(&bytes) {
+        if let Ok(status) = axum::http::StatusCode::from_u16(error.status()) {
+            parts.status = status;
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

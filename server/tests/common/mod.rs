@@ -310,7 +310,11 @@ impl TestApp {
         }
         state.backends = backends;
         let router = app::ssr::server::router(&state).await.expect("router");
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(app::ssr::server::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
         let (stop, rx) = tokio::sync::watch::channel(false);
         if !options.no_worker {
             let worker = state.worker();
