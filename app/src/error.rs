@@ -37,6 +37,10 @@ pub enum AppError {
     /// 413: the body is larger than allowed.
     #[error("request body too large (limit {limit_bytes} bytes)")]
     PayloadTooLarge { limit_bytes: usize },
+    /// 429: this client sent too many requests of a kind (sign-ins, failed tokens, writes);
+    /// the answer carries `Retry-After` (RFC 6585 §4, RFC 9110 §10.2.3).
+    #[error("too many {what} from this client; retry in {retry_after_secs} s")]
+    TooManyRequests { what: String, retry_after_secs: u64 },
     /// 502: the cloud behind a resource refused or failed the request; the text is its own.
     #[error("{0}")]
     Upstream(String),
@@ -62,6 +66,7 @@ impl AppError {
             AppError::Invalid { .. } => 422,
             AppError::Conflict { .. } => 409,
             AppError::PayloadTooLarge { .. } => 413,
+            AppError::TooManyRequests { .. } => 429,
             AppError::Upstream(_) => 502,
             AppError::Unavailable(_) => 503,
             AppError::Internal { .. } | AppError::ServerFn(_) => 500,
@@ -78,6 +83,7 @@ impl AppError {
             AppError::Invalid { .. } => "invalid_field",
             AppError::Conflict { .. } => "conflict",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
+            AppError::TooManyRequests { .. } => "rate_limited",
             AppError::Upstream(_) => "upstream",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal { .. } => "internal",

@@ -38,6 +38,8 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("state", 4, "entry points"),
     ("api", 4, "entry points"),
     ("server", 4, "entry points"),
+    ("web_security", 4, "entry points"),
+    ("rate_limits", 4, "entry points"),
 ];
 
 /// The longest a function may be (lines, without SQL text, `view!` markup and tests).

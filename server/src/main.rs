@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing();
             let config = cli.settings.validate(true)?;
             let pool = connect(&config).await?;
-            let keys = server::clouds_keys(&config)?;
+            let keys = server::clouds_keys(&config, &pool).await?;
             let count = app::ssr::clouds::reseal_all(&pool, &keys)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -195,15 +195,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on LEPTOS_SITE_ADDR {addr}"))?;
     report(&state, &public_url);
-    // Responses go out as soon as they are written (no Nagle wait for the last partial segment).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    server::serve(listener, router, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(worker) = worker {
         if let Ok(Err(e)) = worker.await {

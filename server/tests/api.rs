@@ -345,10 +345,16 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
         .expect("send");
     assert_eq!(response.status().as_u16(), 400);
 
-    // A good request: 202, one task per resource; the requester comes from `tokens`.
+    // A good request: 202, one task per resource; the requester comes from `tokens` (an
+    // experiment token naming no acting user lets the body say who pays; one naming its
+    // acting user needs that user's own token there: see tests/security.rs).
     let mut good = request(&image, &flavor, &["qkd-alice", "qkd-bob"]);
     good["tokens"] = json!([{"jwt": app.issuer.user(BOB)}]);
-    let (s, created) = app.post("/resources", &token, good).await;
+    let no_acting_user = app.issuer.sign(
+        Algorithm::ES256,
+        json!({"sub": exp, "proj": "proj_test_qkd", "experiment_name": "qkd"}),
+    );
+    let (s, created) = app.post("/resources", &no_acting_user, good).await;
     assert_eq!(s, 202, "{created}");
     assert_eq!(created["tasks"].as_array().map(Vec::len), Some(2));
     assert_eq!(created["resources"][0]["requested_by"].as_str(), Some(BOB));

@@ -127,6 +127,35 @@ async fn rotating_the_clouds_key_reseals_every_stored_file(pool: PgPool) {
     assert!(load(&pool, &keys(&old, None), ALICE).await.is_err());
 }
 
+/// A sealed clouds.yaml is bound to its owner: copied into another user's row (e.g. by a
+/// database write), it does not open there.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_sealed_clouds_yaml_opens_only_for_its_owner(pool: PgPool) {
+    let app = app_with_alices_clouds(&pool).await;
+    let keys = &app.state.clouds_keys;
+    assert!(load(&pool, keys, ALICE).await.expect("alice").is_some());
+    sqlx::query(
+        "INSERT INTO user_clouds (user_id, sealed_yaml, summary, default_cloud)
+         SELECT 'user_test.portal_mallory', sealed_yaml, summary, default_cloud
+         FROM user_clouds WHERE user_id = $1",
+    )
+    .bind(ALICE)
+    .execute(&pool)
+    .await
+    .expect("copy the row");
+    let stolen = load(&pool, keys, "user_test.portal_mallory").await;
+    assert!(stolen.is_err(), "alice's file opened as mallory's");
+
+    // Its key file lost: start-up says so instead of making a new key.
+    let mut config = (*app.state.config).clone();
+    config.clouds_key_file = config.clouds_key_file.with_file_name("gone.key");
+    let refused = app::ssr::server::clouds_keys(&config, &pool)
+        .await
+        .expect_err("a missing key file with sealed data");
+    assert!(refused.to_string().contains("is missing"), "{refused}");
+    assert!(!config.clouds_key_file.exists(), "no new key was made");
+}
+
 /// A multi-VM request is checked against the requesting user's clouds.yaml (read once) before
 /// anything is stored: an image on a cloud the file lacks is refused naming that resource's
 /// `disk_image_id`; images on `default` pass.

@@ -33,6 +33,70 @@ async fn pods_api(app: &TestApp, experiment: &str) -> Api<Pod> {
     Api::namespaced(client, &ns)
 }
 
+/// The Pod runs restricted (Pod Security Standards) unless its image needs root, and its
+/// namespace carries the Pod Security label, the NetworkPolicy and the ResourceQuota.
+async fn assert_hardened(pod: &Pod, pods: &Api<Pod>, root: bool) {
+    use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let pod_context = spec.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(pod_context.run_as_non_root, Some(!root));
+    let security = spec.containers[0]
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(security.run_as_non_root, Some(!root));
+    let namespace = pod.metadata.namespace.clone().expect("namespace");
+    let client = kube::Client::try_default().await.expect("client");
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(&namespace)
+        .await
+        .expect("namespace");
+    let level = if root { "baseline" } else { "restricted" };
+    assert_eq!(
+        ns.metadata
+            .labels
+            .unwrap_or_default()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some(level)
+    );
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+        .get("slices-experiment-isolation")
+        .await
+        .expect("NetworkPolicy");
+    let policy = policy.spec.expect("spec");
+    assert_eq!(
+        policy.policy_types,
+        Some(vec!["Ingress".to_string(), "Egress".to_string()])
+    );
+    let egress = serde_json::to_string(&policy.egress).expect("json");
+    assert!(
+        egress.contains("10.0.0.0/8") && egress.contains("\"port\":53"),
+        "{egress}"
+    );
+    let quota = Api::<ResourceQuota>::namespaced(client, &namespace)
+        .get("slices-experiment-quota")
+        .await
+        .expect("ResourceQuota");
+    let hard = quota.spec.and_then(|s| s.hard).unwrap_or_default();
+    assert!(
+        hard.contains_key("pods") && hard.contains_key("limits.memory"),
+        "{hard:?}"
+    );
+    let _ = pods;
+}
+
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
@@ -108,6 +172,7 @@ async fn a_pod_is_created_observed_and_deleted_through_the_api(pool: PgPool) {
         .await
         .expect("list");
     assert_eq!(listed.items.len(), 1);
+    assert_hardened(&pod, &pods_api(&app, &exp).await, false).await;
 
     let (s, delete_task) = app
         .delete(&format!("/resources/{resource_id}"), &token)
@@ -373,6 +438,8 @@ async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
         allocation_state: app::model::AllocationState::Provisioning,
         image_location: "nginx:alpine".into(),
         image_name: "nginx".into(),
+        // An image that must run as root: the Pod and its namespace are relaxed to baseline.
+        image_tags: vec!["needs-root".into()],
         image_cluster_id: "default".into(),
         default_username: String::new(),
         vcpus: 1,
@@ -389,6 +456,12 @@ async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
     let details = backend.create(&record, &progress).await.expect("create");
     assert_eq!(details.pod_name.as_deref(), Some("fake-progress"));
     assert_eq!(details.phase.as_deref(), Some("Running"));
+    let pods: Api<Pod> = Api::namespaced(
+        kube::Client::try_default().await.expect("client"),
+        details.namespace.as_deref().expect("namespace"),
+    );
+    let pod = pods.get("fake-progress").await.expect("pod");
+    assert_hardened(&pod, &pods, true).await;
     backend.delete(&record, &progress).await.expect("delete");
     let calls = progress.calls.lock().expect("lock").clone();
     let steps: Vec<i16> = calls.iter().map(|(c, _)| *c).collect();

@@ -36,7 +36,16 @@ impl IntoResponse for AppError {
             "code": self.code(),
             "field": self.field(),
         });
+        let retry_after = match &self {
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => HeaderValue::from_str(&retry_after_secs.to_string()).ok(),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -2,14 +2,17 @@
 //! ("Authentication").
 //!
 //! Tokens are verified against the issuer's JWKS (RFC 7517): the key is chosen by the header's
-//! `kid`, the algorithm must be RS256 or ES256 and match the key, and `iss`, `aud` and `exp`
-//! are checked (RFC 7519 §4.1, 30 s leeway). The JWKS comes from `SLICES_JWKS_URL` or from the
-//! issuer's OpenID discovery document (`<issuer>/.well-known/openid-configuration`,
-//! `jwks_uri`); it is cached and fetched again when a token names an unknown `kid`
-//! (at most once per second, so forged `kid`s cannot flood the portal).
+//! `kid`, the algorithm must be RS256 or ES256 and match the key (and the JWK's own `alg` and
+//! `use` when it states them: RFC 7517 §4.2, §4.4), and `iss`, `aud`, `exp` and `nbf` are
+//! checked (RFC 7519 §4.1, 30 s leeway; RFC 8725). The JWKS comes from `SLICES_JWKS_URL` or
+//! from the issuer's OpenID discovery document (`<issuer>/.well-known/openid-configuration`,
+//! `jwks_uri`); it is cached, read again every `SLICES_JWKS_REFRESH_SECS` (so a withdrawn key
+//! stops working; while the issuer cannot be reached the keys already known stay in use), and
+//! fetched at once when a token names an unknown `kid` (at most once per second, so forged
+//! `kid`s cannot flood the portal).
 //!
 //! A verified token is remembered (its mapped [`Principal`]) for at most
-//! [`VERIFIED_TTL_SECS`] and never past its `exp`, so a client's repeated requests with one
+//! [`VERIFIED_TTL_SECS`] (and the JWKS refresh interval) and never past its `exp`, so a client's repeated requests with one
 //! token skip the signature check (an ES256 verification costs far more than the rest of a list
 //! request). The cache (moka) holds at most [`VERIFIED_CACHE_MAX`] tokens, evicting the least
 //! used ones past that, and verifies one token once even when many requests bring it at the
@@ -190,10 +193,12 @@ impl Authenticator {
         }
         let verify = async {
             let principal = self.verify_signed(token).await?;
+            let ttl = VERIFIED_TTL_SECS
+                .min(i64::try_from(self.config.jwks_refresh.as_secs()).unwrap_or(i64::MAX));
             let until = principal
                 .token_expires_at
                 .timestamp()
-                .min(Utc::now().timestamp() + VERIFIED_TTL_SECS);
+                .min(Utc::now().timestamp() + ttl);
             Ok::<_, AppError>((principal, until))
         };
         match self.verified.try_get_with_by_ref(token, verify).await {
@@ -232,6 +237,7 @@ impl Authenticator {
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_issuer(&[issuer.as_str()]);
         validation.set_audience(&[self.config.audience.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -309,30 +315,43 @@ impl Authenticator {
         remote: &RemoteIssuer,
         kid: Option<&str>,
     ) -> Result<Arc<KeyEntry>, AppError> {
-        if let Some(entry) = lookup(&*remote.cache.read().await, kid) {
-            return Ok(entry);
+        let fresh = |cache: &KeyCache| {
+            cache
+                .fetched_at
+                .is_some_and(|t| t.elapsed() < self.config.jwks_refresh)
+        };
+        {
+            let cache = remote.cache.read().await;
+            if let (Some(entry), true) = (lookup(&cache, kid), fresh(&cache)) {
+                return Ok(entry);
+            }
         }
-        // Unknown kid (or nothing fetched yet): refresh, one fetch at a time, rate-limited.
+        // Unknown kid, nothing fetched yet, or keys older than the refresh interval: read the
+        // JWKS again, one fetch at a time, at most once per second.
         let _guard = remote.refresh.lock().await;
         {
             let cache = remote.cache.read().await;
-            if let Some(entry) = lookup(&cache, kid) {
-                return Ok(entry);
-            }
-            if cache
+            let known = lookup(&cache, kid);
+            let recent = cache
                 .fetched_at
-                .is_some_and(|t| t.elapsed() < JWKS_REFRESH_COOLDOWN)
-            {
-                return Err(unknown_kid(kid));
+                .is_some_and(|t| t.elapsed() < JWKS_REFRESH_COOLDOWN);
+            match known {
+                Some(entry) if fresh(&cache) => return Ok(entry),
+                None if recent => return Err(unknown_kid(kid)),
+                _ => {}
             }
         }
-        let fresh = self.fetch_jwks(remote).await;
+        let fetched = self.fetch_jwks(remote).await;
         let mut cache = remote.cache.write().await;
-        match fresh {
+        match fetched {
             Ok(new_cache) => *cache = new_cache,
             Err(e) => {
-                cache.fetched_at = Some(Instant::now());
                 tracing::warn!(error = %e, issuer = %remote.issuer, "fetching the issuer's JWKS failed");
+                // While the issuer is away, the keys already known stay in use.
+                if let Some(entry) = lookup(&cache, kid) {
+                    return Ok(entry);
+                }
+                cache.fetched_at = Some(Instant::now());
                 return Err(AppError::Unavailable(format!(
                     "cannot fetch the token issuer's signing keys: {e}"
                 )));
@@ -379,12 +398,8 @@ impl Authenticator {
         };
         let only_one = set.keys.len() == 1;
         for jwk in &set.keys {
-            let algorithm = match &jwk.algorithm {
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-                    Algorithm::ES256
-                }
-                _ => continue,
+            let Some(algorithm) = signing_algorithm(jwk) else {
+                continue;
             };
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
@@ -400,6 +415,38 @@ impl Authenticator {
         }
         tracing::info!(keys = cache.keys.len(), url = %jwks_url, "loaded the issuer's JWKS");
         Ok(cache)
+    }
+}
+
+/// The algorithm a published key verifies: RS256 for RSA keys, ES256 for P-256 keys; `None`
+/// for other keys, keys published for encryption (`use` other than `sig`), and keys whose
+/// stated `alg` is another algorithm (RFC 7517 §4.2, §4.4).
+fn signing_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        _ => return None,
+    };
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return None;
+    }
+    let stated = match jwk.common.key_algorithm {
+        None => None,
+        Some(KeyAlgorithm::RS256) => Some(Algorithm::RS256),
+        Some(KeyAlgorithm::ES256) => Some(Algorithm::ES256),
+        Some(_) => return None,
+    };
+    match stated {
+        Some(stated) if stated != algorithm => None,
+        _ => Some(algorithm),
     }
 }
 

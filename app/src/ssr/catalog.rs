@@ -90,6 +90,9 @@ fn check_name(field: &str, value: &str) -> Result<(), AppError> {
             format!("at most {MAX_NAME} characters"),
         ));
     }
+    if let Some(why) = crate::ssr::names::unsafe_character(trimmed) {
+        return Err(AppError::invalid(field, why));
+    }
     Ok(())
 }
 

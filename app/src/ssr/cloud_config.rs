@@ -29,6 +29,10 @@ pub const MAX_BYTES: usize = 64 * 1024;
 pub const MAX_DEPTH: usize = 12;
 /// Most YAML nodes accepted.
 pub const MAX_NODES: usize = 4000;
+/// Longest mapping key accepted, bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Most bytes of key paths the scan keeps (for error messages), in all.
+pub const MAX_PATH_BYTES: usize = 256 * 1024;
 
 /// A secret string: never printed by `Debug`, wiped from memory when dropped.
 #[derive(Clone, PartialEq, Eq)]
@@ -173,6 +177,8 @@ struct Scanner {
     stack: Vec<Frame>,
     lines: KeyLines,
     nodes: usize,
+    /// Bytes of the paths in `lines`, bounded by [`MAX_PATH_BYTES`].
+    path_bytes: usize,
 }
 
 impl Scanner {
@@ -204,25 +210,40 @@ impl Scanner {
         }
     }
 
-    /// A scalar: a key (its line is recorded) or a value.
-    fn scalar(&mut self, value: String, line: usize) {
+    /// A scalar: a key (its line is recorded) or a value. Keys are bounded by
+    /// [`MAX_KEY_BYTES`], the paths kept by [`MAX_PATH_BYTES`].
+    fn scalar(&mut self, value: String, line: usize) -> Result<(), AppError> {
         match self.stack.last_mut() {
             Some(Frame::Map {
                 path,
                 key,
                 expecting_key,
             }) if *expecting_key => {
+                if value.len() > MAX_KEY_BYTES {
+                    return Err(invalid(
+                        format!("line {line}"),
+                        format!("a key longer than {MAX_KEY_BYTES} bytes"),
+                    ));
+                }
                 let full = if path.is_empty() {
                     value.clone()
                 } else {
                     format!("{path}.{value}")
                 };
+                self.path_bytes += full.len();
+                if self.path_bytes > MAX_PATH_BYTES {
+                    return Err(invalid(
+                        format!("line {line}"),
+                        "too many or too deeply nested keys",
+                    ));
+                }
                 self.lines.entry(full).or_insert(line);
                 *key = Some(value);
                 *expecting_key = false;
             }
             _ => self.value_done(),
         }
+        Ok(())
     }
 
     /// A mapping or sequence starts: refused past [`MAX_DEPTH`].
@@ -258,7 +279,7 @@ impl Scanner {
             }
             Event::Scalar(value, ..) => {
                 self.nodes += 1;
-                self.scalar(value, line);
+                self.scalar(value, line)?;
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 self.nodes += 1;
@@ -377,6 +398,9 @@ impl Doc<'_> {
                 self.at("clouds"),
                 "cloud names have 1 to 64 characters",
             ));
+        }
+        if let Some(why) = crate::ssr::names::unsafe_character(&name) {
+            return Err(invalid(self.at("clouds"), format!("cloud names {why}")));
         }
         let c = CloudNode {
             doc: self,
@@ -645,6 +669,18 @@ clouds:
             .expect_err("wide")
             .to_string()
             .contains("YAML nodes"));
+
+        let long_key = format!("clouds:\n  {}: {{}}\n", "k".repeat(MAX_KEY_BYTES + 1));
+        assert!(parse(&long_key)
+            .expect_err("long key")
+            .to_string()
+            .contains("key longer"));
+        let control =
+            "clouds:\n  \"a\\u202Eb\": {auth: {auth_url: http://x, username: u, password: p}}\n";
+        assert!(parse(control)
+            .expect_err("bidi name")
+            .to_string()
+            .contains("bidirectional"));
 
         let huge = "#".repeat(MAX_BYTES + 1);
         assert!(matches!(

@@ -21,12 +21,14 @@ pub struct CloudsKeys {
 }
 
 impl CloudsKeys {
-    fn open(&self, sealed: &str) -> Result<String, AppError> {
+    /// Opens `user_id`'s sealed clouds.yaml (sealed for that user only: see [`context`]).
+    fn open(&self, user_id: &str, sealed: &str) -> Result<String, AppError> {
+        let context = context(user_id);
         let bytes = self
             .current
-            .open(sealed)
+            .open_bound(&context, sealed)
             .or_else(|e| match &self.previous {
-                Some(previous) => previous.open(sealed),
+                Some(previous) => previous.open_bound(&context, sealed),
                 None => Err(e),
             })
             .map_err(|e| {
@@ -36,6 +38,12 @@ impl CloudsKeys {
             })?;
         String::from_utf8(bytes).map_err(crate::ssr::internal)
     }
+}
+
+/// What a user's sealed clouds.yaml is bound to (the AEAD's associated data): the file
+/// belongs to this user, so the sealed bytes copied into another user's row do not open.
+fn context(user_id: &str) -> String {
+    format!("clouds.yaml/{user_id}")
 }
 
 fn summary_of(
@@ -92,7 +100,7 @@ pub async fn store(
 ) -> Result<CloudsYamlSummary, AppError> {
     let file = parse(text)?;
     let default = pick_default(&file, default_cloud)?;
-    let sealed = keys.current.seal(text.as_bytes());
+    let sealed = keys.current.seal_bound(&context(user_id), text.as_bytes());
     let summary = summary_of(&file, &default, Utc::now());
     let summary_json = serde_json::to_value(&summary.clouds).map_err(crate::ssr::internal)?;
     let uploaded_at = sqlx::query_scalar!(
@@ -184,7 +192,7 @@ pub async fn load(
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let text = zeroize::Zeroizing::new(keys.open(&row.sealed_yaml)?);
+    let text = zeroize::Zeroizing::new(keys.open(user_id, &row.sealed_yaml)?);
     Ok(Some((parse(&text)?, row.default_cloud)))
 }
 
@@ -195,8 +203,10 @@ pub async fn reseal_all(pool: &PgPool, keys: &CloudsKeys) -> Result<u64, AppErro
         .await?;
     let mut count = 0;
     for row in rows {
-        let text = zeroize::Zeroizing::new(keys.open(&row.sealed_yaml)?);
-        let sealed = keys.current.seal(text.as_bytes());
+        let text = zeroize::Zeroizing::new(keys.open(&row.user_id, &row.sealed_yaml)?);
+        let sealed = keys
+            .current
+            .seal_bound(&context(&row.user_id), text.as_bytes());
         sqlx::query!(
             "UPDATE user_clouds SET sealed_yaml = $2 WHERE user_id = $1",
             row.user_id,

@@ -31,6 +31,24 @@ pub struct Settings {
     #[arg(long, env = "SLICES_JWKS_URL")]
     pub slices_jwks_url: Option<String>,
     /// Expected `aud` of tokens (default PUBLIC_URL).
+    /// Sign-ins a client may make per minute (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_SIGN_INS_PER_MINUTE", default_value_t = 10)]
+    pub rate_limit_sign_ins_per_minute: u32,
+    /// Requests with invalid tokens a client may make per minute before it is refused for a
+    /// while (0: no limit).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub rate_limit_auth_failures_per_minute: u32,
+    /// API writes (POST, PUT, PATCH, DELETE) a client may make per minute (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_WRITES_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_writes_per_minute: u32,
+    /// How often the issuer's JWKS is read again, seconds: a key the portal withdrew stops
+    /// working within this time (RFC 8725 §3.5 asks for keys to be rotatable).
+    #[arg(long, env = "SLICES_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub slices_jwks_refresh_secs: u64,
     #[arg(long, env = "SLICES_AUDIENCE")]
     pub slices_audience: Option<String>,
     /// Claim carrying the project id in experiment tokens.
@@ -114,6 +132,8 @@ pub struct ClaimNames {
 pub struct AuthConfig {
     pub issuer: Option<String>,
     pub jwks_url: Option<String>,
+    /// The JWKS is read again when older than this.
+    pub jwks_refresh: Duration,
     pub audience: String,
     pub claims: ClaimNames,
     pub admin_user_ids: HashSet<String>,
@@ -123,9 +143,22 @@ pub struct AuthConfig {
     pub dev_issuer_url: String,
 }
 
+/// The user the dashboard's "Dev sign-in as admin" signs in as; an admin whenever the dev
+/// issuer is on (only its key can mint tokens for it, and the dev issuer only runs on loopback).
+pub const DEV_ADMIN_USER_ID: &str = "user_dev.local_admin";
+
+/// Per-client rate limits, per minute (0: that limit is off); see `rate_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub sign_ins_per_minute: u32,
+    pub auth_failures_per_minute: u32,
+    pub writes_per_minute: u32,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub limits: Limits,
     pub database_url: String,
     pub site_addr: SocketAddr,
     pub public_url: String,
@@ -178,9 +211,15 @@ impl Settings {
         };
         let site_id = self.site_id()?;
         let auth = self.auth(&public_url)?;
+        self.fence_dev_issuer(&site_addr, &public_url)?;
         self.check_backends()?;
         let (clouds_key, clouds_key_previous) = self.clouds_keys()?;
         Ok(Config {
+            limits: Limits {
+                sign_ins_per_minute: self.rate_limit_sign_ins_per_minute,
+                auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
+                writes_per_minute: self.rate_limit_writes_per_minute,
+            },
             database_url,
             site_addr,
             site_id,
@@ -244,11 +283,25 @@ impl Settings {
                 ));
             }
         }
+        if self.slices_jwks_refresh_secs == 0 {
+            return Err(err("SLICES_JWKS_REFRESH_SECS", "must be at least 1"));
+        }
         if self.slices_issuer.is_none() && !self.dev_issuer {
             return Err(err(
                 "SLICES_ISSUER",
                 "not set: name the SLICES portal's OIDC issuer, or set DEV_ISSUER=true for a local run",
             ));
+        }
+        // Tokens must name this site (RFC 8725 §3.9): no audience every site would share.
+        if !self.dev_issuer && self.slices_audience.is_none() && self.public_url.is_none() {
+            return Err(err(
+                "SLICES_AUDIENCE",
+                "not set: tokens must be issued for this site; set SLICES_AUDIENCE (or PUBLIC_URL) to this site's public URL",
+            ));
+        }
+        let mut admin_user_ids = parse_admin_ids(&self.admin_user_ids)?;
+        if self.dev_issuer {
+            admin_user_ids.insert(DEV_ADMIN_USER_ID.to_string());
         }
         Ok(AuthConfig {
             issuer: self
@@ -256,6 +309,7 @@ impl Settings {
                 .as_ref()
                 .map(|s| s.trim_end_matches('/').to_string()),
             jwks_url: self.slices_jwks_url.clone(),
+            jwks_refresh: Duration::from_secs(self.slices_jwks_refresh_secs),
             audience: self
                 .slices_audience
                 .clone()
@@ -265,10 +319,39 @@ impl Settings {
                 experiment_expires: self.claim_experiment_expires.clone(),
                 acting_user: self.claim_acting_user.clone(),
             },
-            admin_user_ids: parse_admin_ids(&self.admin_user_ids)?,
+            admin_user_ids,
             dev_issuer_key_file: self.dev_issuer.then(|| self.dev_issuer_key_file.clone()),
             dev_issuer_url: format!("{public_url}/dev-issuer"),
         })
+    }
+
+    /// The dev issuer mints tokens with a key on this machine: it runs only alone (no portal
+    /// beside it), on a loopback listen address and without an https `PUBLIC_URL`, so it can
+    /// never reach a real site by accident.
+    fn fence_dev_issuer(
+        &self,
+        site_addr: &SocketAddr,
+        public_url: &str,
+    ) -> Result<(), ConfigError> {
+        if !self.dev_issuer {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            Err(err(
+                "DEV_ISSUER",
+                format!("{why}: the dev issuer is for local runs only (set DEV_ISSUER=false)"),
+            ))
+        };
+        if self.slices_issuer.is_some() || self.slices_jwks_url.is_some() {
+            return refuse("on together with SLICES_ISSUER/SLICES_JWKS_URL".into());
+        }
+        if !site_addr.ip().is_loopback() {
+            return refuse(format!("the listen address {site_addr} is not loopback"));
+        }
+        if public_url.starts_with("https://") {
+            return refuse(format!("PUBLIC_URL {public_url} is https (a served site)"));
+        }
+        Ok(())
     }
 
     /// The backends' and the worker's settings: namespace prefix, timeouts, concurrency,
@@ -385,6 +468,7 @@ mod tests {
         s.slices_issuer = None;
         s.slices_jwks_url = None;
         s.slices_audience = None;
+        s.slices_jwks_refresh_secs = 300;
         s.admin_user_ids = String::new();
         s.k8s_namespace_prefix = "slices-".into();
         s.pod_ready_timeout_secs = 300;
@@ -457,6 +541,25 @@ mod tests {
                 "SITE_CLOUDS_YAML",
             ),
             (|s| s.vm_ready_timeout_secs = 0, "VM_READY_TIMEOUT_SECS"),
+            // The dev issuer is fenced to local runs.
+            (
+                |s| s.slices_issuer = Some("https://portal.example".into()),
+                "DEV_ISSUER",
+            ),
+            (|s| s.site_addr = "0.0.0.0:3000".into(), "DEV_ISSUER"),
+            (|s| s.site_addr = "[::]:3000".into(), "DEV_ISSUER"),
+            (
+                |s| s.public_url = Some("https://bp1.example".into()),
+                "DEV_ISSUER",
+            ),
+            // Outside dev, tokens must name this site.
+            (
+                |s| {
+                    s.dev_issuer = false;
+                    s.slices_issuer = Some("https://portal.example".into());
+                },
+                "SLICES_AUDIENCE",
+            ),
         ];
         for (change, variable) in cases {
             let mut s = valid();
@@ -465,6 +568,9 @@ mod tests {
             assert_eq!(e.variable, *variable);
             assert!(!e.to_string().contains('\n'));
         }
+        // In a local run the dev admin really is an admin.
+        let config = valid().validate(true).expect("valid");
+        assert!(config.auth.admin_user_ids.contains(DEV_ADMIN_USER_ID));
         // dev-token needs no database.
         let mut s = valid();
         s.database_url = None;

@@ -12,7 +12,8 @@
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
 //!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`session`];
 //! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
-//!    [`state`] (and the UI's server functions).
+//!    [`state`], [`session`], [`web_security`], [`rate_limits`] (and the UI's server
+//!    functions).
 
 pub mod api;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod list_cache;
 pub mod names;
 pub mod openstack;
 pub mod queue;
+pub mod rate_limits;
 pub mod resources;
 pub mod rows;
 pub mod secrets;
@@ -33,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod tasks;
+pub mod web_security;
 pub mod worker;
 
 use crate::error::AppError;

@@ -13,7 +13,7 @@ use crate::model::{
 use crate::ssr::auth::{Authenticator, Principal, TokenKind};
 use crate::ssr::backend::Backends;
 use crate::ssr::list_cache::ListCache;
-use crate::ssr::names::is_dns_label;
+use crate::ssr::names::{is_dns_label, unsafe_character};
 use crate::ssr::queue::{self, LocalWorker, Reserved};
 use crate::ssr::rows::{
     fetch_resource, fetch_task, load_record, select_resources, RecordRow, ResourceFilter,
@@ -136,8 +136,11 @@ fn check_request(principal: &Principal, request: &CreateResourcesRequest) -> Res
     check_ssh_keys(&request.ssh_authorized_keys)
 }
 
-/// Who asked: the user token in the body (as the SLICES CLI sends it), else the experiment
-/// token's acting user. 422 (`tokens[0].jwt`) for a token that is invalid or not a user's.
+/// Who asked, and so whose OpenStack account pays for a VM: the user token in the body (as
+/// the SLICES CLI sends it), else the experiment token's acting user. 422 (`tokens[0].jwt`)
+/// for a token that is invalid or not a user's; 403 when the experiment token names an acting
+/// user and the body's token is another user's (a user token authorises spending on that
+/// user's cloud, so it must be the acting user's own).
 async fn requesting_user(
     auth: &Authenticator,
     principal: &Principal,
@@ -155,6 +158,13 @@ async fn requesting_user(
             "tokens[0].jwt",
             "must be a user token (`slices auth id-token`), not an experiment token",
         ));
+    }
+    if let Some(acting) = principal.user_id.as_deref().filter(|u| !u.is_empty()) {
+        if user.user_id.as_deref() != Some(acting) {
+            return Err(AppError::Forbidden(format!(
+                "tokens[0].jwt belongs to another user than this experiment token's acting user `{acting}`: send your own user token"
+            )));
+        }
     }
     Ok(user.user_id)
 }
@@ -214,6 +224,9 @@ impl<'a> Planner<'a> {
         let name = spec.friendly_name.trim().to_string();
         if name.is_empty() {
             return Err(AppError::invalid(f("friendly_name"), "must not be empty"));
+        }
+        if let Some(why) = unsafe_character(&name) {
+            return Err(AppError::invalid(f("friendly_name"), why));
         }
         if !self.seen.insert(name.clone()) {
             return Err(AppError::invalid(
@@ -342,11 +355,16 @@ fn check_texts(spec: &ResourceSpec, f: &impl Fn(&str) -> String) -> Result<(), A
             format!("at most {MAX_USERDATA_BYTES} bytes"),
         ));
     }
-    if spec.network_name.as_ref().is_some_and(|n| n.len() > 255) {
-        return Err(AppError::invalid(
-            f("network_name"),
-            "at most 255 characters",
-        ));
+    if let Some(network) = &spec.network_name {
+        if network.len() > 255 {
+            return Err(AppError::invalid(
+                f("network_name"),
+                "at most 255 characters",
+            ));
+        }
+        if let Some(why) = unsafe_character(network) {
+            return Err(AppError::invalid(f("network_name"), why));
+        }
     }
     Ok(())
 }
@@ -435,6 +453,7 @@ struct InsertedRow {
     cluster_id: String,
     default_username: String,
     image_name: String,
+    image_tags: Vec<String>,
     vcpus: i32,
     ram_mib: i32,
     disk_mb: i32,
@@ -516,7 +535,7 @@ async fn store(
                   r.created_at AS "created_at!: DateTime<Utc>",
                   r.updated_at AS "updated_at!: DateTime<Utc>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
-                  f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
+                  i.tags AS image_tags, f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
                   f.source_id AS flavor_source_id,
                   t.id AS "task_id!", t.kind AS "task_kind!: TaskKind",
                   t.status AS "task_status!: TaskStatus",
@@ -584,6 +603,7 @@ impl InsertedRow {
             cluster_id: self.cluster_id,
             default_username: self.default_username.clone(),
             image_name: self.image_name,
+            image_tags: self.image_tags,
             vcpus: self.vcpus,
             ram_mib: self.ram_mib,
             disk_mb: self.disk_mb,

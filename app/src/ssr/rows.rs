@@ -213,6 +213,7 @@ pub(crate) struct RecordRow {
     pub cluster_id: String,
     pub default_username: String,
     pub image_name: String,
+    pub image_tags: Vec<String>,
     pub vcpus: i32,
     pub ram_mib: i32,
     pub disk_mb: i32,
@@ -233,6 +234,7 @@ impl RecordRow {
             allocation_state: self.allocation_state,
             image_location: self.location,
             image_name: self.image_name,
+            image_tags: self.image_tags,
             image_cluster_id: self.cluster_id,
             default_username: self.default_username,
             vcpus: self.vcpus,
@@ -258,6 +260,7 @@ pub async fn load_record(pool: &PgPool, site: &str, id: Uuid) -> Result<Resource
                   r.network_name, r.userdata, r.ssh_authorized_keys,
                   r.backend_details AS "backend_details: Json<BackendDetails>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
+                  i.tags AS image_tags,
                   f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
                   f.source_id AS flavor_source_id
            FROM resources r

@@ -2,16 +2,23 @@
 //!
 //! XChaCha20-Poly1305 (RustCrypto `chacha20poly1305`, an AEAD with 192-bit random nonces, so
 //! random nonces never collide in practice). Sealed form: base64 (standard, padded) of
-//! `version byte (1) || nonce (24) || ciphertext+tag`. The key is 32 bytes read from
+//! `version byte || nonce (24) || ciphertext+tag`. Version 2 ([`SecretBox::seal_bound`]) binds
+//! the value to what it is for and whose it is (the AEAD's associated data, e.g.
+//! `clouds.yaml/<user id>`), so a sealed value copied into another user's row does not open
+//! there; version 1 (no associated data) is still opened by [`SecretBox::open_bound`], for
+//! values stored before, and sealed again as version 2 on the next write or key rotation. The key is 32 bytes read from
 //! `SECRET_KEY_FILE` (raw 32 bytes, or 64 hex characters); a missing file is created with a
 //! fresh random key and mode 0600. Rotation: see README ("Secrets and key rotation").
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::path::Path;
 
+/// Sealed without associated data.
 const VERSION: u8 = 1;
+/// Sealed with associated data (`slices-blueprint/<context>`).
+const VERSION_BOUND: u8 = 2;
 
 /// A loaded key. `Debug` never prints key material.
 #[derive(Clone)]
@@ -93,17 +100,64 @@ impl SecretBox {
 
     /// Decrypts what [`SecretBox::seal`] produced.
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, SecretError> {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .map_err(|_| SecretError::Malformed)?;
-        if raw.len() < 1 + 24 + 16 || raw[0] != VERSION {
-            return Err(SecretError::Malformed);
-        }
+        let raw = decode(sealed, VERSION)?;
         let nonce = XNonce::from_slice(&raw[1..25]);
         self.cipher
             .decrypt(nonce, &raw[25..])
             .map_err(|_| SecretError::Tampered)
     }
+
+    /// Encrypts `plaintext` bound to `context` (what it is and whose, e.g.
+    /// `clouds.yaml/<user id>`): it opens only with the same context.
+    pub fn seal_bound(&self, context: &str, plaintext: &[u8]) -> String {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let aad = associated_data(context);
+        let payload = Payload {
+            msg: plaintext,
+            aad: &aad,
+        };
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        let ciphertext = self.cipher.encrypt(&nonce, payload).unwrap_or_default();
+        let mut out = Vec::with_capacity(1 + nonce.len() + ciphertext.len());
+        out.push(VERSION_BOUND);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    /// Decrypts what [`SecretBox::seal_bound`] produced for the same `context` (or, for
+    /// values stored before binding existed, what [`SecretBox::seal`] produced).
+    pub fn open_bound(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
+        let raw = match decode(sealed, VERSION_BOUND) {
+            Ok(raw) => raw,
+            Err(_) => return self.open(sealed),
+        };
+        let nonce = XNonce::from_slice(&raw[1..25]);
+        let aad = associated_data(context);
+        let payload = Payload {
+            msg: &raw[25..],
+            aad: &aad,
+        };
+        self.cipher
+            .decrypt(nonce, payload)
+            .map_err(|_| SecretError::Tampered)
+    }
+}
+
+/// The associated data of a bound value.
+fn associated_data(context: &str) -> Vec<u8> {
+    format!("slices-blueprint/{context}").into_bytes()
+}
+
+/// The raw bytes of a sealed value of `version`.
+fn decode(sealed: &str, version: u8) -> Result<Vec<u8>, SecretError> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| SecretError::Malformed)?;
+    if raw.len() < 1 + 24 + 16 || raw[0] != version {
+        return Err(SecretError::Malformed);
+    }
+    Ok(raw)
 }
 
 fn parse_key(raw: &[u8]) -> Option<[u8; 32]> {
@@ -142,6 +196,28 @@ mod tests {
         assert_eq!(a.open(&sealed).expect("open"), b"password=hunter2");
         assert!(matches!(b.open(&sealed), Err(SecretError::Tampered)));
         assert!(matches!(a.open("not base64!"), Err(SecretError::Malformed)));
+    }
+
+    #[test]
+    fn bound_values_open_only_in_their_context() {
+        let key = SecretBox::from_key(&[7u8; 32]);
+        let alice = key.seal_bound("clouds.yaml/user_a", b"secret");
+        assert_eq!(
+            key.open_bound("clouds.yaml/user_a", &alice).expect("own"),
+            b"secret"
+        );
+        assert!(matches!(
+            key.open_bound("clouds.yaml/user_b", &alice),
+            Err(SecretError::Tampered)
+        ));
+        assert!(key.open(&alice).is_err(), "not without its context");
+        // Values sealed before binding existed still open (they are sealed again on write).
+        let legacy = key.seal(b"old");
+        assert_eq!(
+            key.open_bound("clouds.yaml/user_a", &legacy)
+                .expect("legacy"),
+            b"old"
+        );
     }
 
     #[test]

@@ -8,10 +8,13 @@ use crate::ssr::clouds::{CloudsKeys, DbClouds};
 use crate::ssr::config::Config;
 use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::queue::bookkeeping_pool;
+use crate::ssr::rate_limits::{self, RateLimits};
 use crate::ssr::secrets::SecretBox;
 use crate::ssr::state::AppState;
+use crate::ssr::web_security::{self, SiteOrigin};
 use crate::{shell, App};
 use anyhow::Context as _;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 use leptos::prelude::LeptosOptions;
@@ -54,7 +57,7 @@ pub async fn assemble(
             backends.kubernetes_error = Some(format!("{e:#}"));
         }
     }
-    let clouds_keys = clouds_keys(&config)?;
+    let clouds_keys = clouds_keys(&config, &pool).await?;
     let openstack = Arc::new(OpenStackClient::new()?);
     backends.openstack = Some(Arc::new(OpenStackBackend::new(
         openstack.clone(),
@@ -88,12 +91,27 @@ pub async fn assemble(
 }
 
 /// The clouds.yaml keys: CLOUDS_ENCRYPTION_KEY (+ _PREVIOUS during a rotation), else the
-/// key file CLOUDS_ENCRYPTION_KEY_FILE, created on first use.
-pub fn clouds_keys(config: &Config) -> anyhow::Result<CloudsKeys> {
+/// key file CLOUDS_ENCRYPTION_KEY_FILE, created on first use. A missing key file while sealed
+/// files are stored is an error (a new key would make them unreadable), not a new key.
+pub async fn clouds_keys(config: &Config, pool: &PgPool) -> anyhow::Result<CloudsKeys> {
     let current = match &config.clouds_key {
         Some(key) => key.clone(),
-        None => SecretBox::load_or_create(&config.clouds_key_file)
-            .context("CLOUDS_ENCRYPTION_KEY_FILE")?,
+        None => {
+            let path = &config.clouds_key_file;
+            if !path.exists() {
+                let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_clouds")
+                    .fetch_one(pool)
+                    .await
+                    .context("counting stored clouds.yaml files")?;
+                if stored > 0 {
+                    anyhow::bail!(
+                        "CLOUDS_ENCRYPTION_KEY_FILE {} is missing, but {stored} clouds.yaml file(s) are stored sealed with it: restore the key file (README, \"Secrets and key rotation\"); a new key would make them unreadable",
+                        path.display()
+                    );
+                }
+            }
+            SecretBox::load_or_create(path).context("CLOUDS_ENCRYPTION_KEY_FILE")?
+        }
     };
     Ok(CloudsKeys {
         current,
@@ -103,7 +121,8 @@ pub fn clouds_keys(config: &Config) -> anyhow::Result<CloudsKeys> {
 
 /// The whole HTTP surface. Sessions (PostgreSQL store, cookie `slices_session`: HttpOnly,
 /// SameSite=Lax, Secure when PUBLIC_URL is https, 12 h of inactivity) cover the dashboard
-/// only; the API is stateless bearer auth.
+/// only, which refuses cross-site state changes; the API is stateless bearer auth. Every
+/// answer carries the security headers of `web_security`.
 pub async fn router(state: &AppState) -> anyhow::Result<Router> {
     let store = PostgresStore::new(state.pool.clone());
     store
@@ -126,16 +145,106 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
     crate::ssr::list_cache::spawn_listener(&state.pool, &state.list_cache);
     let options = state.leptos_options.clone();
     let routes = generate_route_list(App);
+    let site = Arc::new(SiteOrigin::of(&state.config.public_url));
+    let limits = Arc::new(RateLimits::new(state.config.limits, api::BASE));
     let ui = Router::new()
         .leptos_routes(state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(sessions);
+        .layer(sessions)
+        .layer(axum::middleware::from_fn(web_security::server_fn_status))
+        .layer(from_fn_with_state(
+            site.clone(),
+            web_security::refuse_cross_site,
+        ));
     Ok(Router::new()
         .route("/healthz", get(api::healthz))
         .nest(api::BASE, api::router())
         .merge(api::docs_router())
         .merge(api::dev_issuer_router())
         .merge(ui)
+        .layer(from_fn_with_state(limits, rate_limits::limit))
+        .layer(from_fn_with_state(site, web_security::security_headers))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_IN_FLIGHT,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone()))
+}
+
+/// How long a client may take to send a request's headers before its connection is closed
+/// (a "slowloris" client otherwise holds a connection forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may run before it is answered 408 (tower-http `TimeoutLayer`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests handled at once; more wait for a slot (tower `GlobalConcurrencyLimitLayer`).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long open connections may finish their requests after shutdown began.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets open connections finish
+/// their requests for at most [`SHUTDOWN_GRACE`]. Each connection: `TCP_NODELAY` (answers go
+/// out when written), HTTP/1.1 or h2c (hyper-util's auto builder), headers within
+/// [`HEADER_READ_TIMEOUT`], and the peer address as axum's `ConnectInfo` (for per-client
+/// rate limits).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period; closing them");
+    }
 }

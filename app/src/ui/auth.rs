@@ -57,7 +57,7 @@ pub async fn dev_sign_in(role: String) -> Result<(), AppError> {
         .dev_issuer()
         .ok_or_else(|| AppError::Forbidden("the dev issuer is off on this site".into()))?;
     let (user_id, name) = match role.as_str() {
-        "admin" => ("user_dev.local_admin", "Dev Admin"),
+        "admin" => (crate::ssr::config::DEV_ADMIN_USER_ID, "Dev Admin"),
         "user" => ("user_dev.local_alice", "Alice (dev)"),
         _ => return Err(AppError::invalid("role", "`admin` or `user`")),
     };

@@ -23,6 +23,9 @@ use leptos_router::{path, SsrMode};
 
 /// The HTML document around the app (server side).
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    // The page's Content Security Policy names the nonce of its inline scripts.
+    #[cfg(feature = "ssr")]
+    crate::ssr::web_security::set_page_csp();
     view! {
         <!DOCTYPE html>
         <html lang="en">

@@ -96,6 +96,14 @@ impl Issuer {
         self.jwks.write().expect("lock").push(jwk);
     }
 
+    /// Withdraws the key `kid` from the JWKS.
+    pub fn withdraw(&self, kid: &str) {
+        self.jwks
+            .write()
+            .expect("lock")
+            .retain(|k| k["kid"].as_str() != Some(kid));
+    }
+
     /// Signs `claims` (iss/aud/iat/exp filled in unless given) with the RS256 or ES256 key.
     pub fn sign(&self, alg: Algorithm, mut claims: Value) -> String {
         let (key, kid) = match alg {
@@ -152,6 +160,8 @@ pub struct Options {
     pub vm_ready_timeout_secs: Option<u64>,
     /// SITE_CLOUDS_YAML for catalog import.
     pub site_clouds_yaml: Option<String>,
+    /// SLICES_JWKS_REFRESH_SECS (default 300).
+    pub jwks_refresh_secs: Option<u64>,
 }
 
 #[derive(Parser)]
@@ -224,6 +234,8 @@ impl TestApp {
             "postgres://unused".into(),
             "--site-addr".into(),
             addr.to_string(),
+            "--public-url".into(),
+            base.clone(),
             "--slices-issuer".into(),
             issuer.url.clone(),
             "--admin-user-ids".into(),
@@ -240,6 +252,8 @@ impl TestApp {
             "tld-city-bp1".into(),
             "--worker-concurrency".into(),
             "4".into(),
+            "--slices-jwks-refresh-secs".into(),
+            options.jwks_refresh_secs.unwrap_or(300).to_string(),
         ];
         if let Some(site) = &options.site_clouds_yaml {
             args.push("--site-clouds-yaml".into());
@@ -296,7 +310,11 @@ impl TestApp {
         }
         state.backends = backends;
         let router = app::ssr::server::router(&state).await.expect("router");
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(app::ssr::server::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
         let (stop, rx) = tokio::sync::watch::channel(false);
         if !options.no_worker {
             let worker = state.worker();

@@ -13,6 +13,15 @@
 //! - SSH keys and userdata: until pods get richer options they are carried as annotations
 //!   (`slices.eu/ssh-authorized-keys`, newline-separated; `slices.eu/userdata`) and as the
 //!   container's `SSH_AUTHORIZED_KEYS` / `USERDATA` environment variables.
+//! - Hardening (Kubernetes "Pod Security Standards", `restricted` profile): every container runs
+//!   without privilege escalation, with all capabilities dropped, the `RuntimeDefault` seccomp
+//!   profile and as non-root, and without a service-account token. An image tagged
+//!   [`TAG_NEEDS_ROOT`] in the catalog may run as root; its namespace is then labelled
+//!   `baseline` instead of `restricted` for Pod Security Admission. Each experiment namespace
+//!   gets a NetworkPolicy ([`NETWORK_POLICY`]: its Pods reach each other, DNS and addresses
+//!   outside the private ranges, never the cluster's own services) and a ResourceQuota
+//!   ([`QUOTA`]). Namespace names carry a hash of the full experiment id, so two experiments
+//!   never share one; an existing namespace of another experiment is refused.
 //! - Idempotent: create answers 409 AlreadyExists → the existing Pod is adopted when its
 //!   `slices.eu/resource-id` annotation is ours (else the name is held by another resource's
 //!   terminating Pod: retry later); delete answers 404 → done.
@@ -25,9 +34,16 @@ use super::pod_feed::{FeedState, PodFeed};
 use super::{BackendError, ComputeBackend, Progress, ResourceRecord};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Namespace, Pod, PodSpec, ResourceRequirements,
+    Capabilities, Container, EnvVar, Namespace, Pod, PodSecurityContext, PodSpec, ResourceQuota,
+    ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -42,6 +58,25 @@ pub const LABEL_PROJECT: &str = "slices.eu/project-id";
 const ANNOTATION_SSH: &str = "slices.eu/ssh-authorized-keys";
 const ANNOTATION_USERDATA: &str = "slices.eu/userdata";
 const ANNOTATION_REQUESTED_BY: &str = "slices.eu/requested-by";
+/// The catalog tag of a disk image whose container must run as root (relaxes the Pod's
+/// security context and its namespace's Pod Security level to `baseline`).
+pub const TAG_NEEDS_ROOT: &str = "needs-root";
+/// Pod Security Admission's enforcement label (Kubernetes "Pod Security Admission").
+pub const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+/// The NetworkPolicy every experiment namespace gets.
+pub const NETWORK_POLICY: &str = "slices-experiment-isolation";
+/// The ResourceQuota every experiment namespace gets.
+pub const QUOTA: &str = "slices-experiment-quota";
+/// Address ranges an experiment's Pods may not reach (besides their own namespace and DNS):
+/// the private, shared (CGNAT) and link-local ranges where the cluster's nodes, Pods and
+/// Services live (RFC 1918, RFC 6598, RFC 3927).
+const BLOCKED_EGRESS: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+];
 /// How long a delete may take before it is retried.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -106,6 +141,8 @@ pub struct KubernetesBackend {
     known_namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The watch of every managed Pod that tells waiting creates when theirs runs.
     feed: std::sync::Arc<PodFeed>,
+    /// Limits of each experiment namespace's ResourceQuota.
+    quota: NamespaceQuota,
 }
 
 impl KubernetesBackend {
@@ -143,7 +180,24 @@ impl KubernetesBackend {
             ready_timeout,
             known_namespaces: std::sync::Mutex::new(std::collections::HashSet::new()),
             feed,
+            quota: NamespaceQuota::default(),
         }
+    }
+
+    /// The same backend with other namespace quota limits.
+    pub fn with_quota(mut self, quota: NamespaceQuota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// The namespace a resource's Pod lives in: the one recorded when it was made, else its
+    /// experiment's.
+    fn namespace_of(&self, resource: &ResourceRecord) -> String {
+        resource
+            .details
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace_for(&resource.experiment_id))
     }
 
     /// The shared watch of managed Pods (its state, and how many waits it answered).
@@ -176,38 +230,244 @@ impl KubernetesBackend {
         }
     }
 
-    /// Creates the experiment's namespace unless this process already saw it exist.
-    async fn ensure_namespace(&self, name: &str, experiment_id: &str) -> Result<(), BackendError> {
-        if self.namespace_known(name) {
-            return Ok(());
+    /// Creates the experiment's namespace, its NetworkPolicy and its ResourceQuota unless
+    /// this process already saw them; relaxes the namespace to `baseline` for an image that
+    /// needs root.
+    async fn ensure_namespace(
+        &self,
+        name: &str,
+        experiment_id: &str,
+        needs_root: bool,
+    ) -> Result<(), BackendError> {
+        if !self.namespace_known(name) {
+            self.create_namespace(name, experiment_id).await?;
+            self.create_guards(name).await?;
+            self.set_namespace_known(name, true);
         }
-        self.create_namespace(name, experiment_id).await?;
-        self.set_namespace_known(name, true);
+        if needs_root {
+            self.relax_namespace(name).await?;
+        }
         Ok(())
     }
 
     async fn create_namespace(&self, name: &str, experiment_id: &str) -> Result<(), BackendError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-                    (LABEL_EXPERIMENT.to_string(), label_value(experiment_id)),
-                ])),
-                annotations: Some(BTreeMap::from([(
-                    LABEL_EXPERIMENT.to_string(),
-                    experiment_id.to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        match api.create(&PostParams::default(), &namespace).await {
+        match api
+            .create(
+                &PostParams::default(),
+                &namespace_manifest(name, experiment_id),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Ours only if it carries this experiment's id.
+                let existing = api
+                    .get(name)
+                    .await
+                    .map_err(|e| map_error("reading the namespace", e))?;
+                let owner = existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LABEL_EXPERIMENT));
+                if owner.map(String::as_str) != Some(experiment_id) {
+                    return Err(BackendError::permanent(format!(
+                        "namespace {name} exists and does not belong to this experiment"
+                    )));
+                }
+                Ok(())
+            }
             Err(e) => Err(map_error("creating the namespace", e)),
         }
+    }
+
+    /// The namespace's NetworkPolicy and ResourceQuota (kept when they exist).
+    async fn create_guards(&self, namespace: &str) -> Result<(), BackendError> {
+        let policies: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), namespace);
+        match policies
+            .create(&PostParams::default(), &network_policy(namespace))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(map_error("creating the namespace's NetworkPolicy", e)),
+        }
+        let quotas: Api<ResourceQuota> = Api::namespaced(self.client.clone(), namespace);
+        match quotas
+            .create(
+                &PostParams::default(),
+                &resource_quota(namespace, &self.quota),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(map_error("creating the namespace's ResourceQuota", e)),
+        }
+    }
+
+    /// Labels the namespace `baseline` for Pod Security Admission (a Pod runs as root).
+    async fn relax_namespace(&self, name: &str) -> Result<(), BackendError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let patch = serde_json::json!({ "metadata": { "labels": { PSA_ENFORCE: "baseline" } } });
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| map_error("labelling the namespace baseline", e))
+    }
+}
+
+/// Limits of each experiment namespace's ResourceQuota (`K8S_QUOTA_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceQuota {
+    pub pods: u32,
+    pub cpu: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for NamespaceQuota {
+    fn default() -> Self {
+        Self {
+            pods: 50,
+            cpu: 64,
+            memory_mib: 131_072,
+        }
+    }
+}
+
+/// An experiment's namespace: managed-by and experiment labels, the full experiment id in an
+/// annotation, and Pod Security Admission `restricted`.
+pub fn namespace_manifest(name: &str, experiment_id: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                (LABEL_EXPERIMENT.to_string(), label_value(experiment_id)),
+                (PSA_ENFORCE.to_string(), "restricted".to_string()),
+                (
+                    "pod-security.kubernetes.io/enforce-version".to_string(),
+                    "latest".to_string(),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                LABEL_EXPERIMENT.to_string(),
+                experiment_id.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// The NetworkPolicy of an experiment namespace: Pods of the namespace reach each other,
+/// DNS (port 53 anywhere) and addresses outside [`BLOCKED_EGRESS`]; only Pods of the
+/// namespace reach them.
+pub fn network_policy(namespace: &str) -> NetworkPolicy {
+    let same_namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let dns = ["UDP", "TCP"].map(|protocol| NetworkPolicyPort {
+        port: Some(IntOrString::Int(53)),
+        protocol: Some(protocol.to_string()),
+        ..NetworkPolicyPort::default()
+    });
+    let outside = NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: "0.0.0.0/0".into(),
+            except: Some(BLOCKED_EGRESS.iter().map(|c| c.to_string()).collect()),
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(NETWORK_POLICY.into()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_string(),
+                MANAGED_BY.1.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![same_namespace.clone()]),
+                ports: None,
+            }]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    to: Some(vec![same_namespace]),
+                    ports: None,
+                },
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(dns.to_vec()),
+                },
+                NetworkPolicyEgressRule {
+                    to: Some(vec![outside]),
+                    ports: None,
+                },
+            ]),
+        }),
+    }
+}
+
+/// The ResourceQuota of an experiment namespace.
+pub fn resource_quota(namespace: &str, quota: &NamespaceQuota) -> ResourceQuota {
+    let memory = Quantity(format!("{}Mi", quota.memory_mib));
+    let cpu = Quantity(quota.cpu.to_string());
+    ResourceQuota {
+        metadata: ObjectMeta {
+            name: Some(QUOTA.into()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_string(),
+                MANAGED_BY.1.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(BTreeMap::from([
+                ("pods".to_string(), Quantity(quota.pods.to_string())),
+                ("requests.cpu".to_string(), cpu.clone()),
+                ("limits.cpu".to_string(), cpu),
+                ("requests.memory".to_string(), memory.clone()),
+                ("limits.memory".to_string(), memory),
+            ])),
+            ..ResourceQuotaSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Whether a resource's image must run as root (catalog tag [`TAG_NEEDS_ROOT`]).
+pub fn needs_root(resource: &ResourceRecord) -> bool {
+    resource.image_tags.iter().any(|t| t == TAG_NEEDS_ROOT)
+}
+
+/// The security context of a Pod's containers: no privilege escalation, no capabilities,
+/// `RuntimeDefault` seccomp, non-root unless the image needs root.
+fn container_security(needs_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        run_as_non_root: Some(!needs_root),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -266,10 +526,19 @@ pub fn pod_manifest(resource: &ResourceRecord, namespace: &str) -> Pod {
                     limits: Some(quantities),
                     ..ResourceRequirements::default()
                 }),
+                security_context: Some(container_security(needs_root(resource))),
                 ..Container::default()
             }],
             restart_policy: Some("Always".into()),
             automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(!needs_root(resource)),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
             enable_service_links: Some(false),
             ..PodSpec::default()
         }),
@@ -444,7 +713,7 @@ impl KubernetesBackend {
         if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
             // The namespace we remembered is gone (deleted by hand): make it again, once.
             self.set_namespace_known(namespace, false);
-            self.ensure_namespace(namespace, &resource.experiment_id)
+            self.ensure_namespace(namespace, &resource.experiment_id, needs_root(resource))
                 .await?;
             created = pods.create(&PostParams::default(), &manifest).await;
         }
@@ -530,8 +799,8 @@ impl ComputeBackend for KubernetesBackend {
         resource: &ResourceRecord,
         progress: &dyn Progress,
     ) -> Result<BackendDetails, BackendError> {
-        let namespace = self.namespace_for(&resource.experiment_id);
-        self.ensure_namespace(&namespace, &resource.experiment_id)
+        let namespace = self.namespace_of(resource);
+        self.ensure_namespace(&namespace, &resource.experiment_id, needs_root(resource))
             .await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         // Before the create: every change after it reaches this subscription.
@@ -568,7 +837,7 @@ impl ComputeBackend for KubernetesBackend {
         resource: &ResourceRecord,
         progress: &dyn Progress,
     ) -> Result<(), BackendError> {
-        let namespace = self.namespace_for(&resource.experiment_id);
+        let namespace = self.namespace_of(resource);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let name = resource.friendly_name.as_str();
         // Only delete the pod if it is ours (a reused name may belong to a newer resource).
@@ -621,9 +890,10 @@ fn map_error(what: &str, e: kube::Error) -> BackendError {
     }
 }
 
-/// `prefix` + the experiment id made into an RFC 1123 label (lowercase alphanumerics and
-/// `-`, ≤ 63 characters; a cut name ends with 8 hex digits of an FNV-1a hash of the id, so
-/// distinct ids keep distinct namespaces).
+/// `prefix` + the experiment id made into an RFC 1123 label + `-` + 12 hex digits of an
+/// FNV-1a hash of the full id (lowercase alphanumerics and `-`, ≤ 63 characters, the readable
+/// part cut to fit). The slug alone would map ids that differ only in case or punctuation
+/// (`exp_a.b` and `exp_a-b`) to one name; the hash keeps distinct experiments apart.
 pub fn namespace_name(prefix: &str, experiment_id: &str) -> String {
     let mut slug = String::with_capacity(experiment_id.len());
     for c in experiment_id.chars() {
@@ -634,16 +904,16 @@ pub fn namespace_name(prefix: &str, experiment_id: &str) -> String {
             slug.push('-');
         }
     }
-    let slug = slug.trim_matches('-');
-    let full = format!("{prefix}{slug}");
-    let full = full.trim_matches('-').to_string();
-    if full.len() <= 63 && !full.is_empty() {
-        return full;
-    }
-    let hash = format!("{:08x}", fnv1a(experiment_id) as u32);
+    let full = format!("{prefix}{}", slug.trim_matches('-'));
+    let hash = format!("{:012x}", fnv1a(experiment_id) & 0xffff_ffff_ffff);
     let keep = 63 - 1 - hash.len();
-    let head: String = full.chars().take(keep).collect();
-    format!("{}-{hash}", head.trim_end_matches('-'))
+    let head: String = full.trim_matches('-').chars().take(keep).collect();
+    let head = head.trim_end_matches('-');
+    if head.is_empty() {
+        hash
+    } else {
+        format!("{head}-{hash}")
+    }
 }
 
 /// A label value (≤ 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends); values
@@ -683,10 +953,13 @@ mod tests {
 
     #[test]
     fn namespaces_are_dns_labels() {
-        assert_eq!(
-            namespace_name("slices-", "exp_dev.local_demo"),
-            "slices-exp-dev-local-demo"
-        );
+        let demo = namespace_name("slices-", "exp_dev.local_demo");
+        assert!(demo.starts_with("slices-exp-dev-local-demo-"), "{demo}");
+        assert_eq!(demo.len(), "slices-exp-dev-local-demo-".len() + 12);
+        // Ids that differ only in punctuation or case get different namespaces.
+        for (a, b) in [("exp_a.b_x", "exp_a-b_x"), ("exp_A_x", "exp_a_x")] {
+            assert_ne!(namespace_name("slices-", a), namespace_name("slices-", b));
+        }
         let long = format!("exp_{}_{}", "x".repeat(40), "00sqtwepw69hev0qxd08d2f3dk");
         let ns = namespace_name("slices-", &long);
         assert!(
@@ -781,6 +1054,7 @@ mod tests {
             allocation_state: AllocationState::Requested,
             image_location: "nginx:alpine".into(),
             image_name: "nginx".into(),
+            image_tags: Vec::new(),
             image_cluster_id: "default".into(),
             default_username: "root".into(),
             vcpus: 2,

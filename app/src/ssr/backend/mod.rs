@@ -57,6 +57,8 @@ pub struct ResourceRecord {
     pub image_location: String,
     /// The catalog image's `friendly_name` (fallback Glance name for VMs).
     pub image_name: String,
+    /// The catalog image's tags (e.g. `needs-root` for a container that must run as root).
+    pub image_tags: Vec<String>,
     pub image_cluster_id: String,
     pub default_username: String,
     pub vcpus: i32,
