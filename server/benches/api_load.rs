@@ -19,16 +19,18 @@
 //! to stderr. Tokens are never printed: the experiment token, image id and flavor id go, as
 //! `export NAME='value'` lines, to BENCH_EXPORTS_FILE (mode 0600) for provision_overhead.
 
+mod common;
+
 use anyhow::Context as _;
 use app::model::{
     AllocationState, CreateResourcesRequest, CreateResourcesResponse, DiskImage, DiskImageInput,
     Flavor, FlavorInput, FlavorType, Resource, ResourceSpec,
 };
 use chrono::SubsecRound as _;
+use common::{answer, dev_token};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,40 +66,6 @@ fn row(label: &str, value: impl std::fmt::Display) {
     println!("{label:<50} {value}");
 }
 
-/// Runs `<bin> dev-token <args>` from the workspace root (where bench/run runs the server)
-/// and returns the token it prints.
-fn dev_token(bin: &str, args: &[&str]) -> anyhow::Result<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."));
-    let out = std::process::Command::new(bin)
-        .arg("dev-token")
-        .args(args)
-        .current_dir(root)
-        .output()
-        .with_context(|| format!("running {bin} dev-token"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{bin} dev-token {}: {}: {}",
-        args.first().copied().unwrap_or_default(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let token = String::from_utf8(out.stdout)
-        .context("dev-token printed non-UTF-8")?
-        .trim()
-        .to_string();
-    anyhow::ensure!(!token.is_empty(), "{bin} dev-token printed no token");
-    Ok(token)
-}
-
-/// At most 2000 characters of an answer, for error messages.
-fn clip(text: &str) -> &str {
-    text.char_indices()
-        .nth(2000)
-        .map_or(text, |(end, _)| &text[..end])
-}
-
 /// The REST API of the server under test.
 struct Rest {
     http: reqwest::Client,
@@ -127,29 +95,6 @@ impl Rest {
         let what = format!("POST {path}");
         answer(self.request(Method::POST, path, token).json(body), &what).await
     }
-}
-
-/// Sends `request`: its JSON answer as `T`, or an error with the status and body unless 2xx.
-async fn answer<T: DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-    what: &str,
-) -> anyhow::Result<T> {
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("{what}: no answer"))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .with_context(|| format!("{what}: reading the answer"))?;
-    anyhow::ensure!(
-        status.is_success(),
-        "{what} -> HTTP {status}: {}",
-        clip(&text)
-    );
-    serde_json::from_str(&text)
-        .with_context(|| format!("{what}: unexpected answer: {}", clip(&text)))
 }
 
 /// The bench flavor and disk image (admin token): (flavor id, image id).

@@ -22,14 +22,15 @@
 //! 3. Ten VMs in one `POST /resources` for the first time for this user: the Keystone token
 //!    requests the server made, counted from its log ("requested a Keystone token").
 
+mod common;
+
 use anyhow::Context as _;
 use app::model::{CloudsYamlSummary, DiskImage, Flavor, ImportReport};
 use app::ssr::cloud_config::{parse, Cloud, CloudAuth, CloudsFile};
 use app::ssr::openstack::{OpenStackClient, Token};
+use common::{answer, dev_token};
 use reqwest::Method;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
@@ -229,55 +230,6 @@ impl Api {
         }
         Ok(())
     }
-}
-
-/// Runs `<bin> dev-token <args>` from the workspace root (where bench/run runs the server)
-/// and returns the token it prints.
-fn dev_token(bin: &str, args: &[&str]) -> anyhow::Result<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."));
-    let out = std::process::Command::new(bin)
-        .arg("dev-token")
-        .args(args)
-        .current_dir(root)
-        .output()
-        .with_context(|| format!("running {bin} dev-token"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{bin} dev-token {}: {}: {}",
-        args.first().copied().unwrap_or_default(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let token = String::from_utf8(out.stdout)
-        .context("dev-token printed non-UTF-8")?
-        .trim()
-        .to_string();
-    anyhow::ensure!(!token.is_empty(), "{bin} dev-token printed no token");
-    Ok(token)
-}
-
-/// Sends `request`: its JSON answer as `T`, or an error with the status and body unless 2xx.
-async fn answer<T: DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-    what: &str,
-) -> anyhow::Result<T> {
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("{what}: no answer"))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .with_context(|| format!("{what}: reading the answer"))?;
-    let clipped = text
-        .char_indices()
-        .nth(2000)
-        .map_or(text.as_str(), |(end, _)| &text[..end]);
-    anyhow::ensure!(status.is_success(), "{what} -> HTTP {status}: {clipped}");
-    serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer: {clipped}"))
 }
 
 /// A clouds.yaml holding only the cloud `name` of `text` (rebuilt from its YAML tree), checked

@@ -14,6 +14,18 @@ fn b64(value: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
+/// The app without a worker (no task runs: requests are only accepted or refused).
+async fn api_app(pool: PgPool) -> TestApp {
+    TestApp::start(
+        pool,
+        Options {
+            no_worker: true,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 /// A request: method, path under the API base, body.
 type Call = (Method, String, Option<Value>);
 
@@ -247,14 +259,7 @@ async fn form_post(
 /// browser in as someone else or act in its session; the same form from this site works.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn cross_site_form_posts_are_refused(pool: PgPool) {
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = api_app(pool).await;
     let attacker = app.issuer.user(BOB);
     let sign_in = [("user_token", attacker.as_str()), ("experiment_token", "")];
     for origin in [Some("http://evil.example"), Some("null"), None] {
@@ -298,14 +303,7 @@ async fn cross_site_form_posts_are_refused(pool: PgPool) {
 /// inline scripts carry, and nothing else inline may run.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn answers_carry_security_headers_and_pages_a_nonce_csp(pool: PgPool) {
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = api_app(pool).await;
     let page = app
         .http
         .get(format!("{}/", app.base))
@@ -379,14 +377,7 @@ async fn answers_carry_security_headers_and_pages_a_nonce_csp(pool: PgPool) {
 /// refused with a 422 naming the field, in requests and in the catalog.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn names_with_control_or_bidi_characters_are_refused(pool: PgPool) {
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = api_app(pool).await;
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
     let mut body = request(&image, &flavor, "fine", &[]);
@@ -416,14 +407,7 @@ async fn names_with_control_or_bidi_characters_are_refused(pool: PgPool) {
 /// and a client over the failure limit is refused even with a good token for a while.
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn sign_ins_and_bad_tokens_are_rate_limited(pool: PgPool) {
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = api_app(pool).await;
     // Sign-ins: 10 a minute (the default), then 429.
     let bad = [("user_token", "not-a-token"), ("experiment_token", "")];
     let mut statuses = Vec::new();
@@ -459,14 +443,7 @@ async fn sign_ins_and_bad_tokens_are_rate_limited(pool: PgPool) {
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn a_connection_that_never_finishes_its_headers_is_closed(pool: PgPool) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let app = TestApp::start(
-        pool,
-        Options {
-            no_worker: true,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = api_app(pool).await;
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr)
         .await
