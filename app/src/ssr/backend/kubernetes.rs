@@ -366,7 +366,8 @@ pub fn namespace_manifest(name: &str, experiment_id: &str) -> Namespace {
 }
 
 /// The NetworkPolicy of an experiment namespace: Pods of the namespace reach each other,
-/// DNS (port 53 anywhere) and addresses outside [`BLOCKED_EGRESS`]; only Pods of the
+/// DNS (port 53 anywhere) and addresses outside the private, CGNAT and link-local ranges
+/// (`BLOCKED_EGRESS`); only Pods of the
 /// namespace reach them.
 pub fn network_policy(namespace: &str) -> NetworkPolicy {
     let same_namespace = NetworkPolicyPeer {
