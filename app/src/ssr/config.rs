@@ -8,12 +8,44 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A setting that may hold a secret (a key, a URL with a password): `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hidden(***)")
+    }
+}
+
+impl std::str::FromStr for Hidden {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Hidden(s.to_string()))
+    }
+}
+
+impl From<&str> for Hidden {
+    fn from(s: &str) -> Self {
+        Hidden(s.to_string())
+    }
+}
+
+impl std::ops::Deref for Hidden {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Raw settings as clap reads them (flags or environment variables).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Hidden>,
     /// Listen address of the dashboard and API.
     #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
     pub site_addr: String,
@@ -95,11 +127,11 @@ pub struct Settings {
     /// Key sealing users' clouds.yaml at rest: 64 hex characters or base64 of 32 bytes.
     /// When unset, the key in CLOUDS_ENCRYPTION_KEY_FILE is used (created when missing).
     #[arg(long, env = "CLOUDS_ENCRYPTION_KEY", hide_env_values = true)]
-    pub clouds_encryption_key: Option<String>,
+    pub clouds_encryption_key: Option<Hidden>,
     /// The key being rotated out: stored clouds.yaml sealed with it still open until
     /// `slices-blueprint rotate-clouds-key` re-seals them with CLOUDS_ENCRYPTION_KEY.
     #[arg(long, env = "CLOUDS_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
-    pub clouds_encryption_key_previous: Option<String>,
+    pub clouds_encryption_key_previous: Option<Hidden>,
     /// Key file used when CLOUDS_ENCRYPTION_KEY is unset (created, mode 0600, when missing).
     #[arg(
         long,
@@ -159,7 +191,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub limits: Limits,
-    pub database_url: String,
+    /// `DATABASE_URL` (may carry a password: never printed by `Debug`).
+    pub database_url: Hidden,
     pub site_addr: SocketAddr,
     pub public_url: String,
     pub site_id: String,
@@ -240,7 +273,7 @@ impl Settings {
     }
 
     /// `DATABASE_URL`: a postgres:// URL; empty when not needed and not set.
-    fn database_url(&self, need_database: bool) -> Result<String, ConfigError> {
+    fn database_url(&self, need_database: bool) -> Result<Hidden, ConfigError> {
         match &self.database_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(url.clone())
@@ -250,7 +283,7 @@ impl Settings {
                 "DATABASE_URL",
                 "not set (scripts/run starts an embedded PostgreSQL and sets it for you)",
             )),
-            None => Ok(String::new()),
+            None => Ok(Hidden::default()),
         }
     }
 
@@ -391,7 +424,7 @@ impl Settings {
 
     /// `CLOUDS_ENCRYPTION_KEY` and `_PREVIOUS`, when given inline.
     fn clouds_keys(&self) -> Result<(Option<SecretBox>, Option<SecretBox>), ConfigError> {
-        let key = |variable, value: &Option<String>| {
+        let key = |variable, value: &Option<Hidden>| {
             value
                 .as_deref()
                 .map(|k| parse_key_value(variable, k))
@@ -533,7 +566,7 @@ mod tests {
                 "CLOUDS_ENCRYPTION_KEY",
             ),
             (
-                |s| s.clouds_encryption_key_previous = Some("ab".repeat(31)),
+                |s| s.clouds_encryption_key_previous = Some(Hidden("ab".repeat(31))),
                 "CLOUDS_ENCRYPTION_KEY_PREVIOUS",
             ),
             (
@@ -571,6 +604,15 @@ mod tests {
         // In a local run the dev admin really is an admin.
         let config = valid().validate(true).expect("valid");
         assert!(config.auth.admin_user_ids.contains(DEV_ADMIN_USER_ID));
+        // Secrets never reach Debug output (logs, panics).
+        let mut secret = valid();
+        secret.database_url = Some("postgres://app:pg-pass-123@db/app".into());
+        secret.clouds_encryption_key = Some(Hidden("ab".repeat(32)));
+        let printed = format!("{secret:?} {:?}", secret.validate(true).expect("valid"));
+        assert!(
+            !printed.contains("pg-pass-123") && !printed.contains(&"ab".repeat(32)),
+            "{printed}"
+        );
         // dev-token needs no database.
         let mut s = valid();
         s.database_url = None;
