@@ -27,7 +27,7 @@ use app::model::{
     Flavor, FlavorInput, FlavorType, Resource, ResourceSpec,
 };
 use chrono::SubsecRound as _;
-use common::{answer, dev_token};
+use common::{admin_token, answer, dev_token};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -344,16 +344,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.trim().parse().ok());
 
     // 1. Tokens, catalog, 100 provisioned resources.
-    let admin = dev_token(
-        &bin,
-        &[
-            "user",
-            "--user-id",
-            "user_dev.local_admin",
-            "--name",
-            "Admin",
-        ],
-    )?;
+    let admin = admin_token(&bin)?;
     let exp = dev_token(
         &bin,
         &[

@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use app::model::{CloudsYamlSummary, DiskImage, Flavor, ImportReport};
 use app::ssr::cloud_config::{parse, Cloud, CloudAuth, CloudsFile};
 use app::ssr::openstack::{OpenStackClient, Token};
-use common::{answer, dev_token};
+use common::{admin_token, answer, dev_token};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -278,16 +278,7 @@ async fn prepare(
     file: &CloudsFile,
 ) -> anyhow::Result<Prepared> {
     let bin = env("BENCH_SERVER_BIN");
-    let admin = dev_token(
-        &bin,
-        &[
-            "user",
-            "--user-id",
-            "user_dev.local_admin",
-            "--name",
-            "Admin",
-        ],
-    )?;
+    let admin = admin_token(&bin)?;
     let url = |path: &str| format!("{base}{API}{path}");
     eprintln!("vm_overhead: catalog import from ostest-admin");
     let path = "/catalog/import?cloud=ostest-admin";

@@ -60,3 +60,17 @@ pub async fn answer<T: DeserializeOwned>(
     serde_json::from_str(&text)
         .with_context(|| format!("{what}: unexpected answer: {}", clip(&text)))
 }
+
+/// A user token for the dev admin (`user_dev.local_admin`, an admin while the dev issuer is on).
+pub fn admin_token(bin: &str) -> anyhow::Result<String> {
+    dev_token(
+        bin,
+        &[
+            "user",
+            "--user-id",
+            "user_dev.local_admin",
+            "--name",
+            "Admin",
+        ],
+    )
+}

@@ -184,12 +184,6 @@ impl KubernetesBackend {
         }
     }
 
-    /// The same backend with other namespace quota limits.
-    pub fn with_quota(mut self, quota: NamespaceQuota) -> Self {
-        self.quota = quota;
-        self
-    }
-
     /// The namespace a resource's Pod lives in: the one recorded when it was made, else its
     /// experiment's.
     fn namespace_of(&self, resource: &ResourceRecord) -> String {
@@ -322,7 +316,7 @@ impl KubernetesBackend {
     }
 }
 
-/// Limits of each experiment namespace's ResourceQuota (`K8S_QUOTA_*`).
+/// Limits of each experiment namespace's ResourceQuota (the defaults; not configurable yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceQuota {
     pub pods: u32,
