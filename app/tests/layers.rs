@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("", 0, "shared helpers"),
     ("cloud_config", 0, "pure"),
     ("names", 0, "pure"),
+    ("egress", 0, "pure"),
     ("secrets", 0, "pure"),
     ("config", 0, "pure"),
     ("backend", 1, "ports"),

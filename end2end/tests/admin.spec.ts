@@ -1,4 +1,4 @@
-import { expect, test } from '@playwright/test';
+import { expect, test } from './fixtures';
 import { aliceTokens, createK8sCatalog, pathIs, signInDev, signInWithTokens, uniqueSuffix, waitHydrated } from './helpers';
 
 test.describe('admin', () => {

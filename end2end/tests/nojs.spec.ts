@@ -1,4 +1,4 @@
-import { expect, test } from '@playwright/test';
+import { expect, test } from './fixtures';
 import { aliceTokens, createK8sCatalog, signInWithTokensNoJs } from './helpers';
 
 // Server-side rendering without any JavaScript: the login form is a plain POST form, and the
@@ -55,15 +55,19 @@ test.describe('without JavaScript', () => {
     await expect(page.getByTestId('clouds-none')).toBeVisible();
   });
 
-  test('Test connection to a Keystone that does not answer shows why, on its own row under that cloud', async ({ page }) => {
+  test('Test connection posts, and a Keystone on a loopback port outside the allow-list is refused with why, under that cloud', async ({ page }) => {
     await signInWithTokensNoJs(page, aliceTokens());
     await page.goto('/clouds');
-    // Port 9 (discard) on loopback: nothing listens there.
+    // Port 9 (discard) on loopback: not in OPENSTACK_ALLOWED_ENDPOINTS (scripts/test allows
+    // only the test cloud's endpoints), so the server refuses it without connecting.
     await page.getByTestId('clouds-text').fill(
       'clouds:\n  deadlab:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: alice\n      password: not-used\n      project_name: qkd\n      user_domain_name: Default\n      project_domain_name: Default\n',
     );
     await page.getByTestId('clouds-upload').click();
     await page.goto('/clouds');
+    // "Test connection" is a POST (no network call on GET); the answer shows once, after it.
+    const posts: string[] = [];
+    page.on('request', (r) => { if (r.method() === 'POST') posts.push(new URL(r.url()).pathname); });
     await page.locator('[data-testid="cloud-row"][data-name="deadlab"]').getByTestId('cloud-test').click();
     const result = page.locator(
       '[data-testid="cloud-row"][data-name="deadlab"] + tr.test-result [data-testid="cloud-test-result"]',
@@ -71,9 +75,13 @@ test.describe('without JavaScript', () => {
     await expect(result).toBeVisible({ timeout: 30_000 });
     await expect(result).toHaveClass(/error/);
     await expect(result).toContainText('127.0.0.1:9');
-    // The cause itself, not the HTTP client's wrapper that repeats the URL.
-    await expect(result).toContainText(/refused/i);
+    // The rule's own words (which range, which setting), not the HTTP client's wrapper.
+    await expect(result).toContainText('not an allowed OpenStack endpoint');
+    await expect(result).toContainText('loopback');
+    await expect(result).toContainText('OPENSTACK_ALLOWED_ENDPOINTS');
     await expect(result).not.toContainText('error sending request');
+    expect(posts).toContain('/api/test-cloud');
+    expect(page.url()).not.toContain('test=');
     // The answer spans the table, not the narrow actions cell.
     const table = await page.locator('table:has([data-testid="cloud-row"])').boundingBox();
     const box = await result.boundingBox();

@@ -1,4 +1,4 @@
-import { expect, test } from '@playwright/test';
+import { expect, test } from './fixtures';
 import { aliceTokens, createK8sCatalog, pathIs, signInWithTokens, uniqueSuffix, waitHydrated, type CatalogEntry } from './helpers';
 
 // The worker creates real Pods: needs the Kubernetes API (scripts/test starts the test server).

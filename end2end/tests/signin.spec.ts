@@ -1,4 +1,4 @@
-import { expect, test } from '@playwright/test';
+import { expect, test } from './fixtures';
 import { aliceTokens, devToken, pathIs, signInWithTokens, waitHydrated } from './helpers';
 
 test.describe('sign-in', () => {

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { expect, test } from '@playwright/test';
+import { expect, test } from './fixtures';
 import { aliceTokens, API, pathIs, signInDev, signInWithTokens, uniqueSuffix, waitHydrated } from './helpers';
 
 // OpenStack VMs against the real test cloud (scripts/test starts ../shared/openstack-testcloud,

@@ -231,6 +231,15 @@ fn report(state: &AppState, public_url: &str) {
             None => "off, SITE_CLOUDS_YAML not set".into(),
         }
     );
+    println!(
+        "  outbound    OpenStack requests reach {}{}",
+        state.config.egress.describe(),
+        if state.config.egress.allow_insecure_tls {
+            "; verify: false honoured"
+        } else {
+            ""
+        }
+    );
     println!("  tokens      {auth}");
     println!(
         "  worker      {}",

@@ -140,6 +140,7 @@ async fn start(pool: PgPool, site_clouds: &str) -> TestApp {
             no_kubernetes: true,
             vm_ready_timeout_secs: Some(120),
             site_clouds_yaml: Some(site_clouds.to_string()),
+            allowed_endpoints: Some(common::test_cloud_endpoints()),
             ..Options::default()
         },
     )
@@ -520,7 +521,7 @@ async fn vm_lifecycle(pool: PgPool, default_cloud: &str) {
 
     // Nova agrees: ACTIVE, named as asked, tagged with the resource id.
     let demo = cloud(&full, "ostest");
-    let client = OpenStackClient::new().expect("client");
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
     let server = nova_server(&client, &demo, &server_id)
         .await
         .expect("server exists");
@@ -613,6 +614,7 @@ async fn a_retried_create_adopts_the_server_and_ten_creates_need_one_token(pool:
             no_kubernetes: true,
             no_worker: true,
             site_clouds_yaml: Some(path.clone()),
+            allowed_endpoints: Some(common::test_cloud_endpoints()),
             ..Options::default()
         },
     )
@@ -658,7 +660,7 @@ async fn a_retried_create_adopts_the_server_and_ten_creates_need_one_token(pool:
         .expect("retry without id");
     assert_eq!(first.server_id, third.server_id);
     let demo = cloud(&full, "ostest");
-    let client = OpenStackClient::new().expect("client");
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
     assert_eq!(
         servers_named(&client, &demo, &name).await.len(),
         1,
@@ -696,7 +698,7 @@ async fn a_retried_create_adopts_the_server_and_ten_creates_need_one_token(pool:
 /// Creates a Nova flavor with the admin cloud (test-only flavors for the error paths).
 async fn nova_flavor(full: &str, name: &str, ram: u32, disk: u32) {
     let admin = cloud(full, "ostest-admin");
-    let client = OpenStackClient::new().expect("client");
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
     let token = client.authenticate(&admin).await.expect("admin token");
     let compute = token.endpoint("compute", &admin).expect("compute");
     let listed = client
@@ -812,7 +814,7 @@ async fn openstack_errors_fail_the_task_with_a_message_to_act_on(pool: PgPool) {
         tasks.push((task_id, resource_id));
     }
     let demo = cloud(&full, "ostest");
-    let client = OpenStackClient::new().expect("client");
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
     for ((label, .., expected), (task_id, resource_id)) in cases.iter().zip(&tasks) {
         let task = app.wait_task(task_id, &token, 180).await;
         assert_eq!(task["status"], "failed", "{label}: {task}");
@@ -877,7 +879,10 @@ async fn the_sync_catalog_command_imports_and_a_second_run_changes_nothing(pool:
         tokio::task::spawn_blocking(move || {
             common::cli(
                 &pool,
-                &[("SITE_CLOUDS_YAML", path.as_str())],
+                &[
+                    ("SITE_CLOUDS_YAML", path.as_str()),
+                    ("OPENSTACK_ALLOWED_ENDPOINTS", &common::test_cloud_endpoints()),
+                ],
                 &["sync-catalog", "--cloud", "ostest-admin", "--json"],
             )
         })

@@ -419,9 +419,7 @@ impl Doc<'_> {
         let auth_url = c
             .auth("auth_url")?
             .ok_or_else(|| invalid(c.at("auth"), "auth.auth_url is required"))?;
-        if !(auth_url.starts_with("http://") || auth_url.starts_with("https://")) {
-            return Err(invalid(c.at("auth.auth_url"), "must be an http(s) URL"));
-        }
+        check_auth_url(&auth_url).map_err(|why| invalid(c.at("auth.auth_url"), why))?;
         Ok(Cloud {
             name,
             auth_url,
@@ -571,6 +569,24 @@ impl CloudNode<'_> {
     }
 }
 
+/// `auth.auth_url` must be a plain `http(s)://host[:port]/path` URL: no user name or password
+/// (they would be logged and sent to the host), no query and no fragment (a `#/v3` tail made
+/// the request go to a different path than the one shown, and a query is never part of a
+/// Keystone base URL). The Keystone path (`/v3`) is added when missing.
+fn check_auth_url(auth_url: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(auth_url).map_err(|_| "must be an http(s) URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http(s) URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a user name or password (put them under `auth:`)");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query (`?`) or fragment (`#`)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +655,16 @@ clouds:
         let e = parse("clouds:\n  a: {auth: {auth_url: ftp://x, username: u, password: p}}")
             .expect_err("url");
         assert!(e.to_string().contains("http(s)"), "{e}");
+        for (url, why) in [
+            ("http://127.0.0.1:5000/x#/v3", "fragment"),
+            ("http://127.0.0.1:5000/v3?x=1", "query"),
+            ("http://admin:pw@keystone:5000/v3", "password"),
+        ] {
+            let doc = format!("clouds:\n  a: {{auth: {{auth_url: '{url}', username: u, password: p}}}}");
+            let e = parse(&doc).expect_err(url);
+            assert!(e.to_string().contains(why), "{url}: {e}");
+            assert!(!e.to_string().contains("pw"), "{url}: {e}");
+        }
         let e = parse("clouds: {a: [").expect_err("syntax");
         assert!(e.to_string().contains("not valid YAML"), "{e}");
     }

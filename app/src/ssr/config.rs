@@ -2,6 +2,7 @@
 //! [`Config`]. Every setting is listed with its default in `.env.example`.
 //! A missing or malformed setting stops start-up with one line naming the variable.
 
+use crate::ssr::egress::EgressPolicy;
 use crate::ssr::secrets::SecretBox;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -77,6 +78,10 @@ pub struct Settings {
     /// API writes (POST, PUT, PATCH, DELETE) a client may make per minute (0: no limit).
     #[arg(long, env = "RATE_LIMIT_WRITES_PER_MINUTE", default_value_t = 600)]
     pub rate_limit_writes_per_minute: u32,
+    /// OpenStack connection tests (`POST /clouds-yaml/test`, the dashboard's "Test
+    /// connection") per client and minute: each makes the server call out; 0 turns it off.
+    #[arg(long, env = "RATE_LIMIT_CONNECTION_TESTS_PER_MINUTE", default_value_t = 10)]
+    pub rate_limit_connection_tests_per_minute: u32,
     /// How often the issuer's JWKS is read again, seconds: a key the portal withdrew stops
     /// working within this time (RFC 8725 §3.5 asks for keys to be rotatable).
     #[arg(long, env = "SLICES_JWKS_REFRESH_SECS", default_value_t = 300)]
@@ -143,6 +148,14 @@ pub struct Settings {
     #[arg(long, env = "SITE_CLOUDS_YAML")]
     pub site_clouds_yaml: Option<PathBuf>,
     /// How long a Nova server may take to become ACTIVE before its task fails.
+    /// Networks and `host:port` endpoints that OpenStack requests may reach besides public
+    /// addresses (comma-separated, e.g. `keystone.site:5000,10.20.0.0/16`); loopback, private,
+    /// link-local and CGNAT addresses are refused unless listed (see `egress`).
+    #[arg(long, env = "OPENSTACK_ALLOWED_ENDPOINTS", default_value = "")]
+    pub openstack_allowed_endpoints: String,
+    /// Honour `verify: false` in users' clouds.yaml (TLS without certificate checks).
+    #[arg(long, env = "OPENSTACK_ALLOW_INSECURE_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub openstack_allow_insecure_tls: bool,
     #[arg(long, env = "VM_READY_TIMEOUT_SECS", default_value_t = 600)]
     pub vm_ready_timeout_secs: u64,
     /// Add a demo image and flavor when the catalog is empty.
@@ -185,6 +198,7 @@ pub struct Limits {
     pub sign_ins_per_minute: u32,
     pub auth_failures_per_minute: u32,
     pub writes_per_minute: u32,
+    pub connection_tests_per_minute: u32,
 }
 
 /// Validated configuration.
@@ -209,6 +223,9 @@ pub struct Config {
     pub clouds_key_file: PathBuf,
     pub site_clouds_yaml: Option<PathBuf>,
     pub vm_ready_timeout: Duration,
+    /// Where OpenStack requests may go (`OPENSTACK_ALLOWED_ENDPOINTS`,
+    /// `OPENSTACK_ALLOW_INSECURE_TLS`).
+    pub egress: EgressPolicy,
 }
 
 /// A configuration problem, displayed as one line naming the variable.
@@ -252,6 +269,7 @@ impl Settings {
                 sign_ins_per_minute: self.rate_limit_sign_ins_per_minute,
                 auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
                 writes_per_minute: self.rate_limit_writes_per_minute,
+                connection_tests_per_minute: self.rate_limit_connection_tests_per_minute,
             },
             database_url,
             site_addr,
@@ -269,6 +287,11 @@ impl Settings {
             clouds_key_file: self.clouds_encryption_key_file.clone(),
             site_clouds_yaml: self.site_clouds_yaml.clone(),
             vm_ready_timeout: Duration::from_secs(self.vm_ready_timeout_secs),
+            egress: EgressPolicy::parse(
+                &self.openstack_allowed_endpoints,
+                self.openstack_allow_insecure_tls,
+            )
+            .map_err(|e| err("OPENSTACK_ALLOWED_ENDPOINTS", e))?,
         })
     }
 

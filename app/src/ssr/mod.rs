@@ -4,7 +4,8 @@
 //! The modules form layers that import only downwards (README, "Architecture"; checked by
 //! `app/tests/layers.rs`):
 //!
-//! 1. pure types and parsing, no I/O: [`cloud_config`], [`names`], [`secrets`], [`config`];
+//! 1. pure types and parsing, no I/O: [`cloud_config`], [`names`], [`secrets`], [`config`],
+//!    [`egress`] (the outbound address rule);
 //! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
 //! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
 //!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`]
@@ -23,6 +24,7 @@ pub mod catalog_import;
 pub mod cloud_config;
 pub mod clouds;
 pub mod config;
+pub mod egress;
 pub mod list_cache;
 pub mod names;
 pub mod openstack;

@@ -11,6 +11,7 @@
 //! networks".
 
 use crate::ssr::cloud_config::{Cloud, CloudAuth, NameOrId};
+use crate::ssr::egress::{Denied, EgressPolicy};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,6 +115,9 @@ pub struct TokenKey {
 pub struct OpenStackClient {
     http: reqwest::Client,
     insecure_http: reqwest::Client,
+    /// Where requests may go (SSRF rule): checked on every URL, and on every address a host
+    /// name resolves to by [`GuardedResolver`].
+    policy: Arc<EgressPolicy>,
     /// Tokens per (user, cloud, settings), kept until [`RENEW_BEFORE`] their expiry (moka:
     /// one Keystone request per key at a time, other keys never wait for it, least used
     /// tokens evicted past [`MAX_CACHED_TOKENS`]).
@@ -217,7 +221,8 @@ pub fn settings_hash(cloud: &Cloud) -> u64 {
 }
 
 /// The message of an OpenStack error body (`{"error": {"message"}}` from Keystone,
-/// `{"badRequest": {"message"}}`-style from Nova, `{"NeutronError": {"message"}}`).
+/// `{"badRequest": {"message"}}`-style from Nova, `{"NeutronError": {"message"}}`). Any other
+/// body gets a fixed text: what a foreign server sent is never echoed.
 fn error_message(body: &str) -> String {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     if let Some(obj) = parsed.as_object() {
@@ -230,14 +235,50 @@ fn error_message(body: &str) -> String {
             return m.to_string();
         }
     }
-    body.chars().take(300).collect()
+    "the answer carries no OpenStack error message".to_string()
+}
+
+/// The resolver of the OpenStack HTTP clients: resolves with the system resolver, then keeps
+/// only the addresses [`EgressPolicy::check_resolved`] allows (a name that resolves only to
+/// refused addresses fails with [`Denied`]). IP-literal hosts never reach a resolver: they are
+/// checked on the URL ([`OpenStackClient::guard`]).
+struct GuardedResolver(Arc<EgressPolicy>);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let mut refused = None;
+            let allowed: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| match policy.check_resolved(&host, a.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused = Some(e);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some(denied)) => Err(Box::new(denied) as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
 }
 
 impl OpenStackClient {
-    pub fn new() -> anyhow::Result<Self> {
+    /// A client that sends requests only where `policy` allows, never follows redirects and
+    /// gives up on a request after 30 s.
+    pub fn new(policy: EgressPolicy) -> anyhow::Result<Self> {
+        let policy = Arc::new(policy);
         let build = |insecure: bool| {
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
                 .danger_accept_invalid_certs(insecure)
                 .user_agent(concat!("slices-blueprint/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -245,6 +286,7 @@ impl OpenStackClient {
         Ok(Self {
             http: build(false)?,
             insecure_http: build(true)?,
+            policy: policy.clone(),
             tokens: moka::future::Cache::builder()
                 .max_capacity(MAX_CACHED_TOKENS)
                 .expire_after(UntilRenewal)
@@ -253,31 +295,49 @@ impl OpenStackClient {
         })
     }
 
-    fn http(&self, cloud: &Cloud) -> &reqwest::Client {
+    /// The client for a cloud: `verify: false` only when the operator allows it.
+    fn http(&self, cloud: &Cloud) -> Result<&reqwest::Client, OpenStackError> {
         if cloud.verify {
-            &self.http
+            Ok(&self.http)
+        } else if self.policy.allow_insecure_tls {
+            Ok(&self.insecure_http)
         } else {
-            &self.insecure_http
+            Err(OpenStackError::Refused(format!(
+                "cloud `{}` sets `verify: false`, and this site accepts only verified TLS (an operator can allow it with OPENSTACK_ALLOW_INSECURE_TLS=true)",
+                cloud.name
+            )))
         }
+    }
+
+    /// Checks a URL against the outbound rule before any connection is made.
+    fn guard(&self, url: &str) -> Result<(), OpenStackError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| OpenStackError::Refused(format!("`{url}` is not a valid URL")))?;
+        self.policy
+            .check_url(&parsed)
+            .map_err(|e| OpenStackError::Refused(format!("{url}: {e}")))
+    }
+
+    /// The outbound rule in one line (start-up banner).
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
     }
 
     /// Requests a new token from Keystone (no cache).
     pub async fn authenticate(&self, cloud: &Cloud) -> Result<Token, OpenStackError> {
+        let url = format!("{}/auth/tokens", keystone_base(&cloud.auth_url));
+        self.guard(&url)?;
+        let http = self.http(cloud)?;
         self.keystone_requests.fetch_add(1, Ordering::Relaxed);
         // Counted by bench/run (Keystone token requests per VM create); never a secret here.
         tracing::info!(cloud = %cloud.name, auth_url = %cloud.auth_url, "requested a Keystone token");
-        let url = format!("{}/auth/tokens", keystone_base(&cloud.auth_url));
-        let response = self
-            .http(cloud)
+        let response = http
             .post(&url)
             .json(&auth_body(cloud))
             .send()
             .await
             .map_err(|e| {
-                OpenStackError::Unavailable(format!(
-                    "cannot reach Keystone at {url}: {}",
-                    transport_cause(&e)
-                ))
+                transport_error(format!("cannot reach Keystone at {url}"), &e)
             })?;
         let status = response.status();
         let header = response
@@ -286,6 +346,9 @@ impl OpenStackClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = response.text().await.unwrap_or_default();
+        if status.is_redirection() {
+            return Err(redirect_refused("Keystone", status));
+        }
         if status.as_u16() == 401 || status.as_u16() == 403 || status.as_u16() == 404 {
             return Err(OpenStackError::Unauthorized {
                 cloud: cloud.name.clone(),
@@ -346,8 +409,9 @@ impl OpenStackClient {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, OpenStackError> {
+        self.guard(url)?;
         let mut request = self
-            .http(cloud)
+            .http(cloud)?
             .request(method.clone(), url)
             .header("X-Auth-Token", token.secret.as_str())
             .header("OpenStack-API-Version", COMPUTE_MICROVERSION)
@@ -355,9 +419,10 @@ impl OpenStackClient {
         if let Some(b) = body {
             request = request.json(b);
         }
-        let response = request.send().await.map_err(|e| {
-            OpenStackError::Unavailable(format!("{method} {url}: {}", transport_cause(&e)))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(format!("{method} {url}"), &e))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         match status.as_u16() {
@@ -366,6 +431,7 @@ impl OpenStackClient {
             } else {
                 serde_json::from_str(&text).unwrap_or(Value::Null)
             })),
+            300..=399 => Err(redirect_refused(&format!("{method} {url}"), status)),
             404 => Ok(None),
             401 => Err(OpenStackError::Unauthorized {
                 cloud: cloud.name.clone(),
@@ -404,18 +470,36 @@ impl OpenStackClient {
     }
 }
 
-/// Why a request did not get an answer, for people: the innermost cause (e.g. "Connection
-/// refused (os error 111)", "operation timed out") rather than reqwest's own "error sending
-/// request for url (…)", which repeats the URL the message already names.
-fn transport_cause(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "no answer in time (timed out)".to_string();
-    }
+/// A redirect answer: never followed (it could point anywhere), reported without its target.
+fn redirect_refused(what: &str, status: reqwest::StatusCode) -> OpenStackError {
+    OpenStackError::Refused(format!(
+        "{what} answered {status}, a redirect; OpenStack endpoints must answer directly (redirects are not followed)"
+    ))
+}
+
+/// Why a request got no answer, in fixed words: the outbound rule's own refusal (permanent),
+/// or "no answer in time", "could not connect (refused, reset or unreachable)", "TLS or
+/// protocol failure" (worth retrying). Transport details (OS error texts, certificate
+/// contents) are not passed on.
+fn transport_error(what: String, e: &reqwest::Error) -> OpenStackError {
     let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
+    loop {
+        if let Some(denied) = cause.downcast_ref::<Denied>() {
+            return OpenStackError::Refused(format!("{what}: {denied}"));
+        }
+        match cause.source() {
+            Some(next) => cause = next,
+            None => break,
+        }
     }
-    cause.to_string()
+    let why = if e.is_timeout() {
+        "no answer in time (timed out)"
+    } else if e.is_connect() {
+        "could not connect (connection refused, reset or unreachable)"
+    } else {
+        "the connection failed (TLS or protocol error)"
+    };
+    OpenStackError::Unavailable(format!("{what}: {why}"))
 }
 
 #[cfg(test)]
@@ -461,6 +545,8 @@ mod tests {
             ),
             "Quota exceeded for instances"
         );
-        assert_eq!(error_message("plain"), "plain");
+        // A foreign body (an HTML page, a port scan's banner) is never echoed.
+        let foreign = error_message("<html>secret internal page</html>");
+        assert!(!foreign.contains("secret"), "{foreign}");
     }
 }

@@ -6,6 +6,8 @@
 //! - failed token checks (answers 401): `RATE_LIMIT_AUTH_FAILURES_PER_MINUTE`; past it the
 //!   client's requests are refused unverified until the limiter has room again, so tokens
 //!   cannot be guessed at speed;
+//! - OpenStack connection tests (`POST <API>/clouds-yaml/test`, the dashboard's
+//!   `/api/test-cloud`), which make the server call out: `RATE_LIMIT_CONNECTION_TESTS_PER_MINUTE`;
 //! - writes to the API (any method but GET, HEAD, OPTIONS under the API base):
 //!   `RATE_LIMIT_WRITES_PER_MINUTE`.
 //!
@@ -30,6 +32,7 @@ pub struct RateLimits {
     sign_ins: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth_failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
     writes: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    connection_tests: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Clients over the auth-failure limit, until when.
     blocked: moka::sync::Cache<IpAddr, Instant>,
     /// The API base path (`/apis/bi.slices.eu/v1alpha2`).
@@ -47,6 +50,7 @@ impl RateLimits {
             sign_ins: limiter(limits.sign_ins_per_minute),
             auth_failures: limiter(limits.auth_failures_per_minute),
             writes: limiter(limits.writes_per_minute),
+            connection_tests: limiter(limits.connection_tests_per_minute),
             blocked: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
@@ -108,6 +112,10 @@ pub async fn limit(
         })
     } else if path == "/api/sign-in" || path == "/api/dev-sign-in" {
         RateLimits::check(limits.sign_ins.as_ref(), ip, "sign-ins")
+    } else if path == "/api/test-cloud"
+        || (path.starts_with(limits.api_base) && path.ends_with("/clouds-yaml/test"))
+    {
+        RateLimits::check(limits.connection_tests.as_ref(), ip, "connection tests")
     } else if write && path.starts_with(limits.api_base) {
         RateLimits::check(limits.writes.as_ref(), ip, "write requests")
     } else {

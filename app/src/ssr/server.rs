@@ -58,7 +58,7 @@ pub async fn assemble(
         }
     }
     let clouds_keys = clouds_keys(&config, &pool).await?;
-    let openstack = Arc::new(OpenStackClient::new()?);
+    let openstack = Arc::new(OpenStackClient::new(config.egress.clone())?);
     backends.openstack = Some(Arc::new(OpenStackBackend::new(
         openstack.clone(),
         Arc::new(DbClouds {

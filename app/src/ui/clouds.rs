@@ -65,18 +65,52 @@ pub async fn delete_clouds() -> Result<(), AppError> {
     Ok(())
 }
 
-/// Authenticates against Keystone with one cloud and lists the images it sees.
+/// The session key of the last connection test's answer (shown once by `/clouds`).
+#[cfg(feature = "ssr")]
+const LAST_TEST_KEY: &str = "slices.cloud_test";
+
+/// The cloud a connection test was for, and what it gave.
+pub type TestedCloud = (String, Result<ConnectionTest, AppError>);
+
+/// "Test connection": authenticates against Keystone with one cloud and lists the images it
+/// sees. A POST (rate-limited: it makes the server call out); the answer (a
+/// [`TestedCloud`]) is kept in the session for the page it redirects to (`/clouds`), which
+/// shows it once under that cloud.
 #[server(endpoint = "test-cloud")]
-pub async fn test_cloud(cloud: String) -> Result<ConnectionTest, AppError> {
+pub async fn test_cloud(cloud: String) -> Result<(), AppError> {
     let (state, user) = owner().await?;
-    crate::ssr::clouds::test_connection(
+    let cloud = cloud.trim().to_string();
+    let result = crate::ssr::clouds::test_connection(
         &state.pool,
         &state.clouds_keys,
         &state.openstack,
         &user,
-        Some(cloud.trim()),
+        Some(&cloud),
     )
-    .await
+    .await;
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
+    let tested: TestedCloud = (cloud, result);
+    session
+        .insert(LAST_TEST_KEY, tested)
+        .await
+        .map_err(crate::ssr::internal)?;
+    leptos_axum::redirect("/clouds");
+    Ok(())
+}
+
+/// The answer of the last "Test connection", taken out of the session (so it shows once).
+#[server(endpoint = "last-cloud-test")]
+pub async fn last_cloud_test() -> Result<Option<TestedCloud>, AppError> {
+    let _ = owner().await?;
+    let session: tower_sessions::Session = leptos_axum::extract()
+        .await
+        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
+    session
+        .remove::<TestedCloud>(LAST_TEST_KEY)
+        .await
+        .map_err(crate::ssr::internal)
 }
 
 #[component]
@@ -86,28 +120,17 @@ pub fn CloudsPage() -> impl IntoView {
 
 /// The page: the summary and its buttons are server HTML (plain forms posting to the server
 /// functions, which redirect back here; "Delete" confirms through a `<details>` disclosure);
-/// "Test connection" is a GET form whose answer is rendered with the page; only the upload
-/// form is an island.
+/// "Test connection" posts too, and the page it comes back to shows the answer under that
+/// cloud (no network call on GET); only the upload form is an island.
 #[component]
 fn CloudsLoader() -> impl IntoView {
-    use leptos_router::hooks::use_query_map;
     let current = Resource::new(|| (), |_| my_clouds());
-    // "Test connection" is a GET form (`?test=<cloud>`): the page is rendered with the
-    // answer of Keystone and Glance next to that cloud. No island, so the page downloads
-    // only the upload form's code.
-    let query = use_query_map();
-    let tested = Resource::new(
-        move || query.with(|q| q.get("test")),
-        |cloud| async move {
-            match cloud {
-                Some(cloud) => Some((cloud.clone(), test_cloud(cloud).await)),
-                None => None,
-            }
-        },
-    );
+    // No island, so the page downloads only the upload form's code.
+    let tested = Resource::new(|| (), |_| async { last_cloud_test().await.ok().flatten() });
     // Errors of the no-JavaScript forms come back in the URL (Leptos's `ServerActionError`).
     let set_default = ServerAction::<SetDefaultCloud>::new();
     let remove = ServerAction::<DeleteClouds>::new();
+    let test = ServerAction::<TestCloud>::new();
     view! {
         <h1>"OpenStack credentials"</h1>
         <p class="hint">
@@ -117,6 +140,7 @@ fn CloudsLoader() -> impl IntoView {
         </p>
         {move || set_default.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
         {move || remove.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
+        {move || test.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 let (current, tested) = (current.await, tested.await);
@@ -125,7 +149,7 @@ fn CloudsLoader() -> impl IntoView {
                     Ok(None) => view! {
                         <p class="empty" data-testid="clouds-none">"No clouds.yaml uploaded yet."</p>
                     }.into_any(),
-                    Ok(Some(summary)) => view! { <CloudsSummary summary tested set_default remove /> }.into_any(),
+                    Ok(Some(summary)) => view! { <CloudsSummary summary tested test set_default remove /> }.into_any(),
                 }
             })}
         </Suspense>
@@ -209,8 +233,9 @@ fn UploadForm() -> impl IntoView {
 #[component]
 fn CloudsSummary(
     summary: CloudsYamlSummary,
-    /// The cloud named by `?test=` and what testing it gave.
-    tested: Option<(String, Result<ConnectionTest, AppError>)>,
+    /// The last "Test connection" of this session, shown under its cloud.
+    tested: Option<TestedCloud>,
+    test: ServerAction<TestCloud>,
     set_default: ServerAction<SetDefaultCloud>,
     remove: ServerAction<DeleteClouds>,
 ) -> impl IntoView {
@@ -229,6 +254,7 @@ fn CloudsSummary(
                         {summary.clouds.into_iter().map(|c| {
                             let is_default = c.name == default_cloud;
                             let name = c.name.clone();
+                            let test_name = c.name.clone();
                             let result = tested
                                 .as_ref()
                                 .filter(|(cloud, _)| *cloud == c.name)
@@ -242,10 +268,10 @@ fn CloudsSummary(
                                     <td>{c.region_name.clone().unwrap_or_default()}</td>
                                     <td>{c.interface.clone()}</td>
                                     <td class="actions">
-                                        <form method="get" action="/clouds" class="inline">
-                                            <input type="hidden" name="test" value=c.name.clone() />
+                                        <ActionForm action=test attr:class="inline">
+                                            <input type="hidden" name="cloud" value=test_name />
                                             <button type="submit" data-testid="cloud-test">"Test connection"</button>
-                                        </form>
+                                        </ActionForm>
                                         {(!is_default).then(|| view! {
                                             <ActionForm action=set_default attr:class="inline">
                                                 <input type="hidden" name="name" value=name />

@@ -162,6 +162,24 @@ pub struct Options {
     pub site_clouds_yaml: Option<String>,
     /// SLICES_JWKS_REFRESH_SECS (default 300).
     pub jwks_refresh_secs: Option<u64>,
+    /// OPENSTACK_ALLOWED_ENDPOINTS (default: none, public addresses only).
+    pub allowed_endpoints: Option<String>,
+}
+
+/// The endpoints of the OpenStack test cloud (Keystone, Nova, Glance, Neutron on loopback), or
+/// `OPENSTACK_ALLOWED_ENDPOINTS` when the run points at another cloud (scripts/test sets it).
+pub fn test_cloud_endpoints() -> String {
+    std::env::var("OPENSTACK_ALLOWED_ENDPOINTS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| {
+            "127.0.0.1:5000,127.0.0.1:8774,127.0.0.1:9292,127.0.0.1:9696".to_string()
+        })
+}
+
+/// An outbound rule that reaches the test cloud and nothing else on loopback.
+pub fn test_cloud_policy() -> app::ssr::egress::EgressPolicy {
+    app::ssr::egress::EgressPolicy::parse(&test_cloud_endpoints(), false).expect("endpoint list")
 }
 
 #[derive(Parser)]
@@ -255,6 +273,10 @@ impl TestApp {
             "--slices-jwks-refresh-secs".into(),
             options.jwks_refresh_secs.unwrap_or(300).to_string(),
         ];
+        if let Some(allowed) = &options.allowed_endpoints {
+            args.push("--openstack-allowed-endpoints".into());
+            args.push(allowed.clone());
+        }
         if let Some(site) = &options.site_clouds_yaml {
             args.push("--site-clouds-yaml".into());
             args.push(site.clone());
