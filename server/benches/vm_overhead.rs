@@ -394,11 +394,10 @@ async fn main() -> anyhow::Result<()> {
         .get("ostest-admin")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no ostest-admin cloud"))?;
-    let client = OpenStackClient::new(app::ssr::egress::EgressPolicy::parse(
-        &env("OPENSTACK_ALLOWED_ENDPOINTS"),
-        false,
-    )
-    .map_err(anyhow::Error::msg)?)?;
+    let client = OpenStackClient::new(
+        app::ssr::egress::EgressPolicy::parse(&env("OPENSTACK_ALLOWED_ENDPOINTS"), false)
+            .map_err(anyhow::Error::msg)?,
+    )?;
     let admin_token = client
         .authenticate(&admin_cloud)
         .await

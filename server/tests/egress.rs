@@ -131,23 +131,51 @@ async fn a_clouds_yaml_reaches_only_the_allowed_keystone(pool: PgPool) {
         "clouds:\n{}{}{}{}{}",
         cloud("direct", &format!("http://127.0.0.1:{port}/v3"), ""),
         cloud("byname", &format!("http://localhost:{port}/v3"), ""),
-        cloud("mapped", &format!("http://[::ffff:127.0.0.1]:{port}/v3"), ""),
+        cloud(
+            "mapped",
+            &format!("http://[::ffff:127.0.0.1]:{port}/v3"),
+            ""
+        ),
         cloud("redirect", &format!("http://{redirect}/v3"), ""),
-        cloud("catalog", &format!("http://{keystone}/v3"), "    verify: true\n"),
+        cloud(
+            "catalog",
+            &format!("http://{keystone}/v3"),
+            "    verify: true\n"
+        ),
     );
     let (s, summary) = put_yaml(&app, &alice, yaml).await;
     assert_eq!(s, 200, "{summary}");
 
     let cases: [(&str, &[&str]); 5] = [
-        ("direct", &["not an allowed OpenStack endpoint", "loopback", "OPENSTACK_ALLOWED_ENDPOINTS"]),
-        ("byname", &["localhost is not an allowed OpenStack endpoint", "loopback"]),
+        (
+            "direct",
+            &[
+                "not an allowed OpenStack endpoint",
+                "loopback",
+                "OPENSTACK_ALLOWED_ENDPOINTS",
+            ],
+        ),
+        (
+            "byname",
+            &["localhost is not an allowed OpenStack endpoint", "loopback"],
+        ),
         ("mapped", &["not an allowed OpenStack endpoint", "loopback"]),
         ("redirect", &["307", "redirects are not followed"]),
-        ("catalog", &["not an allowed OpenStack endpoint", &format!("127.0.0.1:{port}")]),
+        (
+            "catalog",
+            &[
+                "not an allowed OpenStack endpoint",
+                &format!("127.0.0.1:{port}"),
+            ],
+        ),
     ];
     for (name, words) in cases {
         let (s, test) = app
-            .post(&format!("/clouds-yaml/test?cloud={name}"), &alice, json!({}))
+            .post(
+                &format!("/clouds-yaml/test?cloud={name}"),
+                &alice,
+                json!({}),
+            )
             .await;
         assert_eq!(s, 200, "{name}: {test}");
         assert_eq!(test["ok"], false, "{name}: {test}");
@@ -161,8 +189,14 @@ async fn a_clouds_yaml_reaches_only_the_allowed_keystone(pool: PgPool) {
         }
     }
     // The allowed servers were reached; the one outside the list never was.
-    assert!(keystone_hits.load(Ordering::SeqCst) >= 1, "Keystone reached");
-    assert!(redirect_hits.load(Ordering::SeqCst) >= 1, "redirector reached");
+    assert!(
+        keystone_hits.load(Ordering::SeqCst) >= 1,
+        "Keystone reached"
+    );
+    assert!(
+        redirect_hits.load(Ordering::SeqCst) >= 1,
+        "redirector reached"
+    );
     assert_eq!(
         outside_hits.load(Ordering::SeqCst),
         0,
@@ -173,7 +207,11 @@ async fn a_clouds_yaml_reaches_only_the_allowed_keystone(pool: PgPool) {
     let before = keystone_hits.load(Ordering::SeqCst);
     let yaml = format!(
         "clouds:\n{}",
-        cloud("insecure", &format!("https://{keystone}/v3"), "    verify: false\n")
+        cloud(
+            "insecure",
+            &format!("https://{keystone}/v3"),
+            "    verify: false\n"
+        )
     );
     assert_eq!(put_yaml(&app, &alice, yaml).await.0, 200);
     let (_, test) = app
@@ -188,7 +226,8 @@ async fn a_clouds_yaml_reaches_only_the_allowed_keystone(pool: PgPool) {
         (format!("http://{keystone}/x#/v3"), "fragment"),
         (format!("http://admin:pw@{keystone}/v3"), "password"),
     ] {
-        let (s, body) = put_yaml(&app, &alice, format!("clouds:\n{}", cloud("bad", &url, ""))).await;
+        let (s, body) =
+            put_yaml(&app, &alice, format!("clouds:\n{}", cloud("bad", &url, ""))).await;
         assert_eq!(s, 422, "{url}: {body}");
         let text = body.to_string();
         assert!(text.contains("clouds.bad.auth.auth_url"), "{text}");

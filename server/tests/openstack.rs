@@ -881,7 +881,10 @@ async fn the_sync_catalog_command_imports_and_a_second_run_changes_nothing(pool:
                 &pool,
                 &[
                     ("SITE_CLOUDS_YAML", path.as_str()),
-                    ("OPENSTACK_ALLOWED_ENDPOINTS", &common::test_cloud_endpoints()),
+                    (
+                        "OPENSTACK_ALLOWED_ENDPOINTS",
+                        &common::test_cloud_endpoints(),
+                    ),
                 ],
                 &["sync-catalog", "--cloud", "ostest-admin", "--json"],
             )

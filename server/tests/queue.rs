@@ -37,7 +37,10 @@ async fn two_workers_never_claim_the_same_task_and_respect_per_resource_order(po
         let pool = pool.clone();
         tokio::spawn(async move {
             let mut claimed = Vec::new();
-            while let Some(task) = app::ssr::queue::claim(&pool, worker).await.expect("claim") {
+            while let Some(task) = app::ssr::queue::claim(&pool, worker, usize::MAX)
+                .await
+                .expect("claim")
+            {
                 claimed.push(task);
             }
             claimed
@@ -69,7 +72,7 @@ async fn a_task_left_running_by_a_crashed_worker_is_run_again(pool: PgPool) {
         .await;
     let task_id = created["tasks"][0]["id"].as_str().expect("id").to_string();
     // A worker claimed it and died: the row says running, its lease ran out.
-    let claimed = app::ssr::queue::claim(&pool, "dead-worker")
+    let claimed = app::ssr::queue::claim(&pool, "dead-worker", 4)
         .await
         .expect("claim")
         .expect("task");

@@ -384,7 +384,7 @@ fn page_response(page: Page) -> Response {
                description = "Accepted: each resource is created by its task (poll GET /tasks/{id})."),
               (status = 401), (status = 403, description = "not an experiment token"),
               (status = 409, description = "a name is already used by a live resource"),
-              (status = 413), (status = 422, description = "a field is invalid (named in `field`)"),
+              (status = 413), (status = 422, description = "a field is invalid (named in `field`), or the request would take the experiment past its quota of live resources, vCPUs or RAM (`field` = `resources`)"),
               (status = 503, description = "the backend for this flavor type is not configured")))]
 async fn create_resources(
     State(s): State<AppState>,

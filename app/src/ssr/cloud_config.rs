@@ -660,7 +660,8 @@ clouds:
             ("http://127.0.0.1:5000/v3?x=1", "query"),
             ("http://admin:pw@keystone:5000/v3", "password"),
         ] {
-            let doc = format!("clouds:\n  a: {{auth: {{auth_url: '{url}', username: u, password: p}}}}");
+            let doc =
+                format!("clouds:\n  a: {{auth: {{auth_url: '{url}', username: u, password: p}}}}");
             let e = parse(&doc).expect_err(url);
             assert!(e.to_string().contains(why), "{url}: {e}");
             assert!(!e.to_string().contains("pw"), "{url}: {e}");

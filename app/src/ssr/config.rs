@@ -80,7 +80,11 @@ pub struct Settings {
     pub rate_limit_writes_per_minute: u32,
     /// OpenStack connection tests (`POST /clouds-yaml/test`, the dashboard's "Test
     /// connection") per client and minute: each makes the server call out; 0 turns it off.
-    #[arg(long, env = "RATE_LIMIT_CONNECTION_TESTS_PER_MINUTE", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "RATE_LIMIT_CONNECTION_TESTS_PER_MINUTE",
+        default_value_t = 10
+    )]
     pub rate_limit_connection_tests_per_minute: u32,
     /// How often the issuer's JWKS is read again, seconds: a key the portal withdrew stops
     /// working within this time (RFC 8725 §3.5 asks for keys to be rotatable).
@@ -113,6 +117,20 @@ pub struct Settings {
     /// Tasks one worker runs at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub worker_concurrency: usize,
+    /// Running tasks one experiment may hold at once, over all workers (so one experiment's
+    /// slow or stuck tasks cannot take every slot); 0 = `WORKER_CONCURRENCY` − 1 (at least 1).
+    #[arg(long, env = "WORKER_SLOTS_PER_EXPERIMENT", default_value_t = 0)]
+    pub worker_slots_per_experiment: usize,
+    /// Most live resources (not deleted, expired or failed) one experiment may have; 0 = no limit.
+    #[arg(long, env = "QUOTA_RESOURCES_PER_EXPERIMENT", default_value_t = 50)]
+    pub quota_resources_per_experiment: u32,
+    /// Most vCPUs (sum over the flavors of its live resources) one experiment may have; 0 = no limit.
+    #[arg(long, env = "QUOTA_VCPUS_PER_EXPERIMENT", default_value_t = 64)]
+    pub quota_vcpus_per_experiment: u32,
+    /// Most RAM in MiB (sum over the flavors of its live resources) one experiment may have;
+    /// 0 = no limit.
+    #[arg(long, env = "QUOTA_RAM_MIB_PER_EXPERIMENT", default_value_t = 131_072)]
+    pub quota_ram_mib_per_experiment: u32,
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,
@@ -201,6 +219,14 @@ pub struct Limits {
     pub connection_tests_per_minute: u32,
 }
 
+/// Per-experiment caps on live resources (`QUOTA_*_PER_EXPERIMENT`); `None` = no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    pub resources: Option<u32>,
+    pub vcpus: Option<u32>,
+    pub ram_mib: Option<u32>,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -214,6 +240,9 @@ pub struct Config {
     pub k8s_namespace_prefix: String,
     pub pod_ready_timeout: Duration,
     pub worker_concurrency: usize,
+    /// Running tasks one experiment may hold at once (≥ 1).
+    pub worker_slots_per_experiment: usize,
+    pub quota: Quota,
     pub run_worker: bool,
     pub secret_key_file: PathBuf,
     pub seed_demo_catalog: bool,
@@ -279,6 +308,15 @@ impl Settings {
             k8s_namespace_prefix: self.k8s_namespace_prefix.clone(),
             pod_ready_timeout: Duration::from_secs(self.pod_ready_timeout_secs),
             worker_concurrency: self.worker_concurrency,
+            worker_slots_per_experiment: match self.worker_slots_per_experiment {
+                0 => self.worker_concurrency.saturating_sub(1).max(1),
+                n => n,
+            },
+            quota: Quota {
+                resources: Some(self.quota_resources_per_experiment).filter(|&n| n > 0),
+                vcpus: Some(self.quota_vcpus_per_experiment).filter(|&n| n > 0),
+                ram_mib: Some(self.quota_ram_mib_per_experiment).filter(|&n| n > 0),
+            },
             run_worker: self.run_worker,
             secret_key_file: self.secret_key_file.clone(),
             seed_demo_catalog: self.seed_demo_catalog,

@@ -335,9 +335,11 @@ mod tests {
 
     #[test]
     fn the_allow_list_opens_networks_and_exact_endpoints() {
-        let policy =
-            EgressPolicy::parse("127.0.0.1:5000, 10.20.0.0/16 keystone.site:5000 [::1]:8774", false)
-                .expect("valid list");
+        let policy = EgressPolicy::parse(
+            "127.0.0.1:5000, 10.20.0.0/16 keystone.site:5000 [::1]:8774",
+            false,
+        )
+        .expect("valid list");
         let lo: IpAddr = "127.0.0.1".parse().expect("ip");
         // The listed port only.
         assert!(policy.check_url(&url("http://127.0.0.1:5000/v3")).is_ok());
@@ -352,7 +354,9 @@ mod tests {
         assert!(policy.check_url(&url("https://10.20.3.4:9292/")).is_ok());
         assert!(policy.check_url(&url("https://10.21.3.4:9292/")).is_err());
         // A name: allowed on its port, its addresses then pass; other ports refused.
-        assert!(policy.check_url(&url("https://KEYSTONE.site:5000/v3")).is_ok());
+        assert!(policy
+            .check_url(&url("https://KEYSTONE.site:5000/v3"))
+            .is_ok());
         let e = policy
             .check_url(&url("https://keystone.site:35357/v3"))
             .expect_err("other port");
@@ -367,7 +371,14 @@ mod tests {
 
     #[test]
     fn bad_entries_are_named() {
-        for bad in ["keystone", "host:port", "10.0.0.0/33", "a b:x", ":5000", "h:0"] {
+        for bad in [
+            "keystone",
+            "host:port",
+            "10.0.0.0/33",
+            "a b:x",
+            ":5000",
+            "h:0",
+        ] {
             let e = EgressPolicy::parse(bad, false).expect_err(bad);
             assert!(e.contains('`'), "{bad}: {e}");
         }

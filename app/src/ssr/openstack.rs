@@ -261,7 +261,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 })
                 .collect();
             match (allowed.is_empty(), refused) {
-                (true, Some(denied)) => Err(Box::new(denied) as Box<dyn std::error::Error + Send + Sync>),
+                (true, Some(denied)) => {
+                    Err(Box::new(denied) as Box<dyn std::error::Error + Send + Sync>)
+                }
                 _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
             }
         })
@@ -336,9 +338,7 @@ impl OpenStackClient {
             .json(&auth_body(cloud))
             .send()
             .await
-            .map_err(|e| {
-                transport_error(format!("cannot reach Keystone at {url}"), &e)
-            })?;
+            .map_err(|e| transport_error(format!("cannot reach Keystone at {url}"), &e))?;
         let status = response.status();
         let header = response
             .headers()

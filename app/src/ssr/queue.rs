@@ -257,28 +257,44 @@ pub struct Claimed {
 }
 
 /// Claims the next runnable task, if any: a queued task whose time has come, or a running
-/// one whose lease ran out, whose resource has no older unfinished task.
-pub async fn claim(pool: &PgPool, worker_id: &str) -> Result<Option<Claimed>, sqlx::Error> {
+/// one whose lease ran out, whose resource has no older unfinished task. Fair between
+/// experiments: an experiment holding `slots_per_experiment` running tasks (live leases, all
+/// workers) gets no more, and among the rest the experiment with the fewest running tasks goes
+/// first, then the oldest task.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    slots_per_experiment: usize,
+) -> Result<Option<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
-        r#"UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
+        r#"WITH busy AS (
+               SELECT x.experiment_id, count(*) AS running
+               FROM tasks b JOIN resources x ON x.id = b.resource_id
+               WHERE b.status = 'running' AND b.locked_until >= now()
+               GROUP BY x.experiment_id)
+           UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
                locked_until = now() + make_interval(secs => $2),
                started_at = COALESCE(started_at, now())
            WHERE id = (
                SELECT t.id FROM tasks t
+               JOIN resources r ON r.id = t.resource_id
+               LEFT JOIN busy ON busy.experiment_id = r.experiment_id
                WHERE ((t.status = 'queued' AND t.run_after <= now())
                       OR (t.status = 'running' AND t.locked_until < now()))
+                 AND COALESCE(busy.running, 0) < $3
                  AND NOT EXISTS (
                      SELECT 1 FROM tasks p
                      WHERE p.resource_id = t.resource_id
                        AND (p.created_at, p.id) < (t.created_at, t.id)
                        AND p.status IN ('queued', 'running'))
-               ORDER BY t.run_after, t.created_at
+               ORDER BY COALESCE(busy.running, 0), t.run_after, t.created_at
                LIMIT 1
-               FOR UPDATE SKIP LOCKED)
+               FOR UPDATE OF t SKIP LOCKED)
            RETURNING id, resource_id, kind AS "kind: TaskKind", attempts, max_attempts"#,
         worker_id,
-        LEASE.as_secs_f64()
+        LEASE.as_secs_f64(),
+        i64::try_from(slots_per_experiment).unwrap_or(i64::MAX)
     )
     .fetch_optional(pool)
     .await

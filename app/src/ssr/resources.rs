@@ -12,6 +12,7 @@ use crate::model::{
 };
 use crate::ssr::auth::{Authenticator, Principal, TokenKind};
 use crate::ssr::backend::Backends;
+use crate::ssr::config::Quota;
 use crate::ssr::list_cache::ListCache;
 use crate::ssr::names::{is_dns_label, unsafe_character};
 use crate::ssr::queue::{self, LocalWorker, Reserved};
@@ -49,6 +50,10 @@ pub struct Resources<'a> {
     pub list_cache: &'a ListCache,
     /// This process's worker, which takes new tasks straight from the request.
     pub local: &'a LocalWorker,
+    /// Per-experiment caps on live resources, vCPUs and RAM.
+    pub quota: Quota,
+    /// Running tasks one experiment may hold at once (`WORKER_SLOTS_PER_EXPERIMENT`).
+    pub slots_per_experiment: usize,
 }
 
 /// Filters of `GET /resources`.
@@ -178,6 +183,8 @@ struct Planned {
     flavor_type: FlavorType,
     network_name: Option<String>,
     userdata: Option<String>,
+    vcpus: i32,
+    ram_mib: i32,
 }
 
 /// Resolves a request's resources against the catalog and the requesting user's clouds,
@@ -267,6 +274,8 @@ impl<'a> Planner<'a> {
             flavor_type: flavor.flavor_type,
             network_name: spec.network_name.clone().filter(|n| !n.trim().is_empty()),
             userdata: spec.userdata.clone().filter(|u| !u.is_empty()),
+            vcpus: flavor.vcpus,
+            ram_mib: flavor.ram_mib,
         })
     }
 
@@ -404,21 +413,106 @@ pub async fn create_resources(
     let planned = Planner::new(ctx, principal, requested_by.as_deref())
         .plan(&request.resources)
         .await?;
+    // One transaction under the experiment's lock: the quota check sees every resource
+    // stored before, and the next request of this experiment sees these.
+    let mut tx = ctx.pool.begin().await?;
+    let used = usage(&mut tx, experiment_id).await?;
+    check_quota(ctx.quota, &used, &planned)?;
     // This process's worker takes what it has room for straight from here (no claim, no
-    // re-read); the rest is queued for any worker.
-    let reserved = ctx.local.reserve(planned.len());
+    // re-read), within the experiment's share of the slots; the rest is queued.
+    let room = ctx
+        .slots_per_experiment
+        .saturating_sub(usize::try_from(used.running).unwrap_or(usize::MAX));
+    let reserved = ctx.local.reserve(planned.len().min(room));
     let owner = Owner {
         experiment_id,
         project_id: principal.project_id.as_deref().unwrap_or_default(),
         requested_by: requested_by.as_deref(),
     };
-    let rows = store(ctx, &owner, request, &planned, &reserved).await?;
+    let rows = store(&mut tx, &owner, request, &planned, &reserved).await?;
+    tx.commit().await?;
     if rows.len() > reserved.len() {
         queue::notify_queued(ctx.pool).await;
         ctx.local.wake();
     }
     ctx.list_cache.invalidate();
     Ok(hand_over(ctx.site, rows, reserved))
+}
+
+/// What an experiment holds now: live resources (not deleted, expired or failed), the sums
+/// of their flavors' vCPUs and RAM (MiB), and its running tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Usage {
+    resources: i64,
+    vcpus: i64,
+    ram_mib: i64,
+    running: i64,
+}
+
+/// [`Usage`] of `experiment_id`, after taking its transaction-scoped advisory lock (held to
+/// the end of `tx`, so two requests of one experiment are checked one after the other).
+async fn usage(tx: &mut sqlx::PgConnection, experiment_id: &str) -> Result<Usage, AppError> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('experiment:' || $1, 0))",
+        experiment_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(sqlx::query_as!(
+        Usage,
+        r#"SELECT count(*) AS "resources!",
+                  COALESCE(sum(f.vcpus), 0)::bigint AS "vcpus!",
+                  COALESCE(sum(f.ram_mib), 0)::bigint AS "ram_mib!",
+                  (SELECT count(*) FROM tasks t JOIN resources x ON x.id = t.resource_id
+                   WHERE x.experiment_id = $1 AND t.status = 'running') AS "running!"
+           FROM resources r JOIN flavors f ON f.id = r.flavor_id
+           WHERE r.experiment_id = $1
+             AND r.allocation_state NOT IN ('deleted', 'expired', 'failed')"#,
+        experiment_id
+    )
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// 422 on `resources` when the request would take the experiment past a cap of `quota`,
+/// naming the cap, what the experiment holds and what the request adds.
+fn check_quota(quota: Quota, used: &Usage, planned: &[Planned]) -> Result<(), AppError> {
+    let add_vcpus: i64 = planned.iter().map(|p| i64::from(p.vcpus)).sum();
+    let add_ram: i64 = planned.iter().map(|p| i64::from(p.ram_mib)).sum();
+    let caps = [
+        (
+            quota.resources,
+            used.resources,
+            planned.len() as i64,
+            "live resources",
+            "QUOTA_RESOURCES_PER_EXPERIMENT",
+        ),
+        (
+            quota.vcpus,
+            used.vcpus,
+            add_vcpus,
+            "vCPUs",
+            "QUOTA_VCPUS_PER_EXPERIMENT",
+        ),
+        (
+            quota.ram_mib,
+            used.ram_mib,
+            add_ram,
+            "MiB of RAM",
+            "QUOTA_RAM_MIB_PER_EXPERIMENT",
+        ),
+    ];
+    for (limit, now, add, what, setting) in caps {
+        if let Some(limit) = limit.filter(|&l| now + add > i64::from(l)) {
+            return Err(AppError::invalid(
+                "resources",
+                format!(
+                    "over this experiment's quota: it holds {now} {what} and the request adds {add}, the limit is {limit} ({setting}); delete resources first or ask the site operator"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whose new resources these are.
@@ -476,7 +570,7 @@ struct InsertedRow {
 /// its own): the first `reserved.len()` tasks already claimed by this process's worker with
 /// a fresh lease, the others queued. A live name already taken is a 409 naming the field.
 async fn store(
-    ctx: &Resources<'_>,
+    tx: &mut sqlx::PgConnection,
     owner: &Owner<'_>,
     request: &CreateResourcesRequest,
     planned: &[Planned],
@@ -566,7 +660,7 @@ async fn store(
         worker_id,
         queue::LEASE.as_secs_f64()
     )
-    .fetch_all(ctx.pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(|e| name_conflict(e, owner.experiment_id, planned))
 }

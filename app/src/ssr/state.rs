@@ -57,6 +57,8 @@ impl AppState {
             backends: &self.backends,
             list_cache: &self.list_cache,
             local: &self.local_worker,
+            quota: self.config.quota,
+            slots_per_experiment: self.config.worker_slots_per_experiment,
         }
     }
 
@@ -70,6 +72,7 @@ impl AppState {
             list_cache: self.list_cache.clone(),
             local: self.local_worker.clone(),
             concurrency: self.config.worker_concurrency,
+            slots_per_experiment: self.config.worker_slots_per_experiment,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct Worker {
     pub local: Arc<LocalWorker>,
     /// Tasks run at once (`WORKER_CONCURRENCY`).
     pub concurrency: usize,
+    /// Running tasks one experiment may hold at once, over all workers
+    /// (`WORKER_SLOTS_PER_EXPERIMENT`).
+    pub slots_per_experiment: usize,
 }
 
 /// A process-unique worker id: `<HOSTNAME>-<pid>-<random>`.
@@ -99,7 +102,7 @@ async fn claim_free_slots(
     running: &mut JoinSet<()>,
 ) {
     while let Ok(permit) = attached.slots.clone().try_acquire_owned() {
-        match queue::claim(&worker.bookkeeping, worker_id).await {
+        match queue::claim(&worker.bookkeeping, worker_id, worker.slots_per_experiment).await {
             Ok(Some(task)) => spawn_task(running, worker, worker_id, task, None, permit),
             Ok(None) => break,
             Err(e) => {

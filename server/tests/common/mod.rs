@@ -164,6 +164,11 @@ pub struct Options {
     pub jwks_refresh_secs: Option<u64>,
     /// OPENSTACK_ALLOWED_ENDPOINTS (default: none, public addresses only).
     pub allowed_endpoints: Option<String>,
+    /// A stand-in for the Kubernetes backend (worker tests that need a backend which
+    /// never finishes); replaces the cluster.
+    pub kubernetes_backend: Option<Arc<dyn app::ssr::backend::ComputeBackend>>,
+    /// Extra command-line settings (`["--quota-vcpus-per-experiment", "4"]`).
+    pub extra_args: Vec<String>,
 }
 
 /// The endpoints of the OpenStack test cloud (Keystone, Nova, Glance, Neutron on loopback), or
@@ -273,6 +278,7 @@ impl TestApp {
             "--slices-jwks-refresh-secs".into(),
             options.jwks_refresh_secs.unwrap_or(300).to_string(),
         ];
+        args.extend(options.extra_args.iter().cloned());
         if let Some(allowed) = &options.allowed_endpoints {
             args.push("--openstack-allowed-endpoints".into());
             args.push(allowed.clone());
@@ -329,6 +335,9 @@ impl TestApp {
             ));
             backends.kubernetes = Some(k8s.clone() as _);
             kubernetes = Some(k8s);
+        }
+        if let Some(stand_in) = &options.kubernetes_backend {
+            backends.kubernetes = Some(stand_in.clone());
         }
         state.backends = backends;
         let router = app::ssr::server::router(&state).await.expect("router");
