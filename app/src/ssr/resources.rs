@@ -123,8 +123,14 @@ fn check_expiry(
     Ok(())
 }
 
-/// The request-wide checks: size, expiry, SSH keys.
-fn check_request(principal: &Principal, request: &CreateResourcesRequest) -> Result<(), AppError> {
+/// The request-wide checks of `POST /resources`, pure (no I/O): at least one and at most
+/// [`MAX_RESOURCES_PER_REQUEST`] resources, `expires_at` in the future and not after the
+/// experiment's expiry, at most 32 OpenSSH public keys of at most 16 KiB each. Errors are 422
+/// naming the field (`resources`, `expires_at`, `ssh_authorized_keys[i]`).
+pub fn check_request(
+    principal: &Principal,
+    request: &CreateResourcesRequest,
+) -> Result<(), AppError> {
     if request.resources.is_empty() {
         return Err(AppError::invalid(
             "resources",
