@@ -9,6 +9,47 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "ssr")]
 use utoipa::ToSchema;
 
+/// A JSON number that is a whole number within `i32` (`64`, or `64.0` as some JSON writers
+/// send integers): the schema says `integer`, and JSON Schema counts `64.0` as one.
+fn int32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 2_147_483_648.0)
+            .map(|f| f as i64)
+    });
+    whole.and_then(|v| i32::try_from(v).ok()).ok_or_else(|| {
+        serde::de::Error::custom(format!("expected a whole number within i32, got {n}"))
+    })
+}
+
+/// [`int32`] for an optional field (`null` or absent = `None`).
+fn opt_int32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "int32")] i32);
+    Ok(Option::<Whole>::deserialize(d)?.map(|Whole(v)| v))
+}
+
+/// A catalog tag as the schema describes it: 1 to 64 characters, not only spaces (the wire
+/// type is a plain string; the catalog checks the same).
+#[cfg(feature = "ssr")]
+struct Tag;
+
+#[cfg(feature = "ssr")]
+impl utoipa::PartialSchema for Tag {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(r"\S"))
+            .into()
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl ToSchema for Tag {}
+
 /// A catalog disk image (`image_<site>_<suffix>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
@@ -36,22 +77,49 @@ pub struct DiskImage {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskImageInput {
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub friendly_name: String,
     /// Default `default`.
     #[serde(default = "default_cluster")]
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub cluster_id: String,
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub location: String,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_length = 64))]
     pub default_username: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub min_disk_mb: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub min_ram_mib: i32,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_length = 512))]
     pub short_description: String,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_length = 8192))]
     pub long_description: String,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_items = 32, value_type = Vec<Tag>))]
     pub tags: Vec<String>,
     #[serde(default)]
     pub hidden: bool,
@@ -66,14 +134,43 @@ fn default_cluster() -> String {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskImagePatch {
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub friendly_name: Option<String>,
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub cluster_id: Option<String>,
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub location: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(max_length = 64))]
     pub default_username: Option<String>,
+    #[serde(default, deserialize_with = "opt_int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub min_disk_mb: Option<i32>,
+    #[serde(default, deserialize_with = "opt_int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub min_ram_mib: Option<i32>,
+    #[cfg_attr(feature = "ssr", schema(max_length = 512))]
     pub short_description: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(max_length = 8192))]
     pub long_description: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(max_items = 32, value_type = Option<Vec<Tag>>))]
     pub tags: Option<Vec<String>>,
     pub hidden: Option<bool>,
 }
@@ -129,13 +226,26 @@ pub struct Flavor {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FlavorInput {
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub friendly_name: String,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_length = 8192))]
     pub description: String,
     pub flavor_type: FlavorType,
+    #[serde(deserialize_with = "int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 2147483647))]
     pub ram_mib: i32,
+    #[serde(deserialize_with = "int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 2147483647))]
     pub vcpus: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub disk_mb: i32,
 }
 
@@ -144,11 +254,25 @@ pub struct FlavorInput {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FlavorPatch {
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub friendly_name: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(max_length = 8192))]
     pub description: Option<String>,
     pub flavor_type: Option<FlavorType>,
+    #[serde(default, deserialize_with = "opt_int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 2147483647))]
     pub ram_mib: Option<i32>,
+    #[serde(default, deserialize_with = "opt_int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 1, maximum = 2147483647))]
     pub vcpus: Option<i32>,
+    #[serde(default, deserialize_with = "opt_int32")]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 2147483647))]
     pub disk_mb: Option<i32>,
 }
 
@@ -276,7 +400,15 @@ pub struct ResourceSpec {
     /// Unique among the experiment's live resources. For Pods it becomes the Pod name, so it
     /// must be an RFC 1123 DNS label (lowercase letters, digits, `-`, at most 63 characters).
     pub friendly_name: String,
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = r"^image_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$")
+    )]
     pub disk_image_id: String,
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = r"^flavor_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$")
+    )]
     pub flavor_id: String,
     /// OpenStack network (VMs only).
     #[serde(default)]
@@ -299,8 +431,10 @@ pub struct TokenRef {
 pub struct CreateResourcesRequest {
     /// RFC 3339; in the future and not after the experiment's expiry.
     pub expires_at: DateTime<Utc>,
+    #[cfg_attr(feature = "ssr", schema(min_items = 1, max_items = 50))]
     pub resources: Vec<ResourceSpec>,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_items = 32))]
     pub ssh_authorized_keys: Vec<String>,
     /// The requesting user's token (`slices auth id-token`), first entry used.
     #[serde(default)]

@@ -401,6 +401,25 @@ async fn names_with_control_or_bidi_characters_are_refused(pool: PgPool) {
         (422, Some("friendly_name")),
         "{err}"
     );
+    // U+0000 anywhere (PostgreSQL text cannot hold it) is a 400, not a database error: in a
+    // free-text field of a body and in a query filter (both were 500s, found by schemathesis).
+    let (s, err) = app
+        .post(
+            "/flavors",
+            &admin,
+            json!({"friendly_name": "nul", "description": "a\u{0}b", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 64}),
+        )
+        .await;
+    assert_eq!(s, 400, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("U+0000"),
+        "{err}"
+    );
+    let (s, err) = app.get("/resources?project=a%00b", &admin).await;
+    assert_eq!(s, 400, "{err}");
 }
 
 /// Sign-ins and failed token checks are rate limited per client: 429 with `Retry-After`,

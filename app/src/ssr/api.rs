@@ -97,6 +97,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 },
                 other => AppError::BadRequest(other.body_text()),
             })?;
+        // PostgreSQL text cannot hold U+0000: refuse it here, not as a database error.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(AppError::BadRequest(
+                "strings in the body must not contain U+0000 (NUL)".into(),
+            ));
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -133,6 +139,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        // PostgreSQL text cannot hold U+0000 (a filter with it would fail in the database).
+        let query = parts.uri.query().unwrap_or_default();
+        if query.to_ascii_lowercase().contains("%00") {
+            return Err(AppError::BadRequest(
+                "query parameters must not contain U+0000 (NUL)".into(),
+            ));
+        }
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| AppError::BadRequest(e.body_text()))
@@ -187,7 +200,7 @@ async fn list_images(
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
-    params(("id" = String, Path, description = "image_<site>_<suffix>")),
+    params(("id" = String, Path, pattern = "^image_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "image_<site>_<suffix>")),
     responses((status = 200, body = DiskImage), (status = 404, description = "unknown (or hidden)")))]
 async fn get_image(
     State(s): State<AppState>,
@@ -214,7 +227,7 @@ async fn create_image(
 }
 
 #[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
-    params(("id" = String, Path)), request_body = DiskImagePatch,
+    params(("id" = String, Path, pattern = "^image_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "image_<site>_<suffix>")), request_body = DiskImagePatch,
     responses((status = 200, body = DiskImage), (status = 403), (status = 404), (status = 422)))]
 async fn update_image(
     State(s): State<AppState>,
@@ -229,7 +242,7 @@ async fn update_image(
 }
 
 #[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/disk-images/{id}", tag = "catalog",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^image_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "image_<site>_<suffix>")),
     responses((status = 204), (status = 403), (status = 404),
               (status = 409, description = "still referenced by resources; hide it instead")))]
 async fn delete_image(
@@ -252,7 +265,7 @@ async fn list_flavors(
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
-    params(("id" = String, Path, description = "flavor_<site>_<suffix>")),
+    params(("id" = String, Path, pattern = "^flavor_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "flavor_<site>_<suffix>")),
     responses((status = 200, body = Flavor), (status = 404)))]
 async fn get_flavor(
     State(s): State<AppState>,
@@ -276,7 +289,7 @@ async fn create_flavor(
 }
 
 #[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
-    params(("id" = String, Path)), request_body = FlavorPatch,
+    params(("id" = String, Path, pattern = "^flavor_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "flavor_<site>_<suffix>")), request_body = FlavorPatch,
     responses((status = 200, body = Flavor), (status = 403), (status = 404), (status = 422)))]
 async fn update_flavor(
     State(s): State<AppState>,
@@ -291,7 +304,7 @@ async fn update_flavor(
 }
 
 #[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/flavors/{id}", tag = "catalog",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^flavor_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "flavor_<site>_<suffix>")),
     responses((status = 204), (status = 403), (status = 404), (status = 409)))]
 async fn delete_flavor(
     State(s): State<AppState>,
@@ -396,7 +409,7 @@ async fn create_resources(
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
-    params(("id" = String, Path, description = "resource_<site>_<suffix>")),
+    params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix>")),
     responses((status = 200, body = Resource), (status = 404, description = "unknown or another experiment's")))]
 async fn get_resource(
     State(s): State<AppState>,
@@ -409,7 +422,7 @@ async fn get_resource(
 }
 
 #[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
-    params(("id" = String, Path)), request_body = ResourcePatch,
+    params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix>")), request_body = ResourcePatch,
     responses((status = 200, body = Resource), (status = 403), (status = 404), (status = 409), (status = 422)))]
 async fn extend_resource(
     State(s): State<AppState>,
@@ -423,7 +436,7 @@ async fn extend_resource(
 }
 
 #[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}", tag = "resources",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix>")),
     responses((status = 202, body = Task, description = "the delete task (the same one when repeated)"),
               (status = 403), (status = 404)))]
 async fn delete_resource(
@@ -440,6 +453,7 @@ async fn delete_resource(
 #[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// `resource_<site>_<suffix>` (required).
+    #[param(pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$")]
     pub resource_id: String,
 }
 
@@ -457,7 +471,7 @@ async fn list_tasks(
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/tasks/{id}", tag = "tasks",
-    params(("id" = String, Path, description = "task_<site>_<suffix>")),
+    params(("id" = String, Path, pattern = "^task_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "task_<site>_<suffix>")),
     responses((status = 200, body = Task), (status = 404)))]
 async fn get_task(
     State(s): State<AppState>,
@@ -472,11 +486,12 @@ async fn get_task(
 #[into_params(parameter_in = Query)]
 pub struct ConsoleQuery {
     /// How many of the last lines to return (1-2000, default 200).
+    #[param(minimum = 1, maximum = 2000)]
     pub lines: Option<u32>,
 }
 
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}/console", tag = "resources",
-    params(("id" = String, Path, description = "resource_<site>_<suffix> of a VM"), ConsoleQuery),
+    params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix> of a VM"), ConsoleQuery),
     responses((status = 200, body = ConsoleLog), (status = 404), (status = 409, description = "not a VM, or no server"),
               (status = 422, description = "lines out of range"), (status = 502, description = "Nova refused")))]
 async fn get_console_log(
@@ -618,7 +633,8 @@ async fn test_clouds_yaml(
     params(CloudQuery),
     responses((status = 200, body = ImportReport, description = "what was added, updated, unchanged, skipped"),
               (status = 403, description = "admins only"), (status = 422, description = "no such site cloud"),
-              (status = 503, description = "no SITE_CLOUDS_YAML, or the cloud is unreachable")))]
+              (status = 409, description = "no site cloud is configured (SITE_CLOUDS_YAML)"),
+              (status = 503, description = "SITE_CLOUDS_YAML unreadable, or the cloud is unreachable")))]
 async fn import_catalog(
     State(s): State<AppState>,
     Bearer(p): Bearer,
@@ -655,6 +671,81 @@ impl Modify for BearerScheme {
     }
 }
 
+/// The body of every error answer (see `IntoResponse for AppError`): `detail` for people,
+/// `code` for programs (`invalid`, `not_found`, …), `field` naming the request field at fault
+/// (`resources[0].flavor_id`) when there is one.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    pub code: String,
+    pub field: Option<String>,
+}
+
+/// Documents on every operation the error answers the shared layers give (so a client, or
+/// schemathesis, finds every status it can get in the document): 400 (bad JSON, query or
+/// path), 401 (token missing or invalid), 403 (token not allowed here), 429 (rate limits,
+/// with `Retry-After`); 404 where the path names an entry; 413 and 422 where there is a body
+/// or query; each with [`ErrorBody`]. A status an operation documents itself is kept.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.schemas.insert(
+            "ErrorBody".into(),
+            <ErrorBody as utoipa::PartialSchema>::schema(),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names_entry = path.contains('{');
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_input = operation.request_body.is_some()
+                    || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut common = vec![
+                    ("400", "malformed request: bad JSON, query or path parameter"),
+                    ("401", "token missing, expired or invalid (`WWW-Authenticate: Bearer`)"),
+                    ("403", "this token may not do this (e.g. a user token on a write, another experiment's resource)"),
+                    ("429", "too many requests of this kind from this client; see `Retry-After`"),
+                ];
+                if names_entry {
+                    common.push(("404", "no such entry (or not visible to this token)"));
+                }
+                if has_input {
+                    common.push(("413", "request body too large"));
+                    common.push(("422", "a field is invalid (named in `field`)"));
+                }
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
@@ -666,7 +757,7 @@ impl Modify for BearerScheme {
           get_console_log,
           list_tasks, get_task,
           put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     security(("bearer" = [])),
     tags((name = "catalog", description = "Disk images and flavors (writes: admins)"),
          (name = "resources", description = "VMs and pods of an experiment"),

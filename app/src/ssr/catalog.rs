@@ -84,7 +84,7 @@ fn check_name(field: &str, value: &str) -> Result<(), AppError> {
     if trimmed.is_empty() {
         return Err(AppError::invalid(field, "must not be empty"));
     }
-    if trimmed.len() > MAX_NAME {
+    if trimmed.chars().count() > MAX_NAME {
         return Err(AppError::invalid(
             field,
             format!("at most {MAX_NAME} characters"),
@@ -97,7 +97,7 @@ fn check_name(field: &str, value: &str) -> Result<(), AppError> {
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), AppError> {
-    if value.len() > max {
+    if value.chars().count() > max {
         return Err(AppError::invalid(
             field,
             format!("at most {max} characters"),
@@ -125,7 +125,7 @@ fn check_tags(tags: &[String]) -> Result<(), AppError> {
         return Err(AppError::invalid("tags", "at most 32 tags"));
     }
     for (i, tag) in tags.iter().enumerate() {
-        if tag.trim().is_empty() || tag.len() > 64 {
+        if tag.trim().is_empty() || tag.chars().count() > 64 {
             return Err(AppError::invalid(
                 format!("tags[{i}]"),
                 "each tag has 1 to 64 characters",

@@ -242,18 +242,19 @@ async fn import_flavor(
 }
 
 /// Imports from a cloud of the operator's `SITE_CLOUDS_YAML` (its first cloud when `cloud`
-/// is `None`). 503 when no site cloud is configured; 422 (`cloud`) for an unknown name.
+/// is `None`). 409 (`cloud`) when no site cloud is configured; 422 (`cloud`) for an unknown
+/// name; 503 when the file cannot be read or the cloud does not answer.
 pub async fn import_site_cloud(
     pool: &PgPool,
     client: &OpenStackClient,
     site_clouds_yaml: Option<&Path>,
     cloud: Option<&str>,
 ) -> Result<ImportReport, AppError> {
-    let path = site_clouds_yaml.ok_or_else(|| {
-        AppError::Unavailable(
-            "no site cloud is configured: set SITE_CLOUDS_YAML to the operator's clouds.yaml"
-                .into(),
-        )
+    // Not a server failure but the site's state: 409, like any request the state refuses.
+    let path = site_clouds_yaml.ok_or_else(|| AppError::Conflict {
+        field: "cloud".into(),
+        message: "no site cloud is configured: set SITE_CLOUDS_YAML to the operator's clouds.yaml"
+            .into(),
     })?;
     let text =
         zeroize::Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|e| {

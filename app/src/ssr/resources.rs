@@ -68,8 +68,10 @@ pub struct ListQuery {
     #[serde(default)]
     pub include_deleted: bool,
     /// Page size, 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Rows to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

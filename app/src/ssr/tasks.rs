@@ -29,8 +29,14 @@ pub async fn list_tasks(
     principal: &Principal,
     resource_id: &str,
 ) -> Result<Vec<Task>, AppError> {
-    let uuid = field_id(IdKind::Resource, site, "resource_id", resource_id)
-        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    // A well-formed id of another site names no resource here: 404, like a path id.
+    let uuid = match path_id(IdKind::Resource, site, resource_id) {
+        Err(AppError::BadRequest(_)) => {
+            field_id(IdKind::Resource, site, "resource_id", resource_id)
+                .map_err(|e| AppError::BadRequest(e.to_string()))?
+        }
+        other => other?,
+    };
     let scope = Scope::of(principal);
     fetch_resource(pool, site, &scope, uuid).await?;
     Ok(select_tasks(pool, site, &scope, None, Some(uuid)).await?)
