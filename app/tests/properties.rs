@@ -137,7 +137,7 @@ proptest! {
         match check_request(&principal(), &request) {
             Ok(()) => {
                 prop_assert!((1..=50).contains(&count));
-                prop_assert!(hours >= 1 && hours <= 30 * 24);
+                prop_assert!((1..=30 * 24).contains(&hours));
                 prop_assert!(keys.len() <= 32);
             }
             Err(e) => {
