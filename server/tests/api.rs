@@ -657,3 +657,59 @@ async fn resource_list_pages_follow_every_change(pool: PgPool) {
     let (_, list) = app.get("/resources", &token).await;
     assert_eq!(list[0]["allocation_state"], "deleting", "{list}");
 }
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_requests_ssh_keys_are_stored_once(pool: PgPool) {
+    let app = TestApp::start(pool.clone(), api_only()).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let keys = [
+        "ssh-ed25519 AAAAC3Nza alice@lab",
+        "ssh-rsa AAAAB3Nza alice@laptop",
+    ];
+    let specs: Vec<Value> = ["k-0", "k-1", "k-2"]
+        .iter()
+        .map(|n| json!({"friendly_name": n, "disk_image_id": image, "flavor_id": flavor}))
+        .collect();
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            json!({
+                "expires_at": in_an_hour(),
+                "ssh_authorized_keys": keys,
+                "resources": specs,
+            }),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    // Every resource still shows the keys it will get…
+    for resource in created["resources"].as_array().expect("resources") {
+        assert_eq!(resource["ssh_authorized_keys"], json!(keys), "{resource}");
+        let id = resource["id"].as_str().expect("id");
+        let (_, fetched) = app.get(&format!("/resources/{id}"), &token).await;
+        assert_eq!(fetched["ssh_authorized_keys"], json!(keys), "{fetched}");
+    }
+    // …but the keys are stored once, in the request's row, which all three name.
+    let (requests, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM resource_requests), count(DISTINCT request_id) FROM resources",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((requests, distinct), (1, 1));
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(ssh_authorized_keys) FROM resource_requests")
+            .fetch_all(&pool)
+            .await
+            .expect("keys");
+    assert_eq!(stored, keys);
+    let column: Option<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_name = 'resources' AND column_name = 'ssh_authorized_keys'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .expect("catalog");
+    assert_eq!(column, None, "resources keep no copy of the keys");
+}

@@ -574,8 +574,8 @@ struct InsertedRow {
     task_finished_at: Option<DateTime<Utc>>,
 }
 
-/// Every planned resource and its create task in one statement (one round trip, atomic on
-/// its own): the first `reserved.len()` tasks already claimed by this process's worker with
+/// The request (its SSH keys, stored once), every planned resource naming it and each one's
+/// create task in one statement (one round trip): the first `reserved.len()` tasks already claimed by this process's worker with
 /// a fresh lease, the others queued. A live name already taken is a 409 naming the field.
 async fn store(
     tx: &mut sqlx::PgConnection,
@@ -599,12 +599,16 @@ async fn store(
     let worker_id = reserved.first().map(|r| r.worker_id().to_string());
     sqlx::query_as!(
         InsertedRow,
-        r#"WITH r AS (
+        r#"WITH q AS (
+               INSERT INTO resource_requests (id, experiment_id, ssh_authorized_keys)
+               VALUES ($17, $2, $5)
+               RETURNING id, ssh_authorized_keys),
+           r AS (
                INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
                    disk_image_id, flavor_id, flavor_type, network_name, userdata,
-                   ssh_authorized_keys, expires_at, allocation_state, status_message)
+                   request_id, expires_at, allocation_state, status_message)
                SELECT u.id, $2, $3, $4, u.friendly_name, u.disk_image_id, u.flavor_id,
-                      u.flavor_type, u.network_name, u.userdata, $5, $6,
+                      u.flavor_type, u.network_name, u.userdata, (SELECT id FROM q), $6,
                       CASE WHEN u.handed THEN 'provisioning' ELSE 'requested' END,
                       CASE WHEN u.handed THEN 'provisioning' ELSE 'waiting for a worker' END
                FROM UNNEST($1::uuid[], $7::text[], $8::uuid[], $9::uuid[], $10::text[],
@@ -628,7 +632,7 @@ async fn store(
                   r.requested_by, r.friendly_name AS "friendly_name!",
                   r.disk_image_id AS "disk_image_id!", r.flavor_id AS "flavor_id!",
                   r.flavor_type AS "flavor_type!: FlavorType", r.network_name, r.userdata,
-                  r.ssh_authorized_keys AS "ssh_authorized_keys!",
+                  q.ssh_authorized_keys AS "ssh_authorized_keys!",
                   r.expires_at AS "expires_at!: DateTime<Utc>",
                   r.allocation_state AS "allocation_state!: AllocationState",
                   r.operational_state AS "operational_state!: OperationalState",
@@ -648,6 +652,7 @@ async fn store(
                   t.started_at AS "task_started_at: DateTime<Utc>",
                   t.finished_at AS "task_finished_at: DateTime<Utc>"
            FROM r JOIN t ON t.resource_id = r.id
+                  JOIN q ON q.id = r.request_id
                   JOIN disk_images i ON i.id = r.disk_image_id
                   JOIN flavors f ON f.id = r.flavor_id
            ORDER BY array_position($1::uuid[], r.id)"#,
@@ -666,7 +671,8 @@ async fn store(
         &handed,
         &task_ids,
         worker_id,
-        queue::LEASE.as_secs_f64()
+        queue::LEASE.as_secs_f64(),
+        Uuid::now_v7()
     )
     .fetch_all(&mut *tx)
     .await

@@ -144,7 +144,7 @@ pub async fn select_resources(
         ResourceRow,
         r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
                   r.disk_image_id, r.flavor_id, r.flavor_type AS "flavor_type: FlavorType",
-                  r.network_name, r.ssh_authorized_keys,
+                  r.network_name, q.ssh_authorized_keys,
                   r.expires_at AS "expires_at: DateTime<Utc>",
                   r.allocation_state AS "allocation_state: AllocationState",
                   r.operational_state AS "operational_state: OperationalState",
@@ -155,6 +155,7 @@ pub async fn select_resources(
                   (SELECT t.id FROM tasks t WHERE t.resource_id = r.id
                    ORDER BY t.created_at DESC LIMIT 1) AS last_task_id
            FROM resources r JOIN disk_images i ON i.id = r.disk_image_id
+                JOIN resource_requests q ON q.id = r.request_id
            WHERE ($1::uuid IS NULL OR r.id = $1)
              AND ($2::text IS NULL OR r.experiment_id = $2)
              AND ($3::text IS NULL OR r.requested_by = $3)
@@ -257,13 +258,14 @@ pub async fn load_record(pool: &PgPool, site: &str, id: Uuid) -> Result<Resource
         r#"SELECT r.id, r.experiment_id, r.project_id, r.requested_by, r.friendly_name,
                   r.flavor_type AS "flavor_type: FlavorType",
                   r.allocation_state AS "allocation_state: AllocationState",
-                  r.network_name, r.userdata, r.ssh_authorized_keys,
+                  r.network_name, r.userdata, q.ssh_authorized_keys,
                   r.backend_details AS "backend_details: Json<BackendDetails>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
                   i.tags AS image_tags,
                   f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,
                   f.source_id AS flavor_source_id
            FROM resources r
+           JOIN resource_requests q ON q.id = r.request_id
            JOIN disk_images i ON i.id = r.disk_image_id
            JOIN flavors f ON f.id = r.flavor_id
            WHERE r.id = $1"#,
