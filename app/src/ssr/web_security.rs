@@ -68,17 +68,30 @@ const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 
      img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; \
      frame-ancestors 'none'";
 
-/// Sets the page's CSP from inside the Leptos render (the nonce exists only there); called by
-/// the shell on the server.
-pub fn set_page_csp() {
-    let (Some(nonce), Some(response)) = (
-        leptos::nonce::use_nonce(),
-        leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
-    ) else {
-        return;
-    };
-    if let Ok(value) = HeaderValue::from_str(&page_csp(&nonce.to_string())) {
-        response.insert_header(header::CONTENT_SECURITY_POLICY, value);
+/// The nonce of one page response, chosen by [`security_headers`] before the render and
+/// carried to it in the request's extensions (16 random bytes, base64url).
+#[derive(Clone, Debug)]
+pub struct PageNonce(pub String);
+
+impl PageNonce {
+    fn new() -> Self {
+        use base64::Engine as _;
+        let bytes: [u8; 16] = rand::random();
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+/// Makes the page's inline scripts carry the nonce [`security_headers`] chose for this
+/// response (called by the shell on the server, before anything renders). The middleware then
+/// sets the page's CSP itself: it does not depend on the render handing headers back (once in
+/// a few hundred loads that header was missing, the page got `default-src 'none'` and never
+/// hydrated).
+pub fn use_page_nonce() {
+    use leptos::prelude::{provide_context, use_context};
+    let nonce = use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<PageNonce>().cloned());
+    if let Some(PageNonce(nonce)) = nonce {
+        provide_context(leptos::nonce::Nonce::from_value(nonce));
     }
 }
 
@@ -92,8 +105,20 @@ pub async fn security_headers(
         let path = request.uri().path();
         path == "/docs" || path.starts_with("/docs/") || path == "/redoc"
     };
+    let mut request = request;
+    let nonce = PageNonce::new();
+    request.extensions_mut().insert(nonce.clone());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if html && !docs {
+        if let Ok(value) = HeaderValue::from_str(&page_csp(&nonce.0)) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, value);
+        }
+    }
     let fixed = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),

@@ -23,9 +23,9 @@ use leptos_router::{path, SsrMode};
 
 /// The HTML document around the app (server side).
 pub fn shell(options: LeptosOptions) -> impl IntoView {
-    // The page's Content Security Policy names the nonce of its inline scripts.
+    // The inline scripts carry the nonce the page's Content Security Policy names.
     #[cfg(feature = "ssr")]
-    crate::ssr::web_security::set_page_csp();
+    crate::ssr::web_security::use_page_nonce();
     view! {
         <!DOCTYPE html>
         <html lang="en">
