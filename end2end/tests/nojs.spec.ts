@@ -65,7 +65,7 @@ test.describe('without JavaScript', () => {
     );
     await page.getByTestId('clouds-upload').click();
     await page.goto('/clouds');
-    // "Test connection" is a POST (no network call on GET); the answer shows once, after it.
+    // "Test connection" is a POST (no network call on GET); the page it returns to shows the answer.
     const posts: string[] = [];
     page.on('request', (r) => { if (r.method() === 'POST') posts.push(new URL(r.url()).pathname); });
     await page.locator('[data-testid="cloud-row"][data-name="deadlab"]').getByTestId('cloud-test').click();

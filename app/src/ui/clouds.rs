@@ -65,17 +65,21 @@ pub async fn delete_clouds() -> Result<(), AppError> {
     Ok(())
 }
 
-/// The session key of the last connection test's answer (shown once by `/clouds`).
+/// The session key of the last connection test's answer (shown by `/clouds`).
 #[cfg(feature = "ssr")]
 const LAST_TEST_KEY: &str = "slices.cloud_test";
+
+/// How long `/clouds` keeps showing the last connection test's answer, seconds.
+#[cfg(feature = "ssr")]
+const LAST_TEST_SHOWN_SECS: i64 = 300;
 
 /// The cloud a connection test was for, and what it gave.
 pub type TestedCloud = (String, Result<ConnectionTest, AppError>);
 
 /// "Test connection": authenticates against Keystone with one cloud and lists the images it
 /// sees. A POST (rate-limited: it makes the server call out); the answer (a
-/// [`TestedCloud`]) is kept in the session for the page it redirects to (`/clouds`), which
-/// shows it once under that cloud.
+/// [`TestedCloud`], with the time) is kept in the session, replacing the one before, and the
+/// page it redirects to (`/clouds`) shows it under that cloud for 5 minutes.
 #[server(endpoint = "test-cloud")]
 pub async fn test_cloud(cloud: String) -> Result<(), AppError> {
     let (state, user) = owner().await?;
@@ -93,24 +97,29 @@ pub async fn test_cloud(cloud: String) -> Result<(), AppError> {
         .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
     let tested: TestedCloud = (cloud, result);
     session
-        .insert(LAST_TEST_KEY, tested)
+        .insert(LAST_TEST_KEY, (tested, chrono::Utc::now()))
         .await
         .map_err(crate::ssr::internal)?;
     leptos_axum::redirect("/clouds");
     Ok(())
 }
 
-/// The answer of the last "Test connection", taken out of the session (so it shows once).
+/// The answer of the last "Test connection" of this session, while it is recent. Read-only:
+/// a page may ask more than once while it renders, and each time gets the same answer.
 #[server(endpoint = "last-cloud-test")]
 pub async fn last_cloud_test() -> Result<Option<TestedCloud>, AppError> {
     let _ = owner().await?;
     let session: tower_sessions::Session = leptos_axum::extract()
         .await
         .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
-    session
-        .remove::<TestedCloud>(LAST_TEST_KEY)
+    let kept = session
+        .get::<(TestedCloud, chrono::DateTime<chrono::Utc>)>(LAST_TEST_KEY)
         .await
-        .map_err(crate::ssr::internal)
+        .map_err(crate::ssr::internal)?;
+    let recent = chrono::Duration::seconds(LAST_TEST_SHOWN_SECS);
+    Ok(kept
+        .filter(|(_, at)| chrono::Utc::now() - *at < recent)
+        .map(|(tested, _)| tested))
 }
 
 #[component]
