@@ -134,6 +134,11 @@ async fn import_catalog(app: &TestApp) -> (String, String) {
 }
 
 async fn start(pool: PgPool, site_clouds: &str) -> TestApp {
+    start_with(pool, site_clouds, &[]).await
+}
+
+/// [`start`] with extra settings (`["--quota-ram-mib-per-experiment", "0"]`).
+async fn start_with(pool: PgPool, site_clouds: &str, extra_args: &[&str]) -> TestApp {
     TestApp::start(
         pool,
         Options {
@@ -141,6 +146,7 @@ async fn start(pool: PgPool, site_clouds: &str) -> TestApp {
             vm_ready_timeout_secs: Some(120),
             site_clouds_yaml: Some(site_clouds.to_string()),
             allowed_endpoints: Some(common::test_cloud_endpoints()),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             ..Options::default()
         },
     )
@@ -737,7 +743,14 @@ async fn openstack_errors_fail_the_task_with_a_message_to_act_on(pool: PgPool) {
     let full = site_yaml(&path);
     nova_flavor(&full, "test.quota-buster", 4_000_000, 1).await;
     nova_flavor(&full, "test.no-room", 64, 900_000).await;
-    let app = start(pool, &path).await;
+    // Nova's own quota is what this test provokes: this site's per-experiment quota is off.
+    let no_quota = [
+        "--quota-ram-mib-per-experiment",
+        "0",
+        "--quota-vcpus-per-experiment",
+        "0",
+    ];
+    let app = start_with(pool, &path, &no_quota).await;
     let (token, alice, image, flavor) = vm_ready_user(&app, &full, "ostest").await;
     let admin = app.issuer.user(ADMIN);
 
