@@ -95,30 +95,41 @@ pub fn use_page_nonce() {
     }
 }
 
-/// Adds the security headers to every response (a page's own CSP is kept).
+/// Adds the security headers to every response; a dashboard page gets its CSP with the nonce
+/// chosen here (see [`use_page_nonce`]).
 pub async fn security_headers(
     State(site): State<Arc<SiteOrigin>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let docs = {
-        let path = request.uri().path();
-        path == "/docs" || path.starts_with("/docs/") || path == "/redoc"
-    };
+    let path = request.uri().path();
+    let docs = path == "/docs" || path.starts_with("/docs/") || path == "/redoc";
+    // Only a dashboard page needs a nonce: the API, server functions and files never render one.
+    let may_be_page = !docs
+        && !["/apis/", "/api/", "/pkg/", "/vendor/"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix));
     let mut request = request;
-    let nonce = PageNonce::new();
-    request.extensions_mut().insert(nonce.clone());
+    let nonce = may_be_page.then(PageNonce::new);
+    if let Some(nonce) = &nonce {
+        request.extensions_mut().insert(nonce.clone());
+    }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     let html = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
-    if html && !docs {
-        if let Ok(value) = HeaderValue::from_str(&page_csp(&nonce.0)) {
-            headers.insert(header::CONTENT_SECURITY_POLICY, value);
-        }
+    let policy = match (&nonce, html) {
+        (Some(nonce), true) => HeaderValue::from_str(&page_csp(&nonce.0)).ok(),
+        _ => None,
     }
+    .unwrap_or(HeaderValue::from_static(if docs {
+        DOCS_CSP
+    } else {
+        DEFAULT_CSP
+    }));
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy);
     let fixed = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),
@@ -126,13 +137,6 @@ pub async fn security_headers(
     ];
     for (name, value) in fixed {
         headers.insert(name, HeaderValue::from_static(value));
-    }
-    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        let policy = if docs { DOCS_CSP } else { DEFAULT_CSP };
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(policy),
-        );
     }
     if site.https {
         headers.insert(
