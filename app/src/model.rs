@@ -439,6 +439,13 @@ pub struct CreateResourcesRequest {
     /// The requesting user's token (`slices auth id-token`), first entry used.
     #[serde(default)]
     pub tokens: Vec<TokenRef>,
+    /// The client's own id of this request (a UUID, as SLICES clients send it), making a retry
+    /// safe: the same experiment sending the same `request_id` again gets the first answer
+    /// back (same resources, same tasks) and nothing is created twice; the same id with a
+    /// different body (ignoring `tokens`) is a 409 naming `request_id`. Kept for as long as
+    /// the resources it created exist in the database (at least 24 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<uuid::Uuid>,
 }
 
 /// Answer to `POST /resources` (202): the new resources and the task creating each.

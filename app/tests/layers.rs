@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("resources", 3, "services"),
     ("tasks", 3, "services"),
     ("worker", 3, "services"),
+    ("reconcile", 3, "services"),
     ("session", 4, "entry points"),
     ("state", 4, "entry points"),
     ("api", 4, "entry points"),

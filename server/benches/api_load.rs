@@ -147,6 +147,7 @@ async fn request_resources(
                 .collect(),
             ssh_authorized_keys: Vec::new(),
             tokens: Vec::new(),
+            request_id: None,
         };
         let _: CreateResourcesResponse = rest.post("/resources", exp, &body).await?;
     }

@@ -185,18 +185,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = build_state(config).await?;
     let router = server::router(&state).await?;
 
+    // SIGTERM or Ctrl-C stops both at once: the listener closes (open requests may finish
+    // within the grace period) and the worker stops claiming and hands its tasks back.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
     let worker = state.config.run_worker.then(|| {
         let worker = state.worker();
-        tokio::spawn(async move { app::ssr::worker::run_worker(worker, stop_rx).await })
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { app::ssr::worker::run_worker(worker, stop).await })
     });
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on LEPTOS_SITE_ADDR {addr}"))?;
     report(&state, &public_url);
-    server::serve(listener, router, shutdown_signal()).await;
-    let _ = stop_tx.send(true);
+    let mut stopped = stop_rx.clone();
+    let stopping = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    server::serve(listener, router, stopping, state.config.shutdown_grace).await;
     if let Some(worker) = worker {
         if let Ok(Err(e)) = worker.await {
             tracing::warn!(error = %e, "the worker stopped with an error");

@@ -131,6 +131,23 @@ pub struct Settings {
     /// 0 = no limit.
     #[arg(long, env = "QUOTA_RAM_MIB_PER_EXPERIMENT", default_value_t = 131_072)]
     pub quota_ram_mib_per_experiment: u32,
+    /// How long a task waits out its backend being unreachable (the Kubernetes API, Keystone
+    /// or another OpenStack endpoint not answering at all) before it fails, in seconds. While
+    /// it waits it is retried with a capped backoff and uses up none of its attempts.
+    #[arg(long, env = "OUTAGE_BUDGET_SECS", default_value_t = 900)]
+    pub outage_budget_secs: u64,
+    /// How long after SIGTERM or Ctrl-C open requests may still finish, in seconds (running
+    /// tasks are handed back to the queue at once, for the next process to resume).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// How long a Pod or Nova server that carries our labels but whose resource the database
+    /// does not know (or knows as gone) may live before the reconciler deletes it, in seconds.
+    #[arg(long, env = "ORPHAN_GRACE_SECS", default_value_t = 60)]
+    pub orphan_grace_secs: u64,
+    /// Seconds between two reconcile passes over the VMs of one (user, cloud) (jittered by up
+    /// to a fifth either way). Pods are compared every 2 s from the shared Pod watch.
+    #[arg(long, env = "VM_RECONCILE_SECS", default_value_t = 30)]
+    pub vm_reconcile_secs: u64,
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,
@@ -243,6 +260,14 @@ pub struct Config {
     /// Running tasks one experiment may hold at once (≥ 1).
     pub worker_slots_per_experiment: usize,
     pub quota: Quota,
+    /// `OUTAGE_BUDGET_SECS`.
+    pub outage_budget: Duration,
+    /// `SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace: Duration,
+    /// `ORPHAN_GRACE_SECS`.
+    pub orphan_grace: Duration,
+    /// `VM_RECONCILE_SECS`.
+    pub vm_reconcile_every: Duration,
     pub run_worker: bool,
     pub secret_key_file: PathBuf,
     pub seed_demo_catalog: bool,
@@ -317,6 +342,10 @@ impl Settings {
                 vcpus: Some(self.quota_vcpus_per_experiment).filter(|&n| n > 0),
                 ram_mib: Some(self.quota_ram_mib_per_experiment).filter(|&n| n > 0),
             },
+            outage_budget: Duration::from_secs(self.outage_budget_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            orphan_grace: Duration::from_secs(self.orphan_grace_secs),
+            vm_reconcile_every: Duration::from_secs(self.vm_reconcile_secs.max(1)),
             run_worker: self.run_worker,
             secret_key_file: self.secret_key_file.clone(),
             seed_demo_catalog: self.seed_demo_catalog,

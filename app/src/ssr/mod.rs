@@ -30,6 +30,7 @@ pub mod names;
 pub mod openstack;
 pub mod queue;
 pub mod rate_limits;
+pub mod reconcile;
 pub mod resources;
 pub mod rows;
 pub mod secrets;
@@ -54,9 +55,36 @@ pub fn internal(error: impl Into<anyhow::Error>) -> AppError {
     AppError::Internal { request_id }
 }
 
+/// Database errors: the database out of reach (no connection within the pool's acquire
+/// timeout, a dropped or refused connection, e.g. while PostgreSQL restarts) is a 503 the
+/// client may retry; anything else is an opaque 500 ([`internal`]).
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
+        if database_unreachable(&e) {
+            tracing::warn!(error = %e, "database unreachable");
+            return AppError::Unavailable(
+                "the database is not reachable at the moment; try again shortly".into(),
+            );
+        }
         internal(e)
+    }
+}
+
+/// Whether `e` means the database could not be reached (rather than a query that failed):
+/// pool timeouts, I/O and TLS failures, a closed pool, and the server's own shutdown and
+/// connection errors (SQLSTATE class 08 "connection exception", 57P01-57P03 "operator
+/// intervention": admin shutdown, crash shutdown, cannot connect now).
+pub fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 

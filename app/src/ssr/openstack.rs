@@ -32,14 +32,24 @@ pub enum OpenStackError {
     /// The request is wrong or not allowed (quota, policy, not found): permanent.
     #[error("{0}")]
     Refused(String),
-    /// Network trouble or a 5xx: worth retrying.
+    /// A 5xx, a broken answer or a failed TLS handshake: worth retrying.
     #[error("{0}")]
     Unavailable(String),
+    /// No answer at all (connection refused, reset or unreachable; timed out): `service` is
+    /// down or out of reach. Tasks wait such an outage out (`OUTAGE_BUDGET_SECS`).
+    #[error("{message}")]
+    Unreachable {
+        service: &'static str,
+        message: String,
+    },
 }
 
 impl OpenStackError {
     pub fn retryable(&self) -> bool {
-        matches!(self, OpenStackError::Unavailable(_))
+        matches!(
+            self,
+            OpenStackError::Unavailable(_) | OpenStackError::Unreachable { .. }
+        )
     }
 }
 
@@ -338,7 +348,9 @@ impl OpenStackClient {
             .json(&auth_body(cloud))
             .send()
             .await
-            .map_err(|e| transport_error(format!("cannot reach Keystone at {url}"), &e))?;
+            .map_err(|e| {
+                transport_error("Keystone", format!("cannot reach Keystone at {url}"), &e)
+            })?;
         let status = response.status();
         let header = response
             .headers()
@@ -422,7 +434,7 @@ impl OpenStackClient {
         let response = request
             .send()
             .await
-            .map_err(|e| transport_error(format!("{method} {url}"), &e))?;
+            .map_err(|e| transport_error("OpenStack API", format!("{method} {url}"), &e))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         match status.as_u16() {
@@ -481,7 +493,7 @@ fn redirect_refused(what: &str, status: reqwest::StatusCode) -> OpenStackError {
 /// or "no answer in time", "could not connect (refused, reset or unreachable)", "TLS or
 /// protocol failure" (worth retrying). Transport details (OS error texts, certificate
 /// contents) are not passed on.
-fn transport_error(what: String, e: &reqwest::Error) -> OpenStackError {
+fn transport_error(service: &'static str, what: String, e: &reqwest::Error) -> OpenStackError {
     let mut cause: &dyn std::error::Error = e;
     loop {
         if let Some(denied) = cause.downcast_ref::<Denied>() {
@@ -497,9 +509,14 @@ fn transport_error(what: String, e: &reqwest::Error) -> OpenStackError {
     } else if e.is_connect() {
         "could not connect (connection refused, reset or unreachable)"
     } else {
-        "the connection failed (TLS or protocol error)"
+        return OpenStackError::Unavailable(format!(
+            "{what}: the connection failed (TLS or protocol error)"
+        ));
     };
-    OpenStackError::Unavailable(format!("{what}: {why}"))
+    OpenStackError::Unreachable {
+        service,
+        message: format!("{what}: {why}"),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use crate::error::AppError;
 use crate::model::{AllocationState, BackendDetails, OperationalState, TaskKind, TaskStatus};
 use crate::ssr::backend::{BackendError, Progress, ResourceRecord};
 use crate::ssr::list_cache::ListCache;
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -462,22 +463,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether this outcome re-queues the task rather than ending it.
+    /// Whether this outcome re-queues the task rather than ending it (an unreachable backend
+    /// always does, until [`record_outcome`] finds the outage longer than its budget).
     pub fn retries(&self, task: &Claimed) -> bool {
-        matches!(self, Outcome::Failed(e) if e.retryable && task.attempts < task.max_attempts)
+        matches!(self, Outcome::Failed(e)
+            if e.unreachable.is_some() || (e.retryable && task.attempts < task.max_attempts))
     }
 }
 
 /// Writes `outcome` on the task and its resource in one transaction, guarded by the lease
 /// (nothing is written when `worker_id` no longer holds the task). While it runs, the list
 /// cache serves no page ([`ListCache::writing`]), so a client that sees the task end never
-/// reads an older resource list afterwards.
+/// reads an older resource list afterwards. A backend that did not answer is waited out for
+/// at most `outage_budget` ([`wait_out`]).
 pub async fn record_outcome(
     pool: &PgPool,
     list_cache: &ListCache,
     worker_id: &str,
     task: &Claimed,
     outcome: Outcome,
+    outage_budget: Duration,
 ) -> Result<(), sqlx::Error> {
     if let Outcome::LeaseLost = outcome {
         tracing::warn!("lease lost; another worker owns this task now");
@@ -491,6 +496,9 @@ pub async fn record_outcome(
         }
         Outcome::Cancelled(message) => {
             end_task(&mut tx, task.id, worker_id, TaskStatus::Failed, &message).await?
+        }
+        Outcome::Failed(error) if error.unreachable.is_some() => {
+            wait_out(&mut tx, worker_id, task, &error, outage_budget).await?
         }
         Outcome::Failed(error) if error.retryable && task.attempts < task.max_attempts => {
             retry_later(&mut tx, worker_id, task, &error).await?
@@ -509,7 +517,8 @@ pub async fn record_outcome(
 }
 
 /// Ends the task (`finished` with `completed` 100, or `failed`) if `worker_id` holds it.
-/// `Ok(false)` when it does not.
+/// `Ok(false)` when it does not. The ended task keeps `locked_by` (which worker ended it;
+/// nothing claims an ended task) and loses its lease.
 async fn end_task(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
@@ -520,8 +529,9 @@ async fn end_task(
     let ended = sqlx::query!(
         r#"UPDATE tasks SET status = $3, message = $4,
                completed = CASE WHEN $3 = 'finished' THEN 100 ELSE completed END,
-               locked_by = NULL, locked_until = NULL, finished_at = now()
-           WHERE id = $1 AND locked_by = $2"#,
+               locked_until = NULL, finished_at = now(),
+               unreachable_since = NULL
+           WHERE id = $1 AND locked_by = $2 AND status = 'running'"#,
         id,
         worker_id,
         status.as_str(),
@@ -593,14 +603,32 @@ async fn retry_later(
         delay.as_secs()
     );
     tracing::warn!(error = %error.message, retry_in_s = delay.as_secs(), "task attempt failed");
+    requeue(tx, worker_id, task, delay, &message, None).await
+}
+
+/// Queues the held task again after `delay`, with `message` on it and its resource. `outage`:
+/// since when the backend has not answered (the attempt is given back, [`wait_out`]); `None`
+/// for an ordinary retry. `Ok(false)` when `worker_id` no longer holds the task.
+async fn requeue(
+    tx: &mut Transaction<'_, Postgres>,
+    worker_id: &str,
+    task: &Claimed,
+    delay: Duration,
+    message: &str,
+    outage: Option<DateTime<Utc>>,
+) -> Result<bool, sqlx::Error> {
     let queued = sqlx::query!(
         r#"UPDATE tasks SET status = 'queued', locked_by = NULL, locked_until = NULL,
-               run_after = now() + make_interval(secs => $3), message = $4
-           WHERE id = $1 AND locked_by = $2"#,
+               run_after = now() + make_interval(secs => $3), message = $4,
+               unreachable_since = $5,
+               attempts = CASE WHEN $5::timestamptz IS NULL THEN attempts
+                               ELSE GREATEST(attempts - 1, 0) END
+           WHERE id = $1 AND locked_by = $2 AND status = 'running'"#,
         task.id,
         worker_id,
         delay.as_secs_f64(),
-        message
+        message,
+        outage as _
     )
     .execute(&mut **tx)
     .await?;
@@ -616,6 +644,62 @@ async fn retry_later(
     .await?;
     Ok(true)
 }
+
+/// The backend did not answer at all (`error.unreachable` names it): the task is queued
+/// again after [`outage_delay`] without using up an attempt, its message saying since when
+/// the service has been unreachable (the first such failure of this task, kept in
+/// `tasks.unreachable_since`), until the outage has lasted longer than `budget`; then it
+/// fails ([`failed`]).
+async fn wait_out(
+    tx: &mut Transaction<'_, Postgres>,
+    worker_id: &str,
+    task: &Claimed,
+    error: &BackendError,
+    budget: Duration,
+) -> Result<bool, sqlx::Error> {
+    let service = error.unreachable.unwrap_or("the backend");
+    let since = sqlx::query_scalar!(
+        r#"SELECT COALESCE(unreachable_since, now()) AS "since!: DateTime<Utc>"
+           FROM tasks WHERE id = $1 AND locked_by = $2 AND status = 'running'"#,
+        task.id,
+        worker_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(since) = since else {
+        return Ok(false);
+    };
+    let down_for = (Utc::now() - since).to_std().unwrap_or_default();
+    let since_text = since.format("%Y-%m-%d %H:%M:%S UTC");
+    if down_for > budget {
+        let failure = BackendError::permanent(format!(
+            "{service} unreachable since {since_text}, longer than this site waits ({} s): {}",
+            budget.as_secs(),
+            error.message
+        ));
+        return failed(tx, worker_id, task, &failure).await;
+    }
+    let delay = outage_delay(down_for);
+    let message = format!(
+        "{service} unreachable since {since_text}; retrying in {} s ({})",
+        delay.as_secs().max(1),
+        error.message
+    );
+    tracing::warn!(error = %error.message, retry_in_s = delay.as_secs(), "backend unreachable; task waits");
+    requeue(tx, worker_id, task, delay, &message, Some(since)).await
+}
+
+/// The wait before the next try at a backend that has not answered for `down_for`: a quarter
+/// of the outage so far, between 2 and 30 s, ±20 % jitter (so the tasks of one outage do not
+/// all knock at once when it ends).
+pub fn outage_delay(down_for: Duration) -> Duration {
+    use rand::Rng as _;
+    let base = (down_for / 4).clamp(Duration::from_secs(2), OUTAGE_RETRY_CAP);
+    base.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
+}
+
+/// The longest wait between two tries at an unreachable backend.
+pub const OUTAGE_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// A failure for good: a create leaves its resource `failed` (the worker removed what the
 /// backend made before), a delete leaves it in error with the reason.
@@ -661,6 +745,15 @@ pub fn backoff(attempt: i32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outage_delay_grows_and_caps() {
+        use std::time::Duration;
+        for (down, lo, hi) in [(0, 1.6, 2.4), (40, 8.0, 12.0), (600, 24.0, 36.0)] {
+            let d = super::outage_delay(Duration::from_secs(down)).as_secs_f64();
+            assert!((lo..=hi).contains(&d), "{down} s down: waited {d} s");
+        }
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         let secs: Vec<u64> = (1..=8).map(|a| super::backoff(a).as_secs()).collect();

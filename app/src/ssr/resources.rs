@@ -17,8 +17,8 @@ use crate::ssr::list_cache::ListCache;
 use crate::ssr::names::{is_dns_label, unsafe_character};
 use crate::ssr::queue::{self, LocalWorker, Reserved};
 use crate::ssr::rows::{
-    fetch_resource, fetch_task, load_record, select_resources, RecordRow, ResourceFilter,
-    ResourceRow, Scope, TaskRow,
+    fetch_resource, fetch_task, load_record, select_resources, select_tasks, RecordRow,
+    ResourceFilter, ResourceRow, Scope, TaskFilter, TaskRow,
 };
 use crate::ssr::{catalog, clouds, field_id, internal, path_id};
 use chrono::{DateTime, Utc};
@@ -416,6 +416,14 @@ pub async fn create_resources(
     request: &CreateResourcesRequest,
 ) -> Result<CreateResourcesResponse, AppError> {
     let experiment_id = principal.require_experiment()?;
+    // A retry of a request already stored gets that request's answer, before any check that
+    // might now decide otherwise (an image hidden since, the quota used by the first try).
+    let client = request.request_id.map(|id| (id, body_digest(request)));
+    if let Some((id, digest)) = &client {
+        if let Some(answer) = replay(ctx, experiment_id, *id, digest).await? {
+            return Ok(answer);
+        }
+    }
     check_request(principal, request)?;
     let requested_by = requesting_user(ctx.auth, principal, request).await?;
     let planned = Planner::new(ctx, principal, requested_by.as_deref())
@@ -425,6 +433,19 @@ pub async fn create_resources(
     // stored before, and the next request of this experiment sees these.
     let mut tx = ctx.pool.begin().await?;
     let used = usage(&mut tx, experiment_id).await?;
+    if let Some((id, digest)) = &client {
+        // A twin sent at the same time may have been stored while this one was checked; the
+        // experiment's lock, now held, orders the two.
+        if request_known(&mut tx, experiment_id, *id).await? {
+            tx.rollback().await?;
+            if let Some(answer) = replay(ctx, experiment_id, *id, digest).await? {
+                return Ok(answer);
+            }
+            return Err(internal(anyhow::anyhow!(
+                "a stored request vanished during its replay"
+            )));
+        }
+    }
     check_quota(ctx.quota, &used, &planned)?;
     // This process's worker takes what it has room for straight from here (no claim, no
     // re-read), within the experiment's share of the slots; the rest is queued.
@@ -437,7 +458,15 @@ pub async fn create_resources(
         project_id: principal.project_id.as_deref().unwrap_or_default(),
         requested_by: requested_by.as_deref(),
     };
-    let rows = store(&mut tx, &owner, request, &planned, &reserved).await?;
+    let rows = store(
+        &mut tx,
+        &owner,
+        request,
+        client.as_ref(),
+        &planned,
+        &reserved,
+    )
+    .await?;
     tx.commit().await?;
     if rows.len() > reserved.len() {
         queue::notify_queued(ctx.pool).await;
@@ -445,6 +474,87 @@ pub async fn create_resources(
     }
     ctx.list_cache.invalidate();
     Ok(hand_over(ctx.site, rows, reserved))
+}
+
+/// SHA-256 of the request as it matters for a retry: the JSON of its fields without
+/// `request_id` and `tokens` (a client may renew its user token between two tries). Fields
+/// are serialised in declaration order and times as RFC 3339 UTC, so the same request written
+/// with other whitespace, key order or time zone offset has the same digest.
+pub fn body_digest(request: &CreateResourcesRequest) -> Vec<u8> {
+    use sha2::Digest as _;
+    let canonical = CreateResourcesRequest {
+        tokens: Vec::new(),
+        request_id: None,
+        ..request.clone()
+    };
+    let json = serde_json::to_vec(&canonical).unwrap_or_default();
+    sha2::Sha256::digest(json).to_vec()
+}
+
+/// Whether `experiment_id` already stored a request with the client id `client_id`.
+async fn request_known(
+    tx: &mut sqlx::PgConnection,
+    experiment_id: &str,
+    client_id: Uuid,
+) -> Result<bool, AppError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM resource_requests
+                          WHERE experiment_id = $1 AND client_request_id = $2) AS "known!""#,
+        experiment_id,
+        client_id
+    )
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// The answer to a request `experiment_id` already made with the client id `client_id`:
+/// its resources (in request order) and each one's create task, as they are now. `None` when
+/// no such request is stored; 409 naming `request_id` when it was stored with another body
+/// (`digest`, see [`body_digest`]).
+async fn replay(
+    ctx: &Resources<'_>,
+    experiment_id: &str,
+    client_id: Uuid,
+    digest: &[u8],
+) -> Result<Option<CreateResourcesResponse>, AppError> {
+    let Some(stored) = sqlx::query!(
+        r#"SELECT id, body_sha256 FROM resource_requests
+           WHERE experiment_id = $1 AND client_request_id = $2"#,
+        experiment_id,
+        client_id
+    )
+    .fetch_optional(ctx.pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if stored.body_sha256.as_deref() != Some(digest) {
+        return Err(AppError::Conflict {
+            field: "request_id".into(),
+            message: format!(
+                "request_id `{client_id}` was already used by this experiment for a different request; \
+                 send a new request_id for a new request"
+            ),
+        });
+    }
+    let filter = ResourceFilter {
+        request_id: Some(stored.id),
+        experiment_id: Some(experiment_id.to_string()),
+        include_deleted: true,
+        limit: i64::try_from(MAX_RESOURCES_PER_REQUEST).unwrap_or(i64::MAX),
+        ..ResourceFilter::default()
+    };
+    let resources = select_resources(ctx.pool, ctx.site, &filter).await?;
+    let scope = Scope {
+        experiment_id: Some(experiment_id.to_string()),
+        requested_by: None,
+    };
+    let creates = TaskFilter {
+        creates_of_request: Some(stored.id),
+        ..TaskFilter::default()
+    };
+    let tasks = select_tasks(ctx.pool, ctx.site, &scope, &creates).await?;
+    Ok(Some(CreateResourcesResponse { resources, tasks }))
 }
 
 /// What an experiment holds now: live resources (not deleted, expired or failed), the sums
@@ -581,6 +691,7 @@ async fn store(
     tx: &mut sqlx::PgConnection,
     owner: &Owner<'_>,
     request: &CreateResourcesRequest,
+    client: Option<&(Uuid, Vec<u8>)>,
     planned: &[Planned],
     reserved: &[Reserved],
 ) -> Result<Vec<InsertedRow>, AppError> {
@@ -600,8 +711,9 @@ async fn store(
     sqlx::query_as!(
         InsertedRow,
         r#"WITH q AS (
-               INSERT INTO resource_requests (id, experiment_id, ssh_authorized_keys)
-               VALUES ($17, $2, $5)
+               INSERT INTO resource_requests (id, experiment_id, ssh_authorized_keys,
+                   client_request_id, body_sha256)
+               VALUES ($17, $2, $5, $18, $19)
                RETURNING id, ssh_authorized_keys),
            r AS (
                INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
@@ -672,7 +784,9 @@ async fn store(
         &task_ids,
         worker_id,
         queue::LEASE.as_secs_f64(),
-        Uuid::now_v7()
+        Uuid::now_v7(),
+        client.map(|c| c.0),
+        client.map(|c| c.1.as_slice())
     )
     .fetch_all(&mut *tx)
     .await
@@ -825,6 +939,7 @@ pub async fn list_resources(
         experiment_id: scope.experiment_id.or(query.experiment_id.clone()),
         requested_by: scope.requested_by,
         project_id: query.project.clone(),
+        request_id: None,
         include_deleted: query.include_deleted,
         limit,
         offset,

@@ -112,6 +112,8 @@ pub struct ResourceFilter {
     pub experiment_id: Option<String>,
     pub requested_by: Option<String>,
     pub project_id: Option<String>,
+    /// Only the resources of this stored request (`resource_requests.id`).
+    pub request_id: Option<Uuid>,
     /// Include `deleted` and `expired` resources.
     pub include_deleted: bool,
     /// Page size (rows) and rows skipped.
@@ -161,6 +163,7 @@ pub async fn select_resources(
              AND ($3::text IS NULL OR r.requested_by = $3)
              AND ($4::text IS NULL OR r.project_id = $4)
              AND ($5 OR r.allocation_state NOT IN ('deleted', 'expired'))
+             AND ($8::uuid IS NULL OR r.request_id = $8)
            ORDER BY r.created_at, r.id
            LIMIT $6 OFFSET $7"#,
         filter.id,
@@ -169,7 +172,8 @@ pub async fn select_resources(
         filter.project_id,
         filter.include_deleted,
         filter.limit,
-        filter.offset
+        filter.offset,
+        filter.request_id
     )
     .fetch_all(pool)
     .await?;
@@ -310,14 +314,24 @@ impl TaskRow {
     }
 }
 
-/// Tasks whose resource is visible to `scope`: the one task `id`, or all of resource
-/// `resource_id` oldest first (exactly one of the two is given).
+/// Which tasks [`select_tasks`] returns: `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// The one task `id`.
+    pub id: Option<Uuid>,
+    /// The tasks of one resource.
+    pub resource_id: Option<Uuid>,
+    /// The create tasks of the resources of one stored request (`resource_requests.id`).
+    pub creates_of_request: Option<Uuid>,
+}
+
+/// Tasks matching `filter` whose resource is visible to `scope`, in the order of their
+/// resources (as [`select_resources`] lists them), then oldest first.
 pub async fn select_tasks(
     pool: &PgPool,
     site: &str,
     scope: &Scope,
-    id: Option<Uuid>,
-    resource_id: Option<Uuid>,
+    filter: &TaskFilter,
 ) -> Result<Vec<Task>, sqlx::Error> {
     let rows = sqlx::query_as!(
         TaskRow,
@@ -330,11 +344,13 @@ pub async fn select_tasks(
              AND ($2::uuid IS NULL OR t.resource_id = $2)
              AND ($3::text IS NULL OR r.experiment_id = $3)
              AND ($4::text IS NULL OR r.requested_by = $4)
-           ORDER BY t.created_at, t.id"#,
-        id,
-        resource_id,
+             AND ($5::uuid IS NULL OR (r.request_id = $5 AND t.kind = 'create'))
+           ORDER BY r.created_at, r.id, t.created_at, t.id"#,
+        filter.id,
+        filter.resource_id,
         scope.experiment_id,
-        scope.requested_by
+        scope.requested_by,
+        filter.creates_of_request
     )
     .fetch_all(pool)
     .await?;
@@ -348,7 +364,11 @@ pub async fn fetch_task(
     scope: &Scope,
     id: Uuid,
 ) -> Result<Task, AppError> {
-    select_tasks(pool, site, scope, Some(id), None)
+    let filter = TaskFilter {
+        id: Some(id),
+        ..TaskFilter::default()
+    };
+    select_tasks(pool, site, scope, &filter)
         .await?
         .pop()
         .ok_or_else(|| {

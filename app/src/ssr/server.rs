@@ -182,11 +182,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests handled at once; more wait for a slot (tower `GlobalConcurrencyLimitLayer`).
 pub const MAX_IN_FLIGHT: usize = 1024;
-/// How long open connections may finish their requests after shutdown began.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets open connections finish
-/// their requests for at most [`SHUTDOWN_GRACE`]. Each connection: `TCP_NODELAY` (answers go
+/// Serves `router` on `listener` until `shutdown` resolves, then closes the listener and lets
+/// open connections finish their requests for at most `grace` (`SHUTDOWN_GRACE_SECS`). Each connection: `TCP_NODELAY` (answers go
 /// out when written), HTTP/1.1 or h2c (hyper-util's auto builder), headers within
 /// [`HEADER_READ_TIMEOUT`], and the peer address as axum's `ConnectInfo` (for per-client
 /// rate limits).
@@ -194,6 +191,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -241,7 +239,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {

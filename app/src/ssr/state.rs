@@ -73,6 +73,9 @@ impl AppState {
             local: self.local_worker.clone(),
             concurrency: self.config.worker_concurrency,
             slots_per_experiment: self.config.worker_slots_per_experiment,
+            outage_budget: self.config.outage_budget,
+            orphan_grace: self.config.orphan_grace,
+            vm_reconcile_every: self.config.vm_reconcile_every,
         }
     }
 }

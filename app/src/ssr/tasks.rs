@@ -6,7 +6,7 @@ use crate::error::AppError;
 use crate::ids::IdKind;
 use crate::model::Task;
 use crate::ssr::auth::Principal;
-use crate::ssr::rows::{fetch_resource, fetch_task, select_tasks, Scope};
+use crate::ssr::rows::{fetch_resource, fetch_task, select_tasks, Scope, TaskFilter};
 use crate::ssr::{field_id, path_id};
 use sqlx::PgPool;
 
@@ -39,5 +39,9 @@ pub async fn list_tasks(
     };
     let scope = Scope::of(principal);
     fetch_resource(pool, site, &scope, uuid).await?;
-    Ok(select_tasks(pool, site, &scope, None, Some(uuid)).await?)
+    let filter = TaskFilter {
+        resource_id: Some(uuid),
+        ..TaskFilter::default()
+    };
+    Ok(select_tasks(pool, site, &scope, &filter).await?)
 }

@@ -7,6 +7,7 @@ use crate::model::{AllocationState, OperationalState, TaskKind};
 use crate::ssr::backend::{BackendError, Backends, ResourceRecord};
 use crate::ssr::list_cache::ListCache;
 use crate::ssr::queue::{self, Attached, Claimed, LocalWorker, Outcome, PgProgress, HEARTBEAT};
+use crate::ssr::reconcile::Reconciler;
 use crate::ssr::rows::load_record;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ use uuid::Uuid;
 
 /// Fallback poll for retries that became due and expired leases.
 const POLL: Duration = Duration::from_secs(1);
-/// How often the expiry sweep runs.
-const REAP_EVERY: Duration = Duration::from_secs(15);
+/// How often the expiry sweep runs (one indexed query; a resource is torn down at most this
+/// long after its `expires_at`, plus the delete itself).
+const REAP_EVERY: Duration = Duration::from_secs(2);
 
 /// What the worker works with (taken from the application state by its entry point).
 #[derive(Clone)]
@@ -37,6 +39,12 @@ pub struct Worker {
     /// Running tasks one experiment may hold at once, over all workers
     /// (`WORKER_SLOTS_PER_EXPERIMENT`).
     pub slots_per_experiment: usize,
+    /// How long a task waits out an unreachable backend (`OUTAGE_BUDGET_SECS`).
+    pub outage_budget: Duration,
+    /// How long an unknown Pod or server of ours may live (`ORPHAN_GRACE_SECS`).
+    pub orphan_grace: Duration,
+    /// Between two reconcile passes over the VMs of one (user, cloud) (`VM_RECONCILE_SECS`).
+    pub vm_reconcile_every: Duration,
 }
 
 /// A process-unique worker id: `<HOSTNAME>-<pid>-<random>`.
@@ -59,6 +67,15 @@ pub async fn run_worker(
     listener.listen(queue::CHANNEL).await?;
     let mut attached = worker.local.attach(&worker_id, worker.concurrency);
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
+    let reconciler = Reconciler::new(
+        worker.pool.clone(),
+        worker.site.clone(),
+        worker.backends.clone(),
+        worker.list_cache.clone(),
+        worker.orphan_grace,
+        worker.vm_reconcile_every,
+    );
+    let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
     loop {
@@ -87,6 +104,7 @@ pub async fn run_worker(
     }
     // No more hand-offs; what was sent but not started is re-queued with the rest below.
     drop(attached);
+    reconciling.abort();
     running.abort_all();
     while running.join_next().await.is_some() {}
     let released = queue::release(&worker.pool, &worker_id).await?;
@@ -187,8 +205,15 @@ async fn run_task(worker: &Worker, worker_id: &str, task: Claimed, record: Optio
     if matches!(outcome, Outcome::Failed(_)) && !outcome.retries(&task) {
         clean_up_failed(worker, &task, &progress).await;
     }
-    if let Err(e) =
-        queue::record_outcome(&worker.pool, &worker.list_cache, worker_id, &task, outcome).await
+    if let Err(e) = queue::record_outcome(
+        &worker.pool,
+        &worker.list_cache,
+        worker_id,
+        &task,
+        outcome,
+        worker.outage_budget,
+    )
+    .await
     {
         tracing::error!(error = %e, "recording the task outcome failed; its lease will expire and it will run again");
     }

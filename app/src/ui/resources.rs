@@ -81,6 +81,7 @@ pub async fn request_resource(
         tokens: vec![TokenRef {
             jwt: auth.user_token.clone(),
         }],
+        request_id: None,
     };
     let created =
         crate::ssr::resources::create_resources(&state.resources(), experiment, &request).await?;

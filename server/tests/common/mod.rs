@@ -278,6 +278,18 @@ impl TestApp {
             "--slices-jwks-refresh-secs".into(),
             options.jwks_refresh_secs.unwrap_or(300).to_string(),
         ];
+        if !options
+            .extra_args
+            .iter()
+            .any(|a| a == "--k8s-namespace-prefix")
+        {
+            // Namespaces of its own: the reconciler of each test app looks only at Pods under
+            // its prefix, so it never takes another test's Pods (unknown to its database) for
+            // orphans.
+            let tag = app::ids::encode_suffix(uuid::Uuid::now_v7());
+            args.push("--k8s-namespace-prefix".into());
+            args.push(format!("t{}-", &tag[tag.len() - 6..]));
+        }
         args.extend(options.extra_args.iter().cloned());
         if let Some(allowed) = &options.allowed_endpoints {
             args.push("--openstack-allowed-endpoints".into());
@@ -345,6 +357,7 @@ impl TestApp {
             listener,
             router,
             std::future::pending(),
+            std::time::Duration::from_secs(1),
         ));
         let (stop, rx) = tokio::sync::watch::channel(false);
         if !options.no_worker {
@@ -451,11 +464,10 @@ pub fn in_an_hour() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
 }
 
-/// Runs the `slices-blueprint` binary of this build with `args` against the test's database.
-///
-/// `env` adds variables (e.g. `SITE_CLOUDS_YAML`); the key files live in a fresh temp folder and
-/// the dev issuer satisfies the token settings every command validates.
-pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+/// The `slices-blueprint` binary of this build set up for the test's database: its key files
+/// in a fresh temp folder, and the dev issuer (which satisfies the token settings every
+/// command validates).
+pub fn binary(pool: &PgPool) -> std::process::Command {
     let options = pool.connect_options();
     let url = format!(
         "postgres://{}@{}:{}/{}",
@@ -465,17 +477,24 @@ pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> std::process::
         options.get_database().expect("database name")
     );
     let dir = std::env::temp_dir().join(format!("sb-cli-{}", uuid::Uuid::now_v7()));
-    std::process::Command::new(env!("CARGO_BIN_EXE_slices-blueprint"))
-        .args(args)
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_slices-blueprint"));
+    command
         .env("DATABASE_URL", url)
         .env("SECRET_KEY_FILE", dir.join("secret.key"))
         .env("CLOUDS_ENCRYPTION_KEY_FILE", dir.join("clouds.key"))
         .env("RUST_LOG", "warn")
-        // Every command validates the token settings; the dev issuer satisfies them here.
         .env_remove("SLICES_ISSUER")
         .env_remove("SLICES_JWKS_URL")
         .env("DEV_ISSUER", "true")
-        .env("DEV_ISSUER_KEY_FILE", dir.join("dev-key.pem"))
+        .env("DEV_ISSUER_KEY_FILE", dir.join("dev-key.pem"));
+    command
+}
+
+/// Runs the `slices-blueprint` binary of this build ([`binary`]) with `args` against the
+/// test's database; `env` adds variables (e.g. `SITE_CLOUDS_YAML`).
+pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    binary(pool)
+        .args(args)
         .envs(env.iter().copied())
         .output()
         .expect("run slices-blueprint")

@@ -29,9 +29,14 @@
 //!   ([`super::pod_feed`]), or where that watch is not available from a watch of the Pod
 //!   itself, bounded by `POD_READY_TIMEOUT_SECS`; phases map as Pending → provisioning,
 //!   Running → ready, Failed or image errors → failed with the reason ([`classify`]).
+//! - The reconciler compares the database with every managed Pod in our namespaces
+//!   ([`observed`], from the shared watch's store, or one LIST while it is down) and removes
+//!   orphans by uid.
 
 use super::pod_feed::{FeedState, PodFeed};
-use super::{BackendError, ComputeBackend, Progress, ResourceRecord};
+use super::{
+    BackendError, ComputeBackend, ObjectHandle, Observed, ObservedHealth, Progress, ResourceRecord,
+};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, Namespace, Pod, PodSecurityContext, PodSpec, ResourceQuota,
@@ -44,7 +49,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use std::collections::BTreeMap;
@@ -766,6 +771,10 @@ impl KubernetesBackend {
                     self.ready_timeout.as_secs()
                 )))
             }
+            Ok(Err(e)) if wait_transport(&e) => Err(BackendError::unreachable(
+                API,
+                format!("watching the pod: {API} unreachable ({e})"),
+            )),
             Ok(Err(e)) => Err(BackendError::retryable(format!("watching the pod: {e}"))),
             Ok(Ok(None)) => Err(BackendError::permanent(
                 "the pod was deleted before it became Running",
@@ -776,6 +785,68 @@ impl KubernetesBackend {
                 PodVerdict::Pending(why) => Err(BackendError::retryable(why)),
             },
         }
+    }
+}
+
+/// A managed Pod as the reconciler sees it: being deleted (`metadata.deletionTimestamp`),
+/// else [`classify`] — a Pod that will not start by itself is `Degraded` while its phase is
+/// Pending or Running (the kubelet keeps trying) and `Stopped` once the phase is Failed or
+/// Succeeded — with container restarts (`status.containerStatuses[].restartCount`,
+/// `lastState.terminated.reason`, e.g. `OOMKilled`) noted on a running Pod.
+pub fn observed(pod: &Pod) -> Observed {
+    let meta = &pod.metadata;
+    let handle = ObjectHandle::Pod {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let health = if meta.deletion_timestamp.is_some() {
+        ObservedHealth::Terminating
+    } else {
+        match classify(pod) {
+            PodVerdict::Running { .. } => ObservedHealth::Ready(restarts_note(pod)),
+            PodVerdict::Pending(why) => ObservedHealth::Starting(why),
+            PodVerdict::Failed(why) if matches!(phase, Some("Failed" | "Succeeded")) => {
+                ObservedHealth::Stopped(why)
+            }
+            PodVerdict::Failed(why) => ObservedHealth::Degraded(why),
+        }
+    };
+    Observed {
+        resource_id: owner_of(pod).cloned(),
+        handle,
+        health,
+    }
+}
+
+/// `""` for a Pod whose containers never restarted, else how often and why the last one
+/// ended (`running; containers restarted 3 times (last ended: OOMKilled)`).
+fn restarts_note(pod: &Pod) -> String {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    let mut restarts = 0;
+    let mut last = None;
+    for cs in statuses.into_iter().flatten() {
+        restarts += cs.restart_count;
+        if let Some(ended) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            last = Some(
+                ended
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("exit code {}", ended.exit_code)),
+            );
+        }
+    }
+    match restarts {
+        0 => String::new(),
+        n => format!(
+            "running; containers restarted {n} time{} (last ended: {})",
+            if n == 1 { "" } else { "s" },
+            last.as_deref().unwrap_or("unknown")
+        ),
     }
 }
 
@@ -819,6 +890,63 @@ impl ComputeBackend for KubernetesBackend {
         Ok(details_of(&pod, &namespace))
     }
 
+    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+        self.feed.start();
+        let pods = match self.feed.snapshot() {
+            Some(pods) => pods,
+            None => {
+                // The shared watch is starting or down: one LIST instead.
+                let all: Api<Pod> = Api::all(self.client.clone());
+                let params =
+                    ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+                all.list(&params)
+                    .await
+                    .map_err(|e| map_error("listing the managed pods", e))?
+                    .items
+                    .into_iter()
+                    .map(std::sync::Arc::new)
+                    .collect()
+            }
+        };
+        // Only our namespaces: another deployment on the same cluster may use the label too.
+        Ok(Some(
+            pods.iter()
+                .filter(|p| {
+                    p.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| ns.starts_with(&self.namespace_prefix))
+                })
+                .map(|p| observed(p))
+                .collect(),
+        ))
+    }
+
+    async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {
+        let ObjectHandle::Pod {
+            namespace,
+            name,
+            uid,
+        } = &object.handle
+        else {
+            return Ok(());
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        // Only that Pod: a newer one of the same name (another uid) answers 409 and stays.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(map_error("deleting an orphaned pod", e)),
+        }
+    }
+
     fn health(&self) -> String {
         match self.feed.state() {
             FeedState::Live => "connected; pod watch live".into(),
@@ -860,6 +988,10 @@ impl ComputeBackend for KubernetesBackend {
                 progress.report(100, "pod deleted").await;
                 Ok(())
             }
+            Ok(Err(e)) if wait_transport(&e) => Err(BackendError::unreachable(
+                API,
+                format!("watching the pod's deletion: {API} unreachable ({e})"),
+            )),
             Ok(Err(e)) => Err(BackendError::retryable(format!(
                 "watching the pod's deletion: {e}"
             ))),
@@ -871,9 +1003,13 @@ impl ComputeBackend for KubernetesBackend {
     }
 }
 
-/// API errors: 4xx other than 409/429 are permanent (the request itself is wrong), the rest
-/// (5xx, 429, transport) are retryable.
+/// API errors: 4xx other than 409/429 are permanent (the request itself is wrong); no answer
+/// at all (connection refused, reset, timed out) is the API server being unreachable, waited
+/// out by the task runner; the rest (5xx, 429) are retryable.
 fn map_error(what: &str, e: kube::Error) -> BackendError {
+    if is_transport(&e) {
+        return BackendError::unreachable(API, format!("{what}: {API} unreachable ({e})"));
+    }
     match &e {
         kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 => {
             BackendError::permanent(format!(
@@ -882,6 +1018,28 @@ fn map_error(what: &str, e: kube::Error) -> BackendError {
             ))
         }
         _ => BackendError::retryable(format!("{what}: {e}")),
+    }
+}
+
+/// How task messages name the Kubernetes API server when it does not answer.
+const API: &str = "Kubernetes API";
+
+/// Whether `e` means the API server gave no answer (the request never got an HTTP status):
+/// the client's transport failed (connect, TLS, connection reset) or timed out.
+fn is_transport(e: &kube::Error) -> bool {
+    matches!(
+        e,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
+    )
+}
+
+/// [`is_transport`] for the watch under a wait (kube-runtime `wait::Error::ProbeFailed`).
+fn wait_transport(e: &kube::runtime::wait::Error) -> bool {
+    use kube::runtime::watcher::Error as W;
+    let kube::runtime::wait::Error::ProbeFailed(w) = e;
+    match w {
+        W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => is_transport(k),
+        _ => false,
     }
 }
 

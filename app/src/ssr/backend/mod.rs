@@ -15,12 +15,17 @@ use crate::ssr::cloud_config::CloudsFile;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// A backend failure. `retryable` errors (network, 5xx, a name still held by a terminating
-/// object) re-queue the task with backoff; the others fail it with `message`, which is
-/// written for the experimenter.
+/// A backend failure. `retryable` errors (5xx, a name still held by a terminating object)
+/// re-queue the task with backoff, each try using up one of its attempts; `unreachable` ones
+/// (the service did not answer at all: connection refused or reset, timed out) are retried
+/// with a capped backoff without using up attempts, until the outage has lasted longer than
+/// the worker's outage budget; the others fail it with `message`, which is written for the
+/// experimenter.
 #[derive(Debug, Clone)]
 pub struct BackendError {
     pub retryable: bool,
+    /// The service that did not answer (`Kubernetes API`, `Keystone`, …), for an outage.
+    pub unreachable: Option<&'static str>,
     pub message: String,
 }
 
@@ -28,6 +33,7 @@ impl BackendError {
     pub fn retryable(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
+            unreachable: None,
             message: message.into(),
         }
     }
@@ -35,6 +41,16 @@ impl BackendError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             retryable: false,
+            unreachable: None,
+            message: message.into(),
+        }
+    }
+
+    /// `service` did not answer at all (its outage, not a refusal of this request).
+    pub fn unreachable(service: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            unreachable: Some(service),
             message: message.into(),
         }
     }
@@ -135,6 +151,78 @@ pub trait ComputeBackend: Send + Sync {
 
     /// One line on the backend's connection for `/healthz` (e.g. `connected; pod watch live`).
     fn health(&self) -> String;
+
+    /// Every object of this backend that carries our marks (Kubernetes: the
+    /// `app.kubernetes.io/managed-by=slices-blueprint` label; Nova: our resource-id metadata),
+    /// as it is now, for the reconciler. `owner` narrows it to one user's objects where the
+    /// backend works per user (OpenStack: the user's clouds.yaml); `Ok(None)` when this
+    /// backend cannot observe (the default).
+    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+        Ok(None)
+    }
+
+    /// Deletes an object [`ComputeBackend::observe`] reported whose resource the database does
+    /// not know, or knows as gone (an orphan). Absent counts as done.
+    async fn remove_orphan(&self, _object: &Observed) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// One backend object carrying our marks, as [`ComputeBackend::observe`] saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The typed resource id it names (`resource_<site>_…`); `None` when it carries our
+    /// marks but no resource id.
+    pub resource_id: Option<String>,
+    /// Where it is, for the log and for [`ComputeBackend::remove_orphan`].
+    pub handle: ObjectHandle,
+    pub health: ObservedHealth,
+}
+
+/// How to find one backend object again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ObjectHandle {
+    /// A Pod (core/v1), by namespace, name and `metadata.uid`.
+    Pod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+    /// A Nova server of `user_id`'s cloud `cloud`.
+    Server {
+        user_id: String,
+        cloud: String,
+        server_id: String,
+    },
+}
+
+impl std::fmt::Display for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectHandle::Pod {
+                namespace, name, ..
+            } => write!(f, "pod {namespace}/{name}"),
+            ObjectHandle::Server {
+                cloud, server_id, ..
+            } => write!(f, "server {server_id} on cloud `{cloud}`"),
+        }
+    }
+}
+
+/// What an observed object is doing, in the terms of a resource's `operational_state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObservedHealth {
+    /// Not running yet (scheduling, pulling, building).
+    Starting(String),
+    /// Running; the text says more when there is more to say (e.g. container restarts).
+    Ready(String),
+    /// There but not working, and it may recover (CrashLoopBackOff, an image that cannot be
+    /// pulled, Nova `ERROR`, `SHUTOFF`).
+    Degraded(String),
+    /// Ended for good (Pod phase `Failed` or `Succeeded`).
+    Stopped(String),
+    /// Being deleted.
+    Terminating,
 }
 
 /// The configured backends, one per flavor type; `None` = not configured on this site.

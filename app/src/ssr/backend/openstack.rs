@@ -11,8 +11,13 @@
 //!   a retried create adopts a server that has it, and a delete that meets 404 is done.
 //! - Status: `GET /servers/{id}` polled with backoff until ACTIVE (addresses recorded) or
 //!   ERROR (Nova's fault message), bounded by `VM_READY_TIMEOUT_SECS`.
+//! - Reconciler: per user with live VMs, every cloud of their clouds.yaml is listed
+//!   (`GET /servers/detail`) for servers with our metadata; orphans are deleted by id.
 
-use super::{BackendError, CloudsSource, ComputeBackend, Progress, ResourceRecord};
+use super::{
+    BackendError, CloudsSource, ComputeBackend, ObjectHandle, Observed, ObservedHealth, Progress,
+    ResourceRecord,
+};
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use crate::ssr::cloud_config::Cloud;
 use crate::ssr::openstack::{settings_hash, OpenStackClient, OpenStackError, Token, TokenKey};
@@ -41,6 +46,9 @@ fn map(e: OpenStackError) -> BackendError {
         )),
         OpenStackError::Refused(m) => BackendError::permanent(explain(&m)),
         OpenStackError::Unavailable(m) => BackendError::retryable(m),
+        OpenStackError::Unreachable { service, message } => {
+            BackendError::unreachable(service, message)
+        }
     }
 }
 
@@ -94,13 +102,23 @@ impl OpenStackBackend {
                 r.image_cluster_id
             ))
         })?;
-        let key = TokenKey {
-            user,
-            cloud: cloud.name.clone(),
-            settings_hash: settings_hash(&cloud),
-        };
-        let token = self.client.token(&key, &cloud).await.map_err(map)?;
+        let (key, token) = self.cloud_session(&user, &cloud).await?;
         Ok((cloud, key, token))
+    }
+
+    /// A (cached) token of `user` for `cloud`.
+    async fn cloud_session(
+        &self,
+        user: &str,
+        cloud: &Cloud,
+    ) -> Result<(TokenKey, Token), BackendError> {
+        let key = TokenKey {
+            user: user.to_string(),
+            cloud: cloud.name.clone(),
+            settings_hash: settings_hash(cloud),
+        };
+        let token = self.client.token(&key, cloud).await.map_err(map)?;
+        Ok((key, token))
     }
 
     async fn get(
@@ -273,6 +291,24 @@ impl OpenStackBackend {
             .map_err(map)?
             .unwrap_or(Value::Null);
         Ok(body["output"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// A Nova server's `status` as the reconciler sees it (Compute API, "Server Status").
+fn server_health(server: &Value) -> ObservedHealth {
+    let status = server["status"].as_str().unwrap_or_default();
+    match status {
+        "ACTIVE" => ObservedHealth::Ready(String::new()),
+        "BUILD" => ObservedHealth::Starting("the server is being built".into()),
+        "ERROR" => ObservedHealth::Degraded(format!(
+            "Nova reports the server in ERROR: {}",
+            server["fault"]["message"]
+                .as_str()
+                .unwrap_or("no fault message")
+        )),
+        "SHUTOFF" => ObservedHealth::Degraded("the server is shut off (SHUTOFF)".into()),
+        "DELETED" | "SOFT_DELETED" => ObservedHealth::Terminating,
+        other => ObservedHealth::Starting(format!("Nova status {other}")),
     }
 }
 
@@ -454,6 +490,72 @@ impl ComputeBackend for OpenStackBackend {
 
     fn health(&self) -> String {
         "configured (each user's clouds.yaml)".into()
+    }
+
+    /// The servers carrying our resource-id metadata in every cloud of `owner`'s clouds.yaml
+    /// (Compute API "List Servers Detailed"). One cloud that cannot be listed fails the whole
+    /// observation, so that its servers are never taken for gone.
+    async fn observe(&self, owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+        let Some(user) = owner else {
+            return Ok(None);
+        };
+        let Ok((file, _)) = self.clouds.clouds_of(user).await else {
+            return Ok(None);
+        };
+        let mut observed = Vec::new();
+        for cloud in &file.clouds {
+            let (_, token) = self.cloud_session(user, cloud).await?;
+            let compute = token.endpoint("compute", cloud).map_err(map)?;
+            let url = format!("{compute}/servers/detail?limit=1000");
+            let body = self.get(cloud, &token, &url).await?.unwrap_or(Value::Null);
+            for server in body["servers"].as_array().into_iter().flatten() {
+                let Some(resource_id) = server["metadata"][META_RESOURCE].as_str() else {
+                    continue;
+                };
+                observed.push(Observed {
+                    resource_id: Some(resource_id.to_string()),
+                    handle: ObjectHandle::Server {
+                        user_id: user.to_string(),
+                        cloud: cloud.name.clone(),
+                        server_id: server["id"].as_str().unwrap_or_default().to_string(),
+                    },
+                    health: server_health(server),
+                });
+            }
+        }
+        Ok(Some(observed))
+    }
+
+    async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {
+        let ObjectHandle::Server {
+            user_id,
+            cloud,
+            server_id,
+        } = &object.handle
+        else {
+            return Ok(());
+        };
+        let (file, _) = self
+            .clouds
+            .clouds_of(user_id)
+            .await
+            .map_err(BackendError::permanent)?;
+        let Some(cloud) = file.get(cloud) else {
+            return Ok(());
+        };
+        let (_, token) = self.cloud_session(user_id, cloud).await?;
+        let compute = token.endpoint("compute", cloud).map_err(map)?;
+        self.client
+            .call(
+                cloud,
+                &token,
+                Method::DELETE,
+                &format!("{compute}/servers/{server_id}"),
+                None,
+            )
+            .await
+            .map_err(map)?;
+        Ok(())
     }
 
     async fn delete(

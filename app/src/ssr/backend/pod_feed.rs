@@ -18,8 +18,9 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -59,6 +60,9 @@ pub struct PodFeed {
     state: watch::Sender<FeedState>,
     started: AtomicBool,
     settled: AtomicU64,
+    /// Every managed Pod as last seen, by `metadata.uid` (what the reconciler compares with
+    /// the database); rebuilt from each full list.
+    store: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
 impl PodFeed {
@@ -72,7 +76,23 @@ impl PodFeed {
             state: watch::channel(FeedState::Starting).0,
             started: AtomicBool::new(false),
             settled: AtomicU64::new(0),
+            store: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Every managed Pod as the watch last saw it, while the watch is live (`None` while it
+    /// starts or is down: then nobody can say which Pods exist).
+    pub fn snapshot(&self) -> Option<Vec<Arc<Pod>>> {
+        if self.state() != FeedState::Live {
+            return None;
+        }
+        Some(self.lock_store().values().cloned().collect())
+    }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pod>>> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts the watch on the current tokio runtime (once; later calls do nothing). It
@@ -171,17 +191,29 @@ async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: Str
     let config = watcher::Config::default().labels(&label_selector);
     let stream = watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    // The Pods of a full list in progress (they replace the store when it is done).
+    let mut relisted: HashMap<String, Arc<Pod>> = HashMap::new();
+    let uid = |pod: &Pod| pod.metadata.uid.clone().unwrap_or_default();
     while let Some(event) = stream.next().await {
         let Some(feed) = feed.upgrade() else { return };
         match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                let _ = feed.events.send(PodEvent::Applied(Arc::new(pod)));
+            Ok(watcher::Event::InitApply(pod)) => {
+                let pod = Arc::new(pod);
+                relisted.insert(uid(&pod), pod.clone());
+                let _ = feed.events.send(PodEvent::Applied(pod));
+            }
+            Ok(watcher::Event::Apply(pod)) => {
+                let pod = Arc::new(pod);
+                feed.lock_store().insert(uid(&pod), pod.clone());
+                let _ = feed.events.send(PodEvent::Applied(pod));
             }
             Ok(watcher::Event::Delete(pod)) => {
+                feed.lock_store().remove(&uid(&pod));
                 let _ = feed.events.send(PodEvent::Deleted(Arc::new(pod)));
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => relisted.clear(),
             Ok(watcher::Event::InitDone) => {
+                *feed.lock_store() = std::mem::take(&mut relisted);
                 if feed.state.send_replace(FeedState::Live) != FeedState::Live {
                     tracing::debug!("pod feed live");
                 }
