@@ -1,5 +1,5 @@
 import { expect, test } from './fixtures';
-import { aliceTokens, createK8sCatalog, pathIs, signInWithTokens, uniqueSuffix, waitHydrated, type CatalogEntry } from './helpers';
+import { API, aliceTokens, createK8sCatalog, pathIs, signInWithTokens, uniqueSuffix, waitHydrated, type CatalogEntry } from './helpers';
 
 // The worker creates real Pods: needs the Kubernetes API (scripts/test starts the test server).
 test.skip(!!process.env.SKIP_K8S_TESTS, 'SKIP_K8S_TESTS is set: no Kubernetes API for the tests');
@@ -55,6 +55,52 @@ test.describe('pod resources', () => {
     // The confirmation is inline; only one is open at a time.
     await page.getByTestId('resource-delete-confirm').click();
     await expect(row).toHaveCount(0, { timeout: 60_000 });
+  });
+
+  test('time left, a banner within 24 h, and "Extend by" on the resource page', async ({ page, request }) => {
+    const tokens = aliceTokens();
+    const name = `e2e-ext-${uniqueSuffix()}`;
+    // Through the API: a pod that expires in 2 hours.
+    const expires = new Date(Date.now() + 2 * 3600_000);
+    expires.setUTCSeconds(0, 0);
+    const created = await request.post(`${API}/resources`, {
+      headers: { Authorization: `Bearer ${tokens.experiment}` },
+      data: {
+        expires_at: expires.toISOString(),
+        resources: [{ friendly_name: name, disk_image_id: catalog.image.id, flavor_id: catalog.flavor.id }],
+        tokens: [{ jwt: tokens.user }],
+      },
+    });
+    expect(created.status(), await created.text()).toBe(202);
+    const id = ((await created.json()) as { resources: { id: string }[] }).resources[0].id;
+
+    await signInWithTokens(page, tokens);
+    await page.goto('/resources');
+    await waitHydrated(page);
+    const row = page.locator(`[data-testid="resource-row"][data-name="${name}"]`);
+    await expect(row.getByTestId('resource-time-left')).toHaveText(/^in 1 h \d+ min$/);
+    await expect(page.getByTestId('expiry-banner')).toContainText(name);
+
+    await row.getByTestId('resource-link').click();
+    await expect(page).toHaveURL(pathIs(`/resources/${id}`));
+    await waitHydrated(page);
+    await expect(page.getByTestId('detail-time-left')).toHaveText(/^in 1 h \d+ min$/);
+    await page.getByTestId('extend-1d').check();
+    await page.getByTestId('extend-submit').click();
+    await expect(page.getByTestId('extend-done')).toBeVisible();
+    // A day later than before, shown without a reload.
+    await expect(page.getByTestId('detail-time-left')).toHaveText(/^in 1 day 1 h$/);
+    const after = await request.get(`${API}/resources/${id}`, { headers: { Authorization: `Bearer ${tokens.experiment}` } });
+    const expiresAt = new Date(((await after.json()) as { expires_at: string }).expires_at);
+    expect(expiresAt.getTime()).toBe(expires.getTime() + 24 * 3600_000);
+
+    // A date earlier than the current expiry is refused next to the form.
+    await page.getByTestId('extend-custom').check();
+    await page.getByTestId('extend-until').fill(new Date(Date.now() + 3600_000).toISOString().slice(0, 16));
+    await page.getByTestId('extend-submit').click();
+    await expect(page.getByTestId('err-expires_at')).toContainText('earlier than');
+
+    await request.delete(`${API}/resources/${id}`, { headers: { Authorization: `Bearer ${tokens.experiment}` } });
   });
 
   test('an invalid name is refused with a field error', async ({ page }) => {

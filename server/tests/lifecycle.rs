@@ -288,3 +288,154 @@ async fn orphaned_pods_are_deleted_after_the_grace_period(pool: PgPool) {
     assert_eq!(k["allocation_state"], "provisioned", "{k}");
     let _ = namespaces.delete(&foreign_ns, &Default::default()).await;
 }
+
+/// `PATCH /resources/{id}` moves `expires_at` later only: 422 naming `expires_at` for a time
+/// in the past, earlier than the current expiry or more than 89 days ahead; 404 for another
+/// experiment's resource; 403 for a user token.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn extend_rules(pool: PgPool) {
+    let app = TestApp::without_worker(pool).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            request(&image, &flavor, &["ext"], None),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let current: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(created["resources"][0]["expires_at"].clone()).expect("time");
+    let path = format!("/resources/{id}");
+    let at = |t: chrono::DateTime<chrono::Utc>| json!({ "expires_at": t.to_rfc3339() });
+    let now = chrono::Utc::now();
+
+    let later = current + chrono::Duration::days(1);
+    let (s, moved) = app.patch(&path, &token, at(later)).await;
+    assert_eq!(s, 200, "{moved}");
+    let moved_to: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(moved["expires_at"].clone()).expect("time");
+    assert_eq!(moved_to, later);
+    for (when, says) in [
+        (now - chrono::Duration::minutes(1), "future"),
+        (later - chrono::Duration::minutes(5), "earlier than"),
+        (now + chrono::Duration::days(90), "89 days"),
+    ] {
+        let (s, refused) = app.patch(&path, &token, at(when)).await;
+        assert_eq!(s, 422, "{when}: {refused}");
+        assert_eq!(refused["field"], "expires_at", "{refused}");
+        assert!(
+            refused["detail"].as_str().is_some_and(|d| d.contains(says)),
+            "{refused}"
+        );
+    }
+    let other = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, _) = app.patch(&path, &other, at(later)).await;
+    assert_eq!(s, 404);
+    let (s, _) = app.patch(&path, &app.issuer.user(ALICE), at(later)).await;
+    assert_eq!(s, 403);
+}
+
+/// A VM whose Keystone does not answer (nothing listens on its port) does not fail at once:
+/// its task is queued again without using up attempts, saying "Keystone unreachable since …";
+/// it fails only once the outage outlasts `OUTAGE_BUDGET_SECS` (4 s here), saying so.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_vm_task_waits_out_an_unreachable_keystone_within_the_budget(pool: PgPool) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let app = TestApp::start(
+        pool,
+        Options {
+            no_kubernetes: true,
+            allowed_endpoints: Some(format!("127.0.0.1:{port}")),
+            extra_args: vec!["--outage-budget-secs".into(), "4".into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let admin = app.issuer.user(common::ADMIN);
+    let (s, image) = app
+        .post(
+            "/disk-images",
+            &admin,
+            json!({"friendly_name": "tiny", "location": "tiny", "default_username": "cirros"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{image}");
+    let (s, flavor) = app
+        .post(
+            "/flavors",
+            &admin,
+            json!({"friendly_name": "m1.nano", "flavor_type": "vm", "vcpus": 1, "ram_mib": 64}),
+        )
+        .await;
+    assert_eq!(s, 201, "{flavor}");
+    let alice = app.issuer.user(ALICE);
+    let yaml = format!(
+        "clouds:\n  down:\n    auth:\n      auth_url: http://127.0.0.1:{port}/v3\n      username: demo\n      password: demo\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n"
+    );
+    let response = app
+        .http
+        .put(format!("{}/clouds-yaml", app.api))
+        .bearer_auth(&alice)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let mut body = request(
+        image["id"].as_str().expect("id"),
+        flavor["id"].as_str().expect("id"),
+        &["vm-down"],
+        None,
+    );
+    body["tokens"] = json!([{ "jwt": alice }]);
+    let (s, created) = app.post("/resources", &token, body).await;
+    assert_eq!(s, 202, "{created}");
+    let task_id = created["tasks"][0]["id"]
+        .as_str()
+        .expect("task")
+        .to_string();
+
+    let start = Instant::now();
+    let mut waited = None;
+    let task = loop {
+        let (_, task) = app.get(&format!("/tasks/{task_id}"), &token).await;
+        let message = task["message"].as_str().unwrap_or_default().to_string();
+        if task["status"] == "failed" {
+            break task;
+        }
+        if message.contains("Keystone unreachable since") {
+            waited.get_or_insert(task.clone());
+            assert!(task["attempts"].as_i64().unwrap_or(9) <= 1, "{task}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{task}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = waited.expect("the task never said Keystone was unreachable");
+    println!("lifecycle: while waiting: {}", waited["message"]);
+    println!(
+        "lifecycle: failed after {} ms: {}",
+        start.elapsed().as_millis(),
+        task["message"]
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "failed before the budget ran out"
+    );
+    let message = task["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Keystone unreachable since"), "{task}");
+    assert!(
+        message.contains("longer than this site waits (4 s)"),
+        "{task}"
+    );
+}

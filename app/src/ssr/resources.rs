@@ -101,7 +101,12 @@ fn check_ssh_keys(keys: &[String]) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Checks `expires_at` against now and the experiment's expiry.
+/// The longest a resource may live, in days from now (the SLICES testbeds' limit, as at
+/// imec: ../shared/slices-api.md, "Resources and tasks").
+pub const MAX_LIFETIME_DAYS: i64 = 89;
+
+/// Checks `expires_at` against now (in the future, at most [`MAX_LIFETIME_DAYS`] ahead) and
+/// the experiment's expiry.
 fn check_expiry(
     field: &str,
     expires_at: DateTime<Utc>,
@@ -110,6 +115,12 @@ fn check_expiry(
     let now = Utc::now();
     if expires_at <= now {
         return Err(AppError::invalid(field, "must be in the future"));
+    }
+    if expires_at > now + chrono::Duration::days(MAX_LIFETIME_DAYS) {
+        return Err(AppError::invalid(
+            field,
+            format!("must be at most {MAX_LIFETIME_DAYS} days from now"),
+        ));
     }
     if let Some(max) = principal.experiment_expires_at {
         if expires_at > max {
@@ -1001,7 +1012,10 @@ pub async fn delete_resource(
     fetch_task(ctx.pool, ctx.site, &scope, task_id).await
 }
 
-/// `PATCH /resources/{id}`: moves `expires_at` (within the experiment's expiry).
+/// `PATCH /resources/{id}`: moves `expires_at` later. 422 naming `expires_at` when it is in
+/// the past, earlier than the current expiry, after the experiment's expiry or more than
+/// [`MAX_LIFETIME_DAYS`] ahead; 404 for a resource the principal does not see; 409 for one
+/// that is no longer live.
 pub async fn extend_resource(
     ctx: &Resources<'_>,
     principal: &Principal,
@@ -1011,8 +1025,19 @@ pub async fn extend_resource(
     principal.require_experiment()?;
     let uuid = path_id(IdKind::Resource, ctx.site, id)?;
     let scope = Scope::of(principal);
-    fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
+    let current = fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
     check_expiry("expires_at", patch.expires_at, principal)?;
+    if patch.expires_at < current.expires_at {
+        return Err(AppError::invalid(
+            "expires_at",
+            format!(
+                "must not be earlier than the resource's current expiry ({}); delete the resource to end it sooner",
+                current
+                    .expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ));
+    }
     let updated = sqlx::query!(
         r#"UPDATE resources SET expires_at = $2
            WHERE id = $1 AND allocation_state IN ('requested', 'provisioning', 'provisioned')"#,

@@ -334,9 +334,49 @@ pub fn short_time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// How long until `t`, seen at `now`, in words a glance takes in: `expired`, `in 40 s`,
+/// `in 45 min`, `in 3 h 5 min`, `in 2 days 4 h`.
+pub fn time_left(t: &chrono::DateTime<chrono::Utc>, now: &chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (*t - *now).num_seconds();
+    if secs <= 0 {
+        return "expired".into();
+    }
+    let (days, hours, mins) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("in {secs} s"),
+        (0, 0, m) => format!("in {m} min"),
+        (0, h, m) => format!("in {h} h {m} min"),
+        (1, h, _) => format!("in 1 day {h} h"),
+        (d, h, _) => format!("in {d} days {h} h"),
+    }
+}
+
+/// Whether `t` comes within the next 24 hours after `now` (and has not passed).
+pub fn within_a_day(
+    t: &chrono::DateTime<chrono::Utc>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> bool {
+    *t > *now && *t - *now <= chrono::Duration::hours(24)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_left_reads_at_a_glance() {
+        let now = chrono::Utc::now();
+        let at = |secs: i64| time_left(&(now + chrono::Duration::seconds(secs)), &now);
+        assert_eq!(at(-5), "expired");
+        assert_eq!(at(40), "in 40 s");
+        assert_eq!(at(45 * 60 + 10), "in 45 min");
+        assert_eq!(at(3 * 3600 + 5 * 60), "in 3 h 5 min");
+        assert_eq!(at(86_400 + 2 * 3600), "in 1 day 2 h");
+        assert_eq!(at(2 * 86_400 + 4 * 3600 + 59), "in 2 days 4 h");
+        assert!(within_a_day(&(now + chrono::Duration::hours(23)), &now));
+        assert!(!within_a_day(&(now + chrono::Duration::hours(25)), &now));
+        assert!(!within_a_day(&(now - chrono::Duration::hours(1)), &now));
+    }
 
     #[test]
     fn field_messages_match_nested_paths() {

@@ -111,6 +111,37 @@ pub fn parse_expiry(value: &str) -> Result<chrono::DateTime<chrono::Utc>, AppErr
     ))
 }
 
+/// Extends a resource, as `PATCH /resources/{id}` would: `by` is `1h`, `1d` or `7d` (added to
+/// its current expiry), or `custom` with `until` (an `<input type="datetime-local">` value, UTC).
+#[server(endpoint = "extend-resource")]
+pub async fn extend_resource(
+    id: String,
+    by: String,
+    until: String,
+) -> Result<ComputeResource, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    let principal = auth.acting();
+    let current =
+        crate::ssr::resources::get_resource(&state.pool, state.site(), &principal, &id).await?;
+    let expires_at = match by.as_str() {
+        "1h" => current.expires_at + chrono::Duration::hours(1),
+        "1d" => current.expires_at + chrono::Duration::days(1),
+        "7d" => current.expires_at + chrono::Duration::days(7),
+        "custom" => parse_expiry(&until).map_err(|e| match e {
+            AppError::Invalid { message, .. } => AppError::invalid("until", message),
+            other => other,
+        })?,
+        _ => {
+            return Err(AppError::invalid(
+                "by",
+                "choose 1 hour, 1 day, 7 days or a date",
+            ))
+        }
+    };
+    let patch = crate::model::ResourcePatch { expires_at };
+    crate::ssr::resources::extend_resource(&state.resources(), &principal, &id, &patch).await
+}
+
 /// Requests deletion of a resource.
 #[server(endpoint = "delete-resource")]
 pub async fn delete_resource(id: String) -> Result<Task, AppError> {
@@ -190,6 +221,7 @@ fn ResourcesTable(initial: Vec<ComputeResource>, can_write: bool) -> impl IntoVi
     view! {
         {move || delete.value().get().and_then(|r| r.err()).map(|e| view! { <ErrorBox error=e /> })}
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        {move || items.with(|items| expiry_banner(items))}
         {move || {
             let items = items.get();
             if items.is_empty() {
@@ -211,6 +243,45 @@ fn ResourcesTable(initial: Vec<ComputeResource>, can_write: bool) -> impl IntoVi
             }
         }}
     }
+}
+
+/// Whether a resource still holds (or is getting) its Pod or server.
+fn is_live(r: &ComputeResource) -> bool {
+    use crate::model::AllocationState as A;
+    matches!(
+        r.allocation_state,
+        A::Requested | A::Provisioning | A::Provisioned
+    )
+}
+
+/// A warning when any live resource expires within 24 h, naming the first to go.
+fn expiry_banner(items: &[ComputeResource]) -> Option<impl IntoView> {
+    let now = chrono::Utc::now();
+    let mut soon: Vec<&ComputeResource> = items
+        .iter()
+        .filter(|r| is_live(r) && super::within_a_day(&r.expires_at, &now))
+        .collect();
+    soon.sort_by_key(|r| r.expires_at);
+    let first = soon.first()?;
+    let text = match soon.len() {
+        1 => format!(
+            "{} expires {} ({}).",
+            first.friendly_name,
+            super::time_left(&first.expires_at, &now),
+            short_time(&first.expires_at)
+        ),
+        n => format!(
+            "{n} resources expire within 24 h; the first, {}, {} ({}).",
+            first.friendly_name,
+            super::time_left(&first.expires_at, &now),
+            short_time(&first.expires_at)
+        ),
+    };
+    Some(view! {
+        <p class="warning" data-testid="expiry-banner">
+            {text} " Open a resource to extend it; at its expiry it is deleted."
+        </p>
+    })
 }
 
 #[component]
@@ -250,6 +321,8 @@ fn ResourceRow(
     let flavor = resource.flavor_type.as_str();
     let message = resource.status_message.clone();
     let expires = short_time(&resource.expires_at);
+    let left =
+        is_live(&resource).then(|| super::time_left(&resource.expires_at, &chrono::Utc::now()));
     view! {
         <tr data-testid="resource-row" data-name=name>
             <td>
@@ -265,7 +338,10 @@ fn ResourceRow(
                 <div class="hint small">{message}</div>
             </td>
             <td><code>{address}</code></td>
-            <td>{expires}</td>
+            <td>
+                {expires}
+                {left.map(|left| view! { <div class="hint small" data-testid="resource-time-left">{left}</div> })}
+            </td>
             <td class="actions">
                 {(can_write && deletable).then(|| {
                     let id = id.clone();
@@ -469,12 +545,21 @@ fn ResourceDetail() -> impl IntoView {
 fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -> impl IntoView {
     super::island_hydrated();
     let tick = ticker();
-    let (detail, error) = live((resource, tasks), move || tick.get(), {
-        let id = id.clone();
-        move || resource_detail(id.clone())
-    });
+    let extend = ServerAction::<ExtendResource>::new();
+    let (detail, error) = live(
+        (resource, tasks),
+        move || (tick.get(), extend.version().get()),
+        {
+            let id = id.clone();
+            move || resource_detail(id.clone())
+        },
+    );
+    let live_now = move || detail.with(|(r, _)| is_live(r));
     view! {
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        <Show when=live_now>
+            <ExtendForm id=id.clone() extend />
+        </Show>
         {move || {
             let r = detail.with(|(r, _)| r.clone());
             let d = r.details.clone();
@@ -502,7 +587,8 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                         }}
                         <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
                         {r.ssh_command.clone().map(|c| view! { <dt>"SSH"</dt><dd><code data-testid="detail-ssh">{c}</code></dd> })}
-                        <dt>"Expires"</dt><dd>{short_time(&r.expires_at)}</dd>
+                        <dt>"Expires"</dt><dd data-testid="detail-expires">{short_time(&r.expires_at)}
+                            {is_live(&r).then(|| view! { " · " <span data-testid="detail-time-left">{super::time_left(&r.expires_at, &chrono::Utc::now())}</span> })}</dd>
                         <dt>"Created"</dt><dd>{short_time(&r.created_at)}</dd>
                     </dl>
                 </section>
@@ -533,6 +619,43 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                 </section>
             }
         }}
+    }
+}
+
+/// "Extend by" 1 hour / 1 day / 7 days / a chosen date, as `PATCH /resources/{id}`; the
+/// refusal (after the experiment's end, more than 89 days ahead) shows under the form.
+#[component]
+fn ExtendForm(id: String, extend: ServerAction<ExtendResource>) -> impl IntoView {
+    let result = Signal::derive(move || extend.value().get());
+    let done = move || {
+        extend.value().with(|r| match r {
+            Some(Ok(r)) => Some(view! {
+                <p class="ok small" data-testid="extend-done">{format!("Extended to {}.", short_time(&r.expires_at))}</p>
+            }),
+            _ => None,
+        })
+    };
+    view! {
+        <section class="card" data-testid="extend">
+            <h2>"Extend"</h2>
+            <ActionForm action=extend>
+                <input type="hidden" name="id" value=id />
+                <div class="inline-choices">
+                    <label><input type="radio" name="by" value="1h" data-testid="extend-1h" checked />" 1 hour"</label>
+                    <label><input type="radio" name="by" value="1d" data-testid="extend-1d" />" 1 day"</label>
+                    <label><input type="radio" name="by" value="7d" data-testid="extend-7d" />" 7 days"</label>
+                    <label><input type="radio" name="by" value="custom" data-testid="extend-custom" />" until "</label>
+                    <input type="datetime-local" name="until" aria-label="Extend until (UTC)" data-testid="extend-until" />
+                    <button type="submit" data-testid="extend-submit" disabled=move || extend.pending().get()>
+                        {move || if extend.pending().get() { "Extending…" } else { "Extend" }}
+                    </button>
+                </div>
+                <FieldError result field="expires_at" />
+                <FieldError result field="until" />
+                <FormError result fields=&["expires_at", "until"] />
+                {done}
+            </ActionForm>
+        </section>
     }
 }
 

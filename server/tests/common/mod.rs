@@ -290,6 +290,17 @@ impl TestApp {
             args.push("--k8s-namespace-prefix".into());
             args.push(format!("t{}-", &tag[tag.len() - 6..]));
         }
+        // Tests share one OpenStack project (and may share a cluster): a reconciler deletes
+        // orphans and lists each user's clouds only where a test asks for it.
+        for (flag, value) in [
+            ("--orphan-grace-secs", "86400"),
+            ("--vm-reconcile-secs", "3600"),
+        ] {
+            if !options.extra_args.iter().any(|a| a == flag) {
+                args.push(flag.into());
+                args.push(value.into());
+            }
+        }
         args.extend(options.extra_args.iter().cloned());
         if let Some(allowed) = &options.allowed_endpoints {
             args.push("--openstack-allowed-endpoints".into());

@@ -1160,6 +1160,69 @@ mod tests {
     }
 
     #[test]
+    fn observed_pods_map_to_health() {
+        use k8s_openapi::api::core::v1::ContainerStateTerminated;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut running = pod("Running", None);
+        running.metadata.namespace = Some("slices-x".into());
+        running.metadata.name = Some("kme-a".into());
+        running.metadata.uid = Some("u-1".into());
+        running.metadata.annotations = Some(BTreeMap::from([(
+            LABEL_RESOURCE.to_string(),
+            "resource_s_x".to_string(),
+        )]));
+        let seen = observed(&running);
+        assert_eq!(seen.resource_id.as_deref(), Some("resource_s_x"));
+        assert_eq!(seen.health, ObservedHealth::Ready(String::new()));
+        assert_eq!(seen.handle.to_string(), "pod slices-x/kme-a");
+
+        // Restarted after running out of memory: still ready, and it says so.
+        let mut restarted = pod("Running", None);
+        if let Some(status) = restarted.status.as_mut() {
+            status.container_statuses = Some(vec![ContainerStatus {
+                name: "main".into(),
+                restart_count: 3,
+                last_state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        reason: Some("OOMKilled".into()),
+                        exit_code: 137,
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]);
+        }
+        assert_eq!(
+            observed(&restarted).health,
+            ObservedHealth::Ready(
+                "running; containers restarted 3 times (last ended: OOMKilled)".into()
+            )
+        );
+        // The kubelet keeps trying: degraded, not ended.
+        assert!(matches!(
+            observed(&pod("Running", Some("CrashLoopBackOff"))).health,
+            ObservedHealth::Degraded(why) if why.contains("CrashLoopBackOff")
+        ));
+        assert!(matches!(
+            observed(&pod("Pending", Some("ImagePullBackOff"))).health,
+            ObservedHealth::Degraded(_)
+        ));
+        assert!(matches!(
+            observed(&pod("Failed", None)).health,
+            ObservedHealth::Stopped(_)
+        ));
+        assert!(matches!(
+            observed(&pod("Pending", None)).health,
+            ObservedHealth::Starting(_)
+        ));
+        let mut going = pod("Running", None);
+        going.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert_eq!(observed(&going).health, ObservedHealth::Terminating);
+        assert_eq!(observed(&going).resource_id, None);
+    }
+
+    #[test]
     fn classify_maps_phases_and_image_errors() {
         assert!(matches!(
             classify(&pod("Pending", None)),

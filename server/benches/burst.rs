@@ -1,0 +1,353 @@
+//! The 1,000-Pod burst (issue 12): `BENCH_BURST_PODS` Pods (default 1000) asked for in
+//! requests of 50 (the largest a request may be), one per experiment, all sent at once; the
+//! time until every one of them runs, the resources' end states (none lost), and the server's
+//! peak memory (VmHWM, and VmRSS sampled every 100 ms). Beside it, the same number of the same
+//! Pod created directly on the same API server by 20 parallel clients (50 each, one after the
+//! other), timed the same way.
+//!
+//! Both are timed by one watch of the cluster's Pods (an observer like a dashboard's
+//! informer): from the moment the requests (or creates) start until the watch has seen the
+//! last Pod `Running`. The direct Pod is the one the server made for a warm-up resource,
+//! renamed, without our labels, in a namespace of its own (so the reconciler leaves it alone).
+//!
+//! Not a test: it prints figures. `bench/run` starts the server and passes BENCH_BASE_URL,
+//! BENCH_SERVER_BIN (its `dev-token` mints the tokens), BENCH_SERVER_PID, KUBECONFIG,
+//! K8S_NAMESPACE_PREFIX (default `slices-`) and BENCH_BURST_PODS; the bench makes its own
+//! k8s flavor and image.
+
+mod common;
+
+use app::ssr::backend::kubernetes::namespace_name;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const PER_REQUEST: usize = 50;
+const DIRECT_CLIENTS: usize = 20;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("burst: {name} is not set (run bench/run)");
+        std::process::exit(2)
+    })
+}
+
+/// `(namespace, name)` of every Pod the watch has seen Running.
+type Running = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// One watch of every Pod in the cluster for the whole bench; returns once it has listed.
+async fn observe(client: kube::Client) -> anyhow::Result<(Running, Arc<Notify>)> {
+    use futures::StreamExt as _;
+    let running: Running = Arc::default();
+    let changed = Arc::new(Notify::new());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (seen, notify) = (running.clone(), changed.clone());
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let events = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let pod = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                let key = (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                );
+                seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+                notify.notify_waiters();
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), ready_rx).await??;
+    Ok((running, changed))
+}
+
+/// Waits (at most `limit`) until the watch saw `n` Running Pods in `namespaces`.
+async fn all_running(
+    running: &Running,
+    changed: &Notify,
+    namespaces: &HashSet<String>,
+    n: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = changed.notified();
+        let count = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(ns, _)| namespaces.contains(ns))
+            .count();
+        if count >= n {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            anyhow::bail!("only {count} of {n} Pods Running after {limit:?}");
+        }
+    }
+}
+
+/// VmRSS / VmHWM of `pid` in KiB.
+fn proc_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn resources(image: &str, flavor: &str, tag: &str, n: usize) -> Value {
+    let list: Vec<Value> = (0..n)
+        .map(|i| json!({"friendly_name": format!("{tag}-{i:02}"), "disk_image_id": image, "flavor_id": flavor}))
+        .collect();
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    json!({"expires_at": expires, "resources": list})
+}
+
+/// A k8s flavor and disk image of the bench's own (admin token): their ids.
+async fn seed_catalog(
+    http: &reqwest::Client,
+    api: &str,
+    admin: &str,
+) -> anyhow::Result<(String, String)> {
+    let tag = &app::ids::encode_suffix(uuid::Uuid::now_v7())[20..];
+    let flavor: Value = common::answer(
+        http.post(format!("{api}/flavors")).bearer_auth(admin).json(&json!({
+            "friendly_name": format!("burst-{tag}"), "flavor_type": "k8s", "vcpus": 1, "ram_mib": 64
+        })),
+        "POST /flavors",
+    )
+    .await?;
+    let image: Value = common::answer(
+        http.post(format!("{api}/disk-images")).bearer_auth(admin).json(&json!({
+            "friendly_name": format!("burst-{tag}"), "location": "nginx:alpine", "default_username": "root"
+        })),
+        "POST /disk-images",
+    )
+    .await?;
+    let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
+    Ok((id(&image), id(&flavor)))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let base = env("BENCH_BASE_URL");
+    let bin = env("BENCH_SERVER_BIN");
+    let pid = env("BENCH_SERVER_PID");
+    let prefix = std::env::var("K8S_NAMESPACE_PREFIX").unwrap_or_else(|_| "slices-".into());
+    let total: usize = std::env::var("BENCH_BURST_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let experiments = total.div_ceil(PER_REQUEST);
+    let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
+    let http = reqwest::Client::new();
+    let (image, flavor) = seed_catalog(&http, &api, &common::admin_token(&bin)?).await?;
+    let client = kube::Client::try_default().await?;
+    let (running, changed) = observe(client.clone()).await?;
+    let run = &app::ids::encode_suffix(uuid::Uuid::now_v7())[20..];
+    let mint = |i: usize| {
+        common::dev_token(
+            &bin,
+            &[
+                "experiment",
+                "--experiment-id",
+                &format!("exp_dev.local_burst{run}{i}"),
+                "--project-id",
+                "proj_dev.local_qkd",
+                "--user-id",
+                "user_dev.local_alice",
+            ],
+        )
+    };
+
+    // Warm-up: one resource through the server, whose Pod the direct path copies.
+    let warm = mint(experiments)?;
+    let warm_ns = namespace_name(&prefix, &format!("exp_dev.local_burst{run}{experiments}"));
+    let answer: Value = common::answer(
+        http.post(format!("{api}/resources"))
+            .bearer_auth(&warm)
+            .json(&resources(&image, &flavor, "warm", 1)),
+        "POST /resources (warm-up)",
+    )
+    .await?;
+    anyhow::ensure!(answer["resources"].as_array().is_some_and(|r| r.len() == 1));
+    all_running(
+        &running,
+        &changed,
+        &HashSet::from([warm_ns.clone()]),
+        1,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let template = Api::<Pod>::namespaced(client.clone(), &warm_ns)
+        .get("warm-00")
+        .await?;
+
+    // Direct: the same Pod, 20 clients creating 50 each.
+    let direct_ns = format!("burst-direct-{run}");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(direct_ns.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await?;
+    let start = Instant::now();
+    let mut creators = tokio::task::JoinSet::new();
+    for c in 0..DIRECT_CLIENTS {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &direct_ns);
+        let spec = template.spec.clone();
+        let share = total / DIRECT_CLIENTS + usize::from(c < total % DIRECT_CLIENTS);
+        creators.spawn(async move {
+            for i in 0..share {
+                let pod = Pod {
+                    metadata: ObjectMeta {
+                        name: Some(format!("d{c:02}-{i:03}")),
+                        ..ObjectMeta::default()
+                    },
+                    spec: spec.clone(),
+                    ..Pod::default()
+                };
+                pods.create(&PostParams::default(), &pod).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = creators.join_next().await {
+        done??;
+    }
+    all_running(
+        &running,
+        &changed,
+        &HashSet::from([direct_ns.clone()]),
+        total,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let direct = start.elapsed();
+
+    // Through slices-blueprint: one request of 50 per experiment, all at once.
+    let tokens = (0..experiments)
+        .map(mint)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let namespaces: HashSet<String> = (0..experiments)
+        .map(|i| namespace_name(&prefix, &format!("exp_dev.local_burst{run}{i}")))
+        .collect();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak_rss = {
+        let (sampling, pid) = (sampling.clone(), pid.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_kb(&pid, "VmRSS:"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        })
+    };
+    let rss_before = proc_kb(&pid, "VmRSS:");
+    let start = Instant::now();
+    let mut requests = tokio::task::JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let n = (total - i * PER_REQUEST).min(PER_REQUEST);
+        let request = http
+            .post(format!("{api}/resources"))
+            .bearer_auth(token)
+            .json(&resources(&image, &flavor, "b", n));
+        requests.spawn(async move { common::answer::<Value>(request, "POST /resources").await });
+    }
+    while let Some(done) = requests.join_next().await {
+        done??;
+    }
+    let accepted = start.elapsed();
+    all_running(
+        &running,
+        &changed,
+        &namespaces,
+        total,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let through = start.elapsed();
+    // Every resource ends provisioned (the tasks record it just after the Pod runs).
+    let mut provisioned = 0;
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(60) {
+        provisioned = 0;
+        for token in &tokens {
+            let list: Vec<Value> = common::answer(
+                http.get(format!("{api}/resources?limit=500"))
+                    .bearer_auth(token),
+                "GET /resources",
+            )
+            .await?;
+            provisioned += list
+                .iter()
+                .filter(|r| r["allocation_state"] == "provisioned")
+                .count();
+        }
+        if provisioned == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak_rss.await.unwrap_or(0);
+    let hwm = proc_kb(&pid, "VmHWM:");
+
+    println!("burst: {total} Pods, {experiments} requests of {PER_REQUEST} sent at once");
+    println!(
+        "  direct (20 clients x {}):        all Running after {:7.2} s",
+        total / DIRECT_CLIENTS,
+        direct.as_secs_f64()
+    );
+    println!(
+        "  through slices-blueprint:        all Running after {:7.2} s (all 202 after {:.2} s)",
+        through.as_secs_f64(),
+        accepted.as_secs_f64()
+    );
+    println!(
+        "  ratio through / direct:          {:7.2}",
+        through.as_secs_f64() / direct.as_secs_f64()
+    );
+    println!(
+        "  lost: {}  (provisioned {provisioned} of {total})",
+        total - provisioned.min(total)
+    );
+    println!(
+        "  server memory: VmRSS {:.1} MB before, peak {:.1} MB sampled, VmHWM {:.1} MB",
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    let _ = Api::<Namespace>::all(client)
+        .delete(&direct_ns, &DeleteParams::default())
+        .await;
+    Ok(())
+}
