@@ -475,7 +475,7 @@ impl Outcome {
 /// (nothing is written when `worker_id` no longer holds the task). While it runs, the list
 /// cache serves no page ([`ListCache::writing`]), so a client that sees the task end never
 /// reads an older resource list afterwards. A backend that did not answer is waited out for
-/// at most `outage_budget` ([`wait_out`]).
+/// at most `outage_budget`.
 pub async fn record_outcome(
     pool: &PgPool,
     list_cache: &ListCache,
