@@ -74,6 +74,9 @@ struct Desired {
     busy: bool,
     /// The requesting user (whose clouds.yaml a VM lives in).
     owner: Option<String>,
+    /// Where its object lives within the owner's backend: the disk image's `cluster_id`
+    /// (OpenStack: a cloud name, `default` for the owner's default cloud).
+    scope: String,
 }
 
 impl Reconciler {
@@ -199,8 +202,8 @@ impl Reconciler {
         // The database first (see the module documentation). Every live resource of the type,
         // whoever owns it: a server of another user's resource in a shared project is no orphan.
         let desired = desired(&self.pool, flavor_type).await?;
-        let observed = match backend.observe(owner).await {
-            Ok(Some(observed)) => observed,
+        let observation = match backend.observe(owner).await {
+            Ok(Some(observation)) => observation,
             Ok(None) => return Ok(()),
             Err(e) => {
                 tracing::debug!(error = %e.message, "cannot observe the backend now");
@@ -208,7 +211,7 @@ impl Reconciler {
             }
         };
         let mut seen = HashSet::new();
-        for object in &observed {
+        for object in &observation.objects {
             let id = object
                 .resource_id
                 .as_deref()
@@ -230,7 +233,15 @@ impl Reconciler {
                 }
             }
         }
-        let observed_here = |d: &Desired| owner.is_none() || d.owner.as_deref() == owner;
+        // Only this owner's resources, and only where the backend could look.
+        let observed_here = |d: &Desired| {
+            let scope = match d.scope.as_str() {
+                "default" => observation.default_scope.as_deref().unwrap_or("default"),
+                named => named,
+            };
+            (owner.is_none() || d.owner.as_deref() == owner)
+                && !observation.blind.iter().any(|b| b == scope)
+        };
         for (id, d) in &desired {
             if is_settled(d) && observed_here(d) && !seen.contains(id) {
                 report.gone += gone(&self.pool, *id, flavor_type).await?;
@@ -334,10 +345,10 @@ async fn desired(
     let rows = sqlx::query!(
         r#"SELECT r.id, r.allocation_state AS "allocation: AllocationState",
                   r.operational_state AS "operational: OperationalState", r.status_message,
-                  r.requested_by,
+                  r.requested_by, i.cluster_id AS scope,
                   EXISTS (SELECT 1 FROM tasks t WHERE t.resource_id = r.id
                           AND t.status IN ('queued', 'running')) AS "busy!"
-           FROM resources r
+           FROM resources r JOIN disk_images i ON i.id = r.disk_image_id
            WHERE r.flavor_type = $1
              AND r.allocation_state IN ('requested', 'provisioning', 'provisioned', 'deleting')"#,
         flavor_type.as_str()
@@ -353,6 +364,7 @@ async fn desired(
                 message: r.status_message,
                 busy: r.busy,
                 owner: r.requested_by,
+                scope: r.scope,
             };
             (r.id, d)
         })

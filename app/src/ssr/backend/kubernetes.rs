@@ -35,7 +35,8 @@
 
 use super::pod_feed::{FeedState, PodFeed};
 use super::{
-    BackendError, ComputeBackend, ObjectHandle, Observed, ObservedHealth, Progress, ResourceRecord,
+    BackendError, ComputeBackend, ObjectHandle, Observation, Observed, ObservedHealth, Progress,
+    ResourceRecord,
 };
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use k8s_openapi::api::core::v1::{
@@ -890,7 +891,7 @@ impl ComputeBackend for KubernetesBackend {
         Ok(details_of(&pod, &namespace))
     }
 
-    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Observation>, BackendError> {
         self.feed.start();
         let pods = match self.feed.snapshot() {
             Some(pods) => pods,
@@ -909,17 +910,20 @@ impl ComputeBackend for KubernetesBackend {
             }
         };
         // Only our namespaces: another deployment on the same cluster may use the label too.
-        Ok(Some(
-            pods.iter()
-                .filter(|p| {
-                    p.metadata
-                        .namespace
-                        .as_deref()
-                        .is_some_and(|ns| ns.starts_with(&self.namespace_prefix))
-                })
-                .map(|p| observed(p))
-                .collect(),
-        ))
+        let objects = pods
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|ns| ns.starts_with(&self.namespace_prefix))
+            })
+            .map(|p| observed(p))
+            .collect();
+        Ok(Some(Observation {
+            objects,
+            ..Observation::default()
+        }))
     }
 
     async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {

@@ -157,7 +157,7 @@ pub trait ComputeBackend: Send + Sync {
     /// as it is now, for the reconciler. `owner` narrows it to one user's objects where the
     /// backend works per user (OpenStack: the user's clouds.yaml); `Ok(None)` when this
     /// backend cannot observe (the default).
-    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+    async fn observe(&self, _owner: Option<&str>) -> Result<Option<Observation>, BackendError> {
         Ok(None)
     }
 
@@ -166,6 +166,17 @@ pub trait ComputeBackend: Send + Sync {
     async fn remove_orphan(&self, _object: &Observed) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// What [`ComputeBackend::observe`] saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub objects: Vec<Observed>,
+    /// Where it could not look (OpenStack: names of the owner's clouds whose listing failed):
+    /// a resource living there is neither seen nor gone.
+    pub blind: Vec<String>,
+    /// What a disk image's `cluster_id = default` means for this owner (their default cloud).
+    pub default_scope: Option<String>,
 }
 
 /// One backend object carrying our marks, as [`ComputeBackend::observe`] saw it.

@@ -15,8 +15,8 @@
 //!   (`GET /servers/detail`) for servers with our metadata; orphans are deleted by id.
 
 use super::{
-    BackendError, CloudsSource, ComputeBackend, ObjectHandle, Observed, ObservedHealth, Progress,
-    ResourceRecord,
+    BackendError, CloudsSource, ComputeBackend, ObjectHandle, Observation, Observed,
+    ObservedHealth, Progress, ResourceRecord,
 };
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use crate::ssr::cloud_config::Cloud;
@@ -294,6 +294,32 @@ impl OpenStackBackend {
     }
 }
 
+impl OpenStackBackend {
+    /// The servers of `user`'s `cloud` that carry our resource-id metadata.
+    async fn list_ours(&self, user: &str, cloud: &Cloud) -> Result<Vec<Observed>, BackendError> {
+        let (_, token) = self.cloud_session(user, cloud).await?;
+        let compute = token.endpoint("compute", cloud).map_err(map)?;
+        let url = format!("{compute}/servers/detail?limit=1000");
+        let body = self.get(cloud, &token, &url).await?.unwrap_or(Value::Null);
+        let servers = body["servers"].as_array().cloned().unwrap_or_default();
+        Ok(servers
+            .iter()
+            .filter_map(|server| {
+                let resource_id = server["metadata"][META_RESOURCE].as_str()?;
+                Some(Observed {
+                    resource_id: Some(resource_id.to_string()),
+                    handle: ObjectHandle::Server {
+                        user_id: user.to_string(),
+                        cloud: cloud.name.clone(),
+                        server_id: server["id"].as_str().unwrap_or_default().to_string(),
+                    },
+                    health: server_health(server),
+                })
+            })
+            .collect())
+    }
+}
+
 /// A Nova server's `status` as the reconciler sees it (Compute API, "Server Status").
 fn server_health(server: &Value) -> ObservedHealth {
     let status = server["status"].as_str().unwrap_or_default();
@@ -493,37 +519,29 @@ impl ComputeBackend for OpenStackBackend {
     }
 
     /// The servers carrying our resource-id metadata in every cloud of `owner`'s clouds.yaml
-    /// (Compute API "List Servers Detailed"). One cloud that cannot be listed fails the whole
-    /// observation, so that its servers are never taken for gone.
-    async fn observe(&self, owner: Option<&str>) -> Result<Option<Vec<Observed>>, BackendError> {
+    /// (Compute API "List Servers Detailed"). A cloud that cannot be listed (refused
+    /// credentials, down) is reported `blind`, so that its servers are never taken for gone.
+    async fn observe(&self, owner: Option<&str>) -> Result<Option<Observation>, BackendError> {
         let Some(user) = owner else {
             return Ok(None);
         };
-        let Ok((file, _)) = self.clouds.clouds_of(user).await else {
+        let Ok((file, default)) = self.clouds.clouds_of(user).await else {
             return Ok(None);
         };
-        let mut observed = Vec::new();
+        let mut seen = Observation {
+            default_scope: Some(default),
+            ..Observation::default()
+        };
         for cloud in &file.clouds {
-            let (_, token) = self.cloud_session(user, cloud).await?;
-            let compute = token.endpoint("compute", cloud).map_err(map)?;
-            let url = format!("{compute}/servers/detail?limit=1000");
-            let body = self.get(cloud, &token, &url).await?.unwrap_or(Value::Null);
-            for server in body["servers"].as_array().into_iter().flatten() {
-                let Some(resource_id) = server["metadata"][META_RESOURCE].as_str() else {
-                    continue;
-                };
-                observed.push(Observed {
-                    resource_id: Some(resource_id.to_string()),
-                    handle: ObjectHandle::Server {
-                        user_id: user.to_string(),
-                        cloud: cloud.name.clone(),
-                        server_id: server["id"].as_str().unwrap_or_default().to_string(),
-                    },
-                    health: server_health(server),
-                });
+            match self.list_ours(user, cloud).await {
+                Ok(objects) => seen.objects.extend(objects),
+                Err(e) => {
+                    tracing::debug!(cloud = %cloud.name, error = %e.message, "cannot list the servers of a cloud now");
+                    seen.blind.push(cloud.name.clone());
+                }
             }
         }
-        Ok(Some(observed))
+        Ok(Some(seen))
     }
 
     async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {
