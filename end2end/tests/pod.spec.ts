@@ -80,6 +80,7 @@ test.describe('pod resources', () => {
     const row = page.locator(`[data-testid="resource-row"][data-name="${name}"]`);
     await expect(row.getByTestId('resource-time-left')).toHaveText(/^in 1 h \d+ min$/);
     await expect(page.getByTestId('expiry-banner')).toContainText(name);
+    if (process.env.E2E_SHOTS) await page.screenshot({ path: `${process.env.E2E_SHOTS}/resources-expiry.png`, fullPage: true });
 
     await row.getByTestId('resource-link').click();
     await expect(page).toHaveURL(pathIs(`/resources/${id}`));
@@ -99,6 +100,7 @@ test.describe('pod resources', () => {
     await page.getByTestId('extend-until').fill(new Date(Date.now() + 3600_000).toISOString().slice(0, 16));
     await page.getByTestId('extend-submit').click();
     await expect(page.getByTestId('err-expires_at')).toContainText('earlier than');
+    if (process.env.E2E_SHOTS) await page.screenshot({ path: `${process.env.E2E_SHOTS}/resource-extend.png`, fullPage: true });
 
     await request.delete(`${API}/resources/${id}`, { headers: { Authorization: `Bearer ${tokens.experiment}` } });
   });

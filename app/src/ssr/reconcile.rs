@@ -146,10 +146,14 @@ impl Reconciler {
             ..PassReport::default()
         };
         let mut orphans_now = HashSet::new();
+        // The database first, then the backends (see the module documentation): every live
+        // resource of the type, whoever owns it (a server of another user's resource in a
+        // shared project is no orphan).
         if let Some(k8s) = self.backends.kubernetes.clone() {
+            let desired = desired(&self.pool, FlavorType::K8s).await?;
             self.reconcile(
                 k8s.as_ref(),
-                FlavorType::K8s,
+                (FlavorType::K8s, &desired),
                 None,
                 &mut report,
                 &mut orphans_now,
@@ -159,10 +163,14 @@ impl Reconciler {
         if let Some(openstack) = self.backends.openstack.clone() {
             if Instant::now() >= self.next_vm_pass {
                 self.next_vm_pass = Instant::now() + jittered(self.vm_every);
-                for user in vm_owners(&self.pool).await? {
+                let desired = desired(&self.pool, FlavorType::Vm).await?;
+                // Each user with live VMs: their clouds.yaml is where those VMs live.
+                let owners: HashSet<String> =
+                    desired.values().filter_map(|d| d.owner.clone()).collect();
+                for user in owners {
                     let pass = self.reconcile(
                         openstack.as_ref(),
-                        FlavorType::Vm,
+                        (FlavorType::Vm, &desired),
                         Some(&user),
                         &mut report,
                         &mut orphans_now,
@@ -189,19 +197,16 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Compares the `flavor_type` resources (of `owner`, when given) with what `backend`
-    /// observes, and acts on the differences.
+    /// Compares the live `flavor_type` resources (`desired`, read before; of `owner`, when
+    /// given) with what `backend` observes, and acts on the differences.
     async fn reconcile(
         &mut self,
         backend: &dyn ComputeBackend,
-        flavor_type: FlavorType,
+        (flavor_type, desired): (FlavorType, &HashMap<Uuid, Desired>),
         owner: Option<&str>,
         report: &mut PassReport,
         orphans_now: &mut HashSet<ObjectHandle>,
     ) -> Result<(), AppError> {
-        // The database first (see the module documentation). Every live resource of the type,
-        // whoever owns it: a server of another user's resource in a shared project is no orphan.
-        let desired = desired(&self.pool, flavor_type).await?;
         let observation = match backend.observe(owner).await {
             Ok(Some(observation)) => observation,
             Ok(None) => return Ok(()),
@@ -242,7 +247,7 @@ impl Reconciler {
             (owner.is_none() || d.owner.as_deref() == owner)
                 && !observation.blind.iter().any(|b| b == scope)
         };
-        for (id, d) in &desired {
+        for (id, d) in desired {
             if is_settled(d) && observed_here(d) && !seen.contains(id) {
                 report.gone += gone(&self.pool, *id, flavor_type).await?;
             }
@@ -369,17 +374,6 @@ async fn desired(
             (r.id, d)
         })
         .collect())
-}
-
-/// The users with live VMs (each VM pass observes one user's clouds).
-async fn vm_owners(pool: &PgPool) -> Result<Vec<String>, AppError> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT DISTINCT requested_by AS "user!" FROM resources
-           WHERE flavor_type = 'vm' AND requested_by IS NOT NULL
-             AND allocation_state IN ('requested', 'provisioning', 'provisioned', 'deleting')"#
-    )
-    .fetch_all(pool)
-    .await?)
 }
 
 /// Marks a settled resource whose object is gone `failed`; 1 when it was marked.

@@ -557,9 +557,6 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
     let live_now = move || detail.with(|(r, _)| is_live(r));
     view! {
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
-        <Show when=live_now>
-            <ExtendForm id=id.clone() extend />
-        </Show>
         {move || {
             let r = detail.with(|(r, _)| r.clone());
             let d = r.details.clone();
@@ -594,6 +591,9 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                 </section>
             }
         }}
+        <Show when=live_now>
+            <ExtendForm id=id.clone() extend />
+        </Show>
         {move || {
             let tasks = detail.with(|(_, t)| t.clone());
             view! {
@@ -644,7 +644,7 @@ fn ExtendForm(id: String, extend: ServerAction<ExtendResource>) -> impl IntoView
                     <label><input type="radio" name="by" value="1h" data-testid="extend-1h" checked />" 1 hour"</label>
                     <label><input type="radio" name="by" value="1d" data-testid="extend-1d" />" 1 day"</label>
                     <label><input type="radio" name="by" value="7d" data-testid="extend-7d" />" 7 days"</label>
-                    <label><input type="radio" name="by" value="custom" data-testid="extend-custom" />" until "</label>
+                    <label><input type="radio" name="by" value="custom" data-testid="extend-custom" />" until (UTC) "</label>
                     <input type="datetime-local" name="until" aria-label="Extend until (UTC)" data-testid="extend-until" />
                     <button type="submit" data-testid="extend-submit" disabled=move || extend.pending().get()>
                         {move || if extend.pending().get() { "Extending…" } else { "Extend" }}
