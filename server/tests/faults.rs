@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{experiment_id, in_an_hour, Options, TestApp, ALICE};
+use common::{drain, env_or, experiment_id, in_an_hour, Options, TestApp, ALICE};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::Api;
@@ -35,14 +35,6 @@ fn spawn_worker(pool: &PgPool, prefix: &str, kubeconfig: Option<&str>) -> Child 
         command.env("KUBECONFIG", kc);
     }
     command.spawn().expect("start the worker")
-}
-
-/// A number from the environment, else `default`.
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn signal(child: &Child, name: &str) {
@@ -109,28 +101,6 @@ async fn request_pods_until(
         out.push((token, ids));
     }
     out
-}
-
-/// Tasks not yet ended.
-async fn unfinished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status IN ('queued', 'running')")
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
-/// Waits until every task has ended (at most `limit`); answers how long that took.
-async fn drain(pool: &PgPool, limit: Duration) -> Duration {
-    let start = Instant::now();
-    while unfinished(pool).await > 0 {
-        assert!(
-            start.elapsed() < limit,
-            "{} tasks still unfinished after {limit:?}",
-            unfinished(pool).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    start.elapsed()
 }
 
 /// Managed Pods under `prefix`, counted per resource id they carry.
@@ -272,7 +242,7 @@ async fn sigkill_during_provisioning_and_deletion_loses_nothing(pool: PgPool) {
     let _ = worker.wait();
 }
 
-/// SIGTERM while 20 Pods are provisioned: the worker exits 0 within its grace period (5 s
+/// SIGTERM while `FAULT_SIGTERM_PODS` (20) Pods are provisioned: the worker exits 0 within its grace period (5 s
 /// here) and hands its tasks back; a new worker resumes them at once (well before the 30 s
 /// lease would have run out) and all finish.
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
@@ -280,7 +250,8 @@ async fn sigkill_during_provisioning_and_deletion_loses_nothing(pool: PgPool) {
 async fn sigterm_hands_tasks_back_and_a_restart_resumes_them(pool: PgPool) {
     let prefix = prefix("s");
     let app = api_app(pool.clone(), &prefix, None).await;
-    request_pods(&app, 20).await;
+    let asked = env_or("FAULT_SIGTERM_PODS", 20);
+    request_pods(&app, asked).await;
     let worker = spawn_worker(&pool, &prefix, None);
     // Until it holds tasks.
     let start = Instant::now();
@@ -317,21 +288,22 @@ async fn sigterm_hands_tasks_back_and_a_restart_resumes_them(pool: PgPool) {
     assert_eq!(held, 0, "a stopped worker still holds tasks");
     let restart = Instant::now();
     let mut worker = spawn_worker(&pool, &prefix, None);
-    let resumed_in = drain(&pool, Duration::from_secs(25)).await;
+    let resumed_in = drain(&pool, Duration::from_secs(25 + asked as u64)).await;
     let (finished, failed, _) = task_report(&pool).await;
     println!(
-        "faults: sigterm: exit after {} ms (status {status}); all 20 finished {} ms after the restart",
+        "faults: sigterm: exit after {} ms (status {status}); all {asked} finished {} ms after the restart",
         exit_in.as_millis(),
         restart.elapsed().as_millis()
     );
     assert!(exit_in < Duration::from_secs(5), "{exit_in:?}");
-    assert!(resumed_in < Duration::from_secs(25));
-    assert_eq!((finished, failed), (20, 0));
+    assert!(resumed_in < Duration::from_secs(25 + asked as u64));
+    assert_eq!((finished, failed), (asked as i64, 0));
     let _ = worker.kill();
     let _ = worker.wait();
 }
 
-/// Two worker processes on one database: no task runs twice (each ends after one attempt,
+/// Two worker processes on one database under `FAULT_TWO_WORKER_PODS` (60) provisions: no
+/// task runs twice (each ends after one attempt,
 /// each resource has one Pod) and both take a share.
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
@@ -341,9 +313,10 @@ async fn two_worker_processes_share_the_queue(pool: PgPool) {
     let client = kube::Client::try_default().await.expect("client");
     let mut a = spawn_worker(&pool, &prefix, None);
     let mut b = spawn_worker(&pool, &prefix, None);
+    let asked = env_or("FAULT_TWO_WORKER_PODS", 60);
     let start = Instant::now();
-    request_pods(&app, 60).await;
-    drain(&pool, Duration::from_secs(90)).await;
+    request_pods(&app, asked).await;
+    drain(&pool, Duration::from_secs(60 + asked as u64)).await;
     let took = start.elapsed();
     let (finished, failed, by_worker) = task_report(&pool).await;
     let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE attempts <> 1")
@@ -352,13 +325,13 @@ async fn two_worker_processes_share_the_queue(pool: PgPool) {
         .expect("attempts");
     let pods = pods_per_resource(&client, &prefix).await;
     println!(
-        "faults: two workers: 60 provisions in {} ms; per worker {:?}; retried {retried}; pods {}",
+        "faults: two workers: {asked} provisions in {} ms; per worker {:?}; retried {retried}; pods {}",
         took.as_millis(),
         by_worker.values().collect::<Vec<_>>(),
         pods.len()
     );
-    assert_eq!((finished, failed, retried), (60, 0, 0));
-    assert_eq!(pods.len(), 60);
+    assert_eq!((finished, failed, retried), (asked as i64, 0, 0));
+    assert_eq!(pods.len(), asked);
     assert!(pods.values().all(|&n| n == 1), "{pods:?}");
     assert_eq!(
         by_worker.len(),
@@ -477,8 +450,9 @@ impl Drop for OwnCluster {
     }
 }
 
-/// The Kubernetes API server goes away (its process killed, etcd kept) while 10 Pods are
-/// requested and comes back 10 s later: no task fails; while it is down their messages say
+/// The Kubernetes API server goes away (its process killed, etcd kept) while
+/// `FAULT_OUTAGE_PODS` (10) Pods are requested and comes back `FAULT_K8S_OUTAGE_SECS` (10)
+/// later: no task fails; while it is down their messages say
 /// since when it has been unreachable; all finish after it is back.
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
@@ -491,11 +465,13 @@ async fn tasks_wait_out_a_kubernetes_api_outage(pool: PgPool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.kill_api();
     let down = Instant::now();
-    let experiments = request_pods(&app, 10).await;
+    let asked = env_or("FAULT_OUTAGE_PODS", 10);
+    let outage = Duration::from_secs(env_or("FAULT_K8S_OUTAGE_SECS", 10) as u64);
+    let experiments = request_pods(&app, asked).await;
     let (token, ids) = &experiments[0];
     // Every task says the API is unreachable, and none fails.
     let mut said = false;
-    while down.elapsed() < Duration::from_secs(10) {
+    while down.elapsed() < outage {
         let (_, r) = app.get(&format!("/resources/{}", ids[0]), token).await;
         said |= r["status_message"]
             .as_str()
@@ -510,12 +486,12 @@ async fn tasks_wait_out_a_kubernetes_api_outage(pool: PgPool) {
     let recovered_in = drain(&pool, Duration::from_secs(60)).await;
     let (finished, failed, _) = task_report(&pool).await;
     println!(
-        "faults: kubernetes api down {} s during 10 provisions: failed {failed}, finished {finished}; \
+        "faults: kubernetes api down {} s during {asked} provisions: failed {failed}, finished {finished}; \
          last task finished {} ms after the API server was back",
         back.duration_since(down).as_secs(),
         recovered_in.as_millis()
     );
-    assert_eq!((finished, failed), (10, 0));
+    assert_eq!((finished, failed), (asked as i64, 0));
     let _ = worker.kill();
     let _ = worker.wait();
 }
@@ -695,7 +671,7 @@ impl Drop for OwnPostgres {
     }
 }
 
-/// PostgreSQL stopped for 3 s while 40 Pods are provisioned, then started again: meanwhile the
+/// PostgreSQL stopped for 3 s while `FAULT_PG_PODS` (40) Pods are provisioned, then started again: meanwhile the
 /// API answers 503 with a JSON body; afterwards every resource is provisioned, no task failed
 /// or was lost, and no resource has two Pods.
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
@@ -712,7 +688,8 @@ async fn a_postgres_restart_loses_nothing() {
     let app = api_app(pool.clone(), &prefix, None).await;
     let client = kube::Client::try_default().await.expect("client");
     let mut worker = spawn_worker(&pool, &prefix, None);
-    let experiments = request_pods(&app, 40).await;
+    let asked = env_or("FAULT_PG_PODS", 40);
+    let experiments = request_pods(&app, asked).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     pg.down();
@@ -739,14 +716,17 @@ async fn a_postgres_restart_loses_nothing() {
             .await
             .expect("count");
     println!(
-        "faults: postgres down 3 s during 40 provisions: provisioned {provisioned}, failed {failed}, \
+        "faults: postgres down 3 s during {asked} provisions: provisioned {provisioned}, failed {failed}, \
          pods {} (max per resource {}); all done {} ms after it was back",
         pods.len(),
         pods.values().max().copied().unwrap_or(0),
         took.as_millis()
     );
-    assert_eq!((finished, failed, provisioned), (40, 0, 40));
-    assert_eq!(pods.len(), 40);
+    assert_eq!(
+        (finished, failed, provisioned),
+        (asked as i64, 0, asked as i64)
+    );
+    assert_eq!(pods.len(), asked);
     assert!(pods.values().all(|&n| n == 1), "{pods:?}");
     let _ = worker.kill();
     let _ = worker.wait();

@@ -207,39 +207,41 @@ fn created_ids(created: &Value) -> (String, String) {
     (id("resources"), id("tasks"))
 }
 
+/// One OpenStack API call as `cloud`: a token, the catalog's public endpoint of `service`
+/// (`compute`, `image`, `network`) and `path` below it; answers the JSON body (`None` on
+/// 404). Panics on any other failure (test helper).
+async fn os_call(
+    client: &OpenStackClient,
+    cloud: &Cloud,
+    service: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Option<Value> {
+    let token = client.authenticate(cloud).await.expect("token");
+    let base = token.endpoint(service, cloud).expect("endpoint");
+    client
+        .call(cloud, &token, method, &format!("{base}{path}"), body)
+        .await
+        .unwrap_or_else(|e| panic!("{service} {path}: {e}"))
+}
+
 /// Nova's view of a server by id (`None` once it answers 404), read with `cloud`.
 async fn nova_server(client: &OpenStackClient, cloud: &Cloud, id: &str) -> Option<Value> {
-    let token = client.authenticate(cloud).await.expect("token");
-    let compute = token.endpoint("compute", cloud).expect("compute");
-    client
-        .call(
-            cloud,
-            &token,
-            reqwest::Method::GET,
-            &format!("{compute}/servers/{id}"),
-            None,
-        )
+    let path = format!("/servers/{id}");
+    os_call(client, cloud, "compute", reqwest::Method::GET, &path, None)
         .await
-        .expect("GET server")
         .map(|b| b["server"].clone())
 }
 
 /// Servers of the demo project called `name`.
 async fn servers_named(client: &OpenStackClient, cloud: &Cloud, name: &str) -> Vec<Value> {
-    let token = client.authenticate(cloud).await.expect("token");
-    let compute = token.endpoint("compute", cloud).expect("compute");
-    let body = client
-        .call(
-            cloud,
-            &token,
-            reqwest::Method::GET,
-            &format!("{compute}/servers/detail?name=^{name}$"),
-            None,
-        )
-        .await
-        .expect("list")
-        .unwrap_or(Value::Null);
-    body["servers"].as_array().cloned().unwrap_or_default()
+    let path = format!("/servers/detail?name=^{name}$");
+    let body = os_call(client, cloud, "compute", reqwest::Method::GET, &path, None).await;
+    body.unwrap_or(Value::Null)["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[ignore = "needs the OpenStack test cloud: scripts/test openstack runs it with --include-ignored"]
@@ -1060,4 +1062,492 @@ async fn a_vm_changed_by_hand_is_noticed_by_the_reconciler(pool: PgPool) {
         started_in.as_millis(),
         gone_in.as_millis()
     );
+}
+
+// ---- Fault drills (issue 12). They kill processes and stop Keystone, so scripts/test runs
+// them after the tests above, one at a time: `cargo test --test openstack drill_ --
+// --test-threads=1`.
+
+/// Lifts the demo project's Nova instance and core quotas (10 and 20 by default) with the
+/// admin cloud, so that a drill's VMs fit beside whatever else the shared project holds. The
+/// RAM quota stays: the error-path test's `test.quota-buster` flavor must still exceed it.
+async fn lift_nova_quotas(full: &str) {
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
+    let demo = cloud(full, "ostest");
+    let project = client.authenticate(&demo).await.expect("demo token");
+    let project_id = project.project_id.clone().expect("demo project id");
+    let admin = cloud(full, "ostest-admin");
+    let quotas = json!({"quota_set": {"instances": -1, "cores": -1}});
+    let path = format!("/os-quota-sets/{project_id}");
+    os_call(
+        &client,
+        &admin,
+        "compute",
+        reqwest::Method::PUT,
+        &path,
+        Some(&quotas),
+    )
+    .await;
+}
+
+/// Nova servers of the demo project that carry one of `ids` as their resource-id metadata,
+/// counted per id.
+async fn servers_per_resource(
+    client: &OpenStackClient,
+    demo: &Cloud,
+    ids: &[String],
+) -> std::collections::HashMap<String, usize> {
+    let path = "/servers/detail?limit=1000";
+    let body = os_call(client, demo, "compute", reqwest::Method::GET, path, None)
+        .await
+        .unwrap_or(Value::Null);
+    let mut counts = std::collections::HashMap::new();
+    for server in body["servers"].as_array().into_iter().flatten() {
+        if let Some(id) = server["metadata"]["slices-resource-id"].as_str() {
+            if ids.iter().any(|i| i == id) {
+                *counts.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// `slices-blueprint worker` for the drills: the test app's `clouds.key` (so it opens the
+/// clouds.yaml the app sealed), the test cloud's endpoints, reconcile passes every 2 s and
+/// a 10 s orphan grace.
+fn spawn_vm_worker(app: &TestApp, pool: &PgPool) -> std::process::Child {
+    let tag = app::ids::encode_suffix(uuid::Uuid::now_v7());
+    common::binary(pool)
+        .arg("worker")
+        .env("CLOUDS_ENCRYPTION_KEY_FILE", app.key_dir.join("clouds.key"))
+        .env(
+            "OPENSTACK_ALLOWED_ENDPOINTS",
+            common::test_cloud_endpoints(),
+        )
+        .env("SITE_ID", "tld-city-bp1")
+        .env(
+            "K8S_NAMESPACE_PREFIX",
+            format!("d{}-", &tag[tag.len() - 6..]),
+        )
+        .env("WORKER_CONCURRENCY", "8")
+        .env("VM_READY_TIMEOUT_SECS", "180")
+        .env("VM_RECONCILE_SECS", "2")
+        .env("ORPHAN_GRACE_SECS", "10")
+        .env("SHUTDOWN_GRACE_SECS", "5")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the worker")
+}
+
+/// Polls `GET /resources/{id}` until `allocation_state` is `want` (at most `secs`); answers
+/// how long that took.
+async fn until_state(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    want: &str,
+    secs: u64,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, r) = app.get(&format!("/resources/{id}"), token).await;
+        if r["allocation_state"] == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed().as_secs() < secs, "still {r} after {secs} s");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The id of the first `kind` (`images` on Glance, `networks` on Neutron, `flavors` on
+/// Nova) called `name` in the demo project's view.
+async fn openstack_id(client: &OpenStackClient, demo: &Cloud, kind: &str, name: &str) -> String {
+    let (service, path) = match kind {
+        "images" => ("image", format!("/v2/images?name={name}")),
+        "networks" => ("network", format!("/v2.0/networks?name={name}")),
+        _ => ("compute", "/flavors?limit=1000".to_string()),
+    };
+    let body = os_call(client, demo, service, reqwest::Method::GET, &path, None)
+        .await
+        .unwrap_or(Value::Null);
+    body[kind]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .and_then(|e| e["id"].as_str())
+        .unwrap_or_else(|| panic!("no {kind} called {name}: {body}"))
+        .to_string()
+}
+
+/// A server made by hand in the demo project, carrying a resource id this site never issued;
+/// answers its id.
+async fn hand_made_orphan(client: &OpenStackClient, demo: &Cloud) -> String {
+    let image = openstack_id(client, demo, "images", "tiny").await;
+    let network = openstack_id(client, demo, "networks", "private").await;
+    let flavor = openstack_id(client, demo, "flavors", "m1.nano").await;
+    let unknown = app::ids::format_id(IdKind::Resource, "tld-city-bp1", uuid::Uuid::now_v7());
+    let server = json!({"server": {"name": vm_name("orphan"), "imageRef": image,
+        "flavorRef": flavor, "networks": [{"uuid": network}],
+        "metadata": {"slices-resource-id": unknown}}});
+    let method = reqwest::Method::POST;
+    let body = os_call(client, demo, "compute", method, "/servers", Some(&server))
+        .await
+        .unwrap_or(Value::Null);
+    body["server"]["id"]
+        .as_str()
+        .expect("server id")
+        .to_string()
+}
+
+/// Requests `count` VMs (`tiny` on `m1.nano`, network `private`) in one request; answers
+/// their resource and task ids.
+async fn request_vms(
+    app: &TestApp,
+    token: &str,
+    user_token: &str,
+    (image, flavor): (&str, &str),
+    count: usize,
+) -> (Vec<String>, Vec<String>) {
+    let name = vm_name("drill");
+    let resources: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"friendly_name": format!("{name}-{i}"), "disk_image_id": image,
+                        "flavor_id": flavor, "network_name": "private"})
+        })
+        .collect();
+    let (s, created) = app
+        .post(
+            "/resources",
+            token,
+            json!({"expires_at": in_an_hour(), "resources": resources,
+                   "tokens": [{"jwt": user_token}]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let ids = |key: &str| -> Vec<String> {
+        created[key]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    (ids("resources"), ids("tasks"))
+}
+
+/// An app without a worker (the drills run `slices-blueprint worker` processes).
+async fn api_only(pool: PgPool, site_clouds: &str) -> TestApp {
+    TestApp::start(
+        pool,
+        Options {
+            no_kubernetes: true,
+            no_worker: true,
+            site_clouds_yaml: Some(site_clouds.to_string()),
+            allowed_endpoints: Some(common::test_cloud_endpoints()),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// Kills `worker` (SIGKILL) after a random pause of `pause_ms` and starts a new one.
+async fn kill_and_restart(
+    worker: &mut std::process::Child,
+    pause_ms: std::ops::Range<u64>,
+    app: &TestApp,
+    pool: &PgPool,
+) {
+    use rand::Rng as _;
+    let pause = rand::thread_rng().gen_range(pause_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    worker.kill().expect("SIGKILL");
+    let _ = worker.wait();
+    *worker = spawn_vm_worker(app, pool);
+}
+
+/// SIGKILL the worker process at `FAULT_VM_KILLS` (2) random points while `FAULT_VMS` (20)
+/// VMs are provisioned and once while the rest are deleted, restarting it each time: each
+/// resource ends as asked with exactly one Nova server (counted by resource-id metadata), and
+/// no task fails. In between, 2 servers deleted by hand must be noticed (resource `failed`)
+/// and a hand-made server carrying an unknown resource id removed after the 10 s grace.
+#[ignore = "needs the OpenStack test cloud: scripts/test openstack runs it with --include-ignored"]
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn drill_sigkill_during_vm_provisioning_duplicates_nothing(pool: PgPool) {
+    let path = clouds_path();
+    let full = site_yaml(&path);
+    let app = api_only(pool.clone(), &path).await;
+    let (token, alice, image, flavor) = vm_ready_user(&app, &full, "ostest").await;
+    lift_nova_quotas(&full).await;
+    let asked = common::env_or("FAULT_VMS", 20).max(3);
+    let (ids, _) = request_vms(&app, &token, &alice, (&image, &flavor), asked).await;
+    let started = std::time::Instant::now();
+    let mut worker = spawn_vm_worker(&app, &pool);
+    let mut kills = 0;
+    for _ in 0..common::env_or("FAULT_VM_KILLS", 2) {
+        kill_and_restart(&mut worker, 1000..6000, &app, &pool).await;
+        kills += 1;
+    }
+    let provisioned_in = common::drain(&pool, std::time::Duration::from_secs(600)).await;
+    let client = OpenStackClient::new(common::test_cloud_policy()).expect("client");
+    let demo = cloud(&full, "ostest");
+    let servers = servers_per_resource(&client, &demo, &ids).await;
+    let duplicated = servers.values().filter(|&&n| n > 1).count();
+    let mut lost = ids.iter().filter(|id| !servers.contains_key(*id)).count();
+    for id in &ids {
+        let (_, r) = app.get(&format!("/resources/{id}"), &token).await;
+        if r["allocation_state"] != "provisioned" {
+            lost += 1;
+            eprintln!("not provisioned: {r}");
+        }
+    }
+    assert_eq!(
+        (lost, duplicated),
+        (0, 0),
+        "after provisioning: {servers:?}"
+    );
+
+    // Out of band: two servers deleted by hand, one server made by hand.
+    let (by_hand, rest) = ids.split_at(2);
+    let mut noticed = Vec::new();
+    for id in by_hand {
+        let (_, r) = app.get(&format!("/resources/{id}"), &token).await;
+        let server = r["details"]["server_id"].as_str().expect("server_id");
+        delete_server(&client, &demo, server).await;
+    }
+    for id in by_hand {
+        noticed.push(
+            until_state(&app, &token, id, "failed", 90)
+                .await
+                .as_millis(),
+        );
+    }
+    let orphan = hand_made_orphan(&client, &demo).await;
+    let orphan_start = std::time::Instant::now();
+    while nova_server(&client, &demo, &orphan).await.is_some() {
+        assert!(
+            orphan_start.elapsed().as_secs() < 120,
+            "orphan {orphan} still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let orphan_gone = orphan_start.elapsed();
+
+    // The rest deleted, with one more kill in the middle.
+    for id in rest {
+        let (s, task) = app.delete(&format!("/resources/{id}"), &token).await;
+        assert_eq!(s, 202, "{task}");
+    }
+    kill_and_restart(&mut worker, 200..2000, &app, &pool).await;
+    kills += 1;
+    common::drain(&pool, std::time::Duration::from_secs(600)).await;
+    let left = servers_per_resource(&client, &demo, &ids).await;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'failed'")
+        .fetch_one(&pool)
+        .await
+        .expect("failed tasks");
+    for id in rest {
+        until_state(&app, &token, id, "deleted", 5).await;
+    }
+    println!(
+        "faults: vm sigkill: {asked} VM provisions + {} deletes, {kills} kills: lost {lost}, \
+         duplicated {duplicated}, left behind {}, failed tasks {failed}; provisioned {} s after \
+         the start, all in {} s; deleted by hand noticed after {noticed:?} ms (passes every 2 s); \
+         hand-made orphan removed after {} s (grace 10 s)",
+        rest.len(),
+        left.len(),
+        provisioned_in.as_secs(),
+        started.elapsed().as_secs(),
+        orphan_gone.as_secs()
+    );
+    assert!(left.is_empty(), "servers left behind: {left:?}");
+    assert_eq!(failed, 0);
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
+
+/// `DELETE /servers/{id}` on the demo project (by hand, as an operator would).
+async fn delete_server(client: &OpenStackClient, demo: &Cloud, id: &str) {
+    let path = format!("/servers/{id}");
+    os_call(
+        client,
+        demo,
+        "compute",
+        reqwest::Method::DELETE,
+        &path,
+        None,
+    )
+    .await;
+}
+
+/// The test cloud's Keystone process (`ostest-cloud` keeps its pid in
+/// `$OSTEST_STATE/pid/keystone.pid`), stopped for a drill and started again with the same
+/// command line and environment, also when the drill fails half-way (on drop).
+struct KeystoneOutage {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    state: std::path::PathBuf,
+    down: bool,
+}
+
+impl KeystoneOutage {
+    /// Stops Keystone (SIGTERM to its process group) and waits until `addr` refuses
+    /// connections.
+    fn begin(addr: &str) -> KeystoneOutage {
+        let state = std::path::PathBuf::from(
+            std::env::var("OSTEST_STATE").unwrap_or_else(|_| "/var/lib/ostest".into()),
+        );
+        let pid_text =
+            std::fs::read_to_string(state.join("pid/keystone.pid")).expect("keystone pid file");
+        let pid = pid_text.trim();
+        let fields = |file: &str| -> Vec<String> {
+            std::fs::read(format!("/proc/{pid}/{file}"))
+                .expect("keystone process")
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        };
+        let argv = fields("cmdline");
+        let env = fields("environ")
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
+            .collect();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pid}")])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "could not stop Keystone ({pid})");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(start.elapsed().as_secs() < 30, "Keystone still answers");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        KeystoneOutage {
+            argv,
+            env,
+            state,
+            down: true,
+        }
+    }
+
+    /// Starts Keystone again as `ostest-cloud` did (own process group, output appended to
+    /// its log, pid file updated). It outlives the test, as after `ostest-cloud up`.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "Keystone is a daemon that outlives the test; ostest-cloud stops it"
+    )]
+    fn start(&mut self) {
+        use std::os::unix::process::CommandExt as _;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.join("log/keystone.out"))
+            .expect("keystone log");
+        let child = std::process::Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start Keystone");
+        std::fs::write(self.state.join("pid/keystone.pid"), child.id().to_string())
+            .expect("pid file");
+        self.down = false;
+    }
+
+    /// Starts Keystone and waits until it answers `GET {auth_url}` (at most 60 s).
+    async fn end(&mut self, auth_url: &str) {
+        self.start();
+        let start = std::time::Instant::now();
+        loop {
+            let answer = reqwest::get(auth_url).await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(start.elapsed().as_secs() < 60, "Keystone did not come back");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for KeystoneOutage {
+    fn drop(&mut self) {
+        if self.down {
+            self.start();
+        }
+    }
+}
+
+/// Keystone down for `FAULT_OUTAGE_SECS` (60) while 5 VMs are requested: no task fails; each
+/// waits saying "Keystone unreachable since …" and all finish once it is back. Prints the
+/// time from Keystone's return to the last finish.
+#[ignore = "needs the OpenStack test cloud: scripts/test openstack runs it with --include-ignored"]
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn drill_keystone_down_while_vms_are_provisioned(pool: PgPool) {
+    let path = clouds_path();
+    let full = site_yaml(&path);
+    let app = start(pool.clone(), &path).await;
+    let (token, alice, image, flavor) = vm_ready_user(&app, &full, "ostest").await;
+    lift_nova_quotas(&full).await;
+    let auth_url = cloud(&full, "ostest").auth_url;
+    let parsed = reqwest::Url::parse(&auth_url).expect("auth_url");
+    let addr = format!(
+        "{}:{}",
+        parsed.host_str().expect("host"),
+        parsed.port_or_known_default().expect("port")
+    );
+    let outage_secs = common::env_or("FAULT_OUTAGE_SECS", 60) as u64;
+
+    let mut outage = KeystoneOutage::begin(&addr);
+    let down_at = std::time::Instant::now();
+    let (ids, tasks) = request_vms(&app, &token, &alice, (&image, &flavor), 5).await;
+    let mut waiting = std::collections::HashSet::new();
+    while waiting.len() < tasks.len() {
+        for task_id in &tasks {
+            let (_, task) = app.get(&format!("/tasks/{task_id}"), &token).await;
+            assert_ne!(task["status"], "failed", "{task}");
+            let message = task["message"].as_str().unwrap_or_default();
+            if message.contains("Keystone unreachable since") {
+                waiting.insert(task_id.clone());
+            }
+        }
+        assert!(
+            down_at.elapsed().as_secs() < outage_secs + 30,
+            "tasks never said that Keystone is unreachable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let told_in = down_at.elapsed();
+    tokio::time::sleep(std::time::Duration::from_secs(outage_secs).saturating_sub(told_in)).await;
+    for task_id in &tasks {
+        let (_, task) = app.get(&format!("/tasks/{task_id}"), &token).await;
+        assert!(
+            matches!(task["status"].as_str(), Some("queued" | "running")),
+            "{task}"
+        );
+    }
+    outage.end(&auth_url).await;
+    let back = std::time::Instant::now();
+    for task_id in &tasks {
+        let task = app.wait_task(task_id, &token, 300).await;
+        assert_eq!(task["status"], "finished", "{task}");
+    }
+    let recovered_in = back.elapsed();
+    println!(
+        "faults: keystone down {} s during {} VM provisions: every task said so after {} ms; \
+         none failed; last finished {} ms after Keystone was back",
+        outage_secs,
+        tasks.len(),
+        told_in.as_millis(),
+        recovered_in.as_millis()
+    );
+    for id in &ids {
+        let (s, task) = app.delete(&format!("/resources/{id}"), &token).await;
+        assert_eq!(s, 202, "{task}");
+    }
+    common::drain(&pool, std::time::Duration::from_secs(300)).await;
 }

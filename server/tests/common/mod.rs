@@ -202,6 +202,9 @@ pub struct TestApp {
     pub kubernetes: Option<Arc<KubernetesBackend>>,
     pub issuer: Issuer,
     pub http: reqwest::Client,
+    /// The folder of its key files (`secret.key`, `clouds.key`): a worker binary given the
+    /// same `clouds.key` opens the clouds.yaml files this app sealed.
+    pub key_dir: std::path::PathBuf,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -382,6 +385,7 @@ impl TestApp {
             kubernetes,
             issuer,
             http: reqwest::Client::new(),
+            key_dir: dir,
             _stop: stop,
         }
     }
@@ -509,4 +513,34 @@ pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> std::process::
         .envs(env.iter().copied())
         .output()
         .expect("run slices-blueprint")
+}
+
+/// A number from the environment, else `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Tasks not yet ended.
+pub async fn unfinished(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status IN ('queued', 'running')")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Waits until every task has ended (at most `limit`); answers how long that took.
+pub async fn drain(pool: &PgPool, limit: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while unfinished(pool).await > 0 {
+        assert!(
+            start.elapsed() < limit,
+            "{} tasks still unfinished after {limit:?}",
+            unfinished(pool).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    start.elapsed()
 }
