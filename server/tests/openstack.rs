@@ -994,36 +994,12 @@ async fn a_vm_changed_by_hand_is_noticed_by_the_reconciler(pool: PgPool) {
     let nova = |method: reqwest::Method, suffix: String, body: Option<Value>| {
         let (client, demo) = (&client, &demo);
         async move {
-            let token = client.authenticate(demo).await.expect("token");
-            let compute = token.endpoint("compute", demo).expect("compute");
-            client
-                .call(
-                    demo,
-                    &token,
-                    method,
-                    &format!("{compute}/servers/{suffix}"),
-                    body.as_ref(),
-                )
-                .await
-                .expect("nova")
+            let path = format!("/servers/{suffix}");
+            os_call(client, demo, "compute", method, &path, body.as_ref()).await
         }
     };
     let until = |want: &'static str, field: &'static str, limit: u64| {
-        let (app, token, resource_id) = (&app, &token, &resource_id);
-        async move {
-            let start = std::time::Instant::now();
-            loop {
-                let (_, r) = app.get(&format!("/resources/{resource_id}"), token).await;
-                if r[field] == want {
-                    return (start.elapsed(), r);
-                }
-                assert!(
-                    start.elapsed().as_secs() < limit,
-                    "still {r} after {limit} s"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        }
+        until_state(&app, &token, &resource_id, (field, want), limit)
     };
 
     nova(
@@ -1141,20 +1117,20 @@ fn spawn_vm_worker(app: &TestApp, pool: &PgPool) -> std::process::Child {
         .expect("start the worker")
 }
 
-/// Polls `GET /resources/{id}` until `allocation_state` is `want` (at most `secs`); answers
-/// how long that took.
+/// Polls `GET /resources/{id}` until its `field` is `want` (at most `secs`); answers how long
+/// that took and the resource as last read.
 async fn until_state(
     app: &TestApp,
     token: &str,
     id: &str,
-    want: &str,
+    (field, want): (&str, &str),
     secs: u64,
-) -> std::time::Duration {
+) -> (std::time::Duration, Value) {
     let start = std::time::Instant::now();
     loop {
         let (_, r) = app.get(&format!("/resources/{id}"), token).await;
-        if r["allocation_state"] == want {
-            return start.elapsed();
+        if r[field] == want {
+            return (start.elapsed(), r);
         }
         assert!(start.elapsed().as_secs() < secs, "still {r} after {secs} s");
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -1293,12 +1269,13 @@ async fn drill_sigkill_during_vm_provisioning_duplicates_nothing(pool: PgPool) {
     let demo = cloud(&full, "ostest");
     let servers = servers_per_resource(&client, &demo, &ids).await;
     let duplicated = servers.values().filter(|&&n| n > 1).count();
-    let mut lost = ids.iter().filter(|id| !servers.contains_key(*id)).count();
+    // Lost: no Nova server, or the resource not provisioned (each resource counted once).
+    let mut lost = 0;
     for id in &ids {
         let (_, r) = app.get(&format!("/resources/{id}"), &token).await;
-        if r["allocation_state"] != "provisioned" {
+        if !servers.contains_key(id) || r["allocation_state"] != "provisioned" {
             lost += 1;
-            eprintln!("not provisioned: {r}");
+            eprintln!("lost: {r}");
         }
     }
     assert_eq!(
@@ -1316,11 +1293,9 @@ async fn drill_sigkill_during_vm_provisioning_duplicates_nothing(pool: PgPool) {
         delete_server(&client, &demo, server).await;
     }
     for id in by_hand {
-        noticed.push(
-            until_state(&app, &token, id, "failed", 90)
-                .await
-                .as_millis(),
-        );
+        let failed = ("allocation_state", "failed");
+        let (took, _) = until_state(&app, &token, id, failed, 90).await;
+        noticed.push(took.as_millis());
     }
     let orphan = hand_made_orphan(&client, &demo).await;
     let orphan_start = std::time::Instant::now();
@@ -1347,7 +1322,7 @@ async fn drill_sigkill_during_vm_provisioning_duplicates_nothing(pool: PgPool) {
         .await
         .expect("failed tasks");
     for id in rest {
-        until_state(&app, &token, id, "deleted", 5).await;
+        until_state(&app, &token, id, ("allocation_state", "deleted"), 5).await;
     }
     println!(
         "faults: vm sigkill: {asked} VM provisions + {} deletes, {kills} kills: lost {lost}, \
