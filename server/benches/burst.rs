@@ -3,11 +3,13 @@
 //! time until every one of them runs, the resources' end states (none lost), and the server's
 //! peak memory (VmHWM, and VmRSS sampled every 100 ms). Beside it, the same number of the same
 //! Pod created directly on the same API server by 20 parallel clients (50 each, one after the
-//! other), timed the same way.
+//! other), timed the same way. The direct Pod is the server's Pod spec without `nodeName`
+//! (which the scheduler set), so both go through scheduling.
 //!
 //! Both are timed by one watch of the cluster's Pods (an observer like a dashboard's
 //! informer): from the moment the requests (or creates) start until the watch has seen the
-//! last Pod `Running`. The direct Pod is the one the server made for a warm-up resource,
+//! last Pod `Running`. Both start from the same cluster: the direct Pods (first) are deleted,
+//! and gone, before the requests are sent. The direct Pod is the one the server made for a warm-up resource,
 //! renamed, without our labels, in a namespace of its own (so the reconciler leaves it alone).
 //!
 //! Not a test: it prints figures. `bench/run` starts the server and passes BENCH_BASE_URL,
@@ -200,9 +202,14 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(120),
     )
     .await?;
-    let template = Api::<Pod>::namespaced(client.clone(), &warm_ns)
+    let mut template = Api::<Pod>::namespaced(client.clone(), &warm_ns)
         .get("warm-00")
         .await?;
+    // As the server sent it, not as the scheduler left it: a Pod that arrives with its node
+    // already set skips the scheduler's binding, which the server's Pods go through.
+    if let Some(spec) = template.spec.as_mut() {
+        spec.node_name = None;
+    }
 
     // Direct: the same Pod, 20 clients creating 50 each.
     let direct_ns = format!("burst-direct-{run}");
@@ -251,6 +258,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let direct = start.elapsed();
+    // Both phases start from the same cluster: the direct Pods go before the second starts
+    // (the API server's fake scheduler and kubelet slow down with every Pod that exists).
+    remove_namespace(&client, &direct_ns).await?;
 
     // Through slices-blueprint: one request of 50 per experiment, all at once.
     let tokens = (0..experiments)
@@ -346,8 +356,23 @@ async fn main() -> anyhow::Result<()> {
         peak as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    let _ = Api::<Namespace>::all(client)
-        .delete(&direct_ns, &DeleteParams::default())
-        .await;
+    Ok(())
+}
+
+/// Deletes `namespace` and waits (at most 120 s) until the API server has removed it with
+/// everything in it.
+async fn remove_namespace(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces
+        .delete(namespace, &DeleteParams::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while namespaces.get_opt(namespace).await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "namespace {namespace} still there after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

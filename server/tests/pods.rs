@@ -379,7 +379,7 @@ async fn a_pod_feed_that_cannot_watch_sends_waiters_to_their_own_watch() {
     let config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().expect("uri"));
     let client = app::ssr::backend::kubernetes::kube_client(config).expect("client");
     let feed = PodFeed::new(client, "app.kubernetes.io/managed-by=slices-blueprint");
-    let waiter = feed.subscribe().await;
+    let waiter = feed.subscribe("ns", "pod").await;
     assert_eq!(feed.state(), FeedState::Down);
     let answer = waiter.settle("uid", |_| true).await;
     assert_eq!(answer.err(), Some(FeedGone));
@@ -390,6 +390,7 @@ async fn a_pod_feed_that_cannot_watch_sends_waiters_to_their_own_watch() {
 #[derive(Default)]
 struct RecordedProgress {
     calls: std::sync::Mutex<Vec<(i16, String)>>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -411,6 +412,40 @@ impl app::ssr::backend::Progress for RecordedProgress {
     ) {
         self.report(completed, message).await;
     }
+
+    async fn waiting(&self) {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A Pod resource as the worker would hand it to the adapter.
+fn adapter_record(experiment: &str, name: &str, tags: &[&str]) -> ResourceRecord {
+    let id = uuid::Uuid::now_v7();
+    ResourceRecord {
+        id,
+        typed_id: app::ids::format_id(IdKind::Resource, "tld-city-bp1", id),
+        experiment_id: experiment.into(),
+        project_id: "project_test".into(),
+        requested_by: Some(ALICE.into()),
+        friendly_name: name.into(),
+        flavor_type: app::model::FlavorType::K8s,
+        allocation_state: app::model::AllocationState::Provisioning,
+        image_location: "nginx:alpine".into(),
+        image_name: "nginx".into(),
+        image_tags: tags.iter().map(|t| t.to_string()).collect(),
+        image_cluster_id: "default".into(),
+        default_username: String::new(),
+        vcpus: 1,
+        ram_mib: 64,
+        disk_mb: 0,
+        flavor_name: "small".into(),
+        flavor_source_id: None,
+        network_name: None,
+        userdata: None,
+        ssh_authorized_keys: Vec::new(),
+        details: Default::default(),
+    }
 }
 
 /// The Kubernetes adapter on its own: no database, no application state, a fake `Progress`
@@ -426,32 +461,8 @@ async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
         "slices-adapter-",
         std::time::Duration::from_secs(60),
     );
-    let id = uuid::Uuid::now_v7();
-    let record = ResourceRecord {
-        id,
-        typed_id: app::ids::format_id(IdKind::Resource, "tld-city-bp1", id),
-        experiment_id: experiment_id(),
-        project_id: "project_test".into(),
-        requested_by: Some(ALICE.into()),
-        friendly_name: "fake-progress".into(),
-        flavor_type: app::model::FlavorType::K8s,
-        allocation_state: app::model::AllocationState::Provisioning,
-        image_location: "nginx:alpine".into(),
-        image_name: "nginx".into(),
-        // An image that must run as root: the Pod and its namespace are relaxed to baseline.
-        image_tags: vec!["needs-root".into()],
-        image_cluster_id: "default".into(),
-        default_username: String::new(),
-        vcpus: 1,
-        ram_mib: 64,
-        disk_mb: 0,
-        flavor_name: "small".into(),
-        flavor_source_id: None,
-        network_name: None,
-        userdata: None,
-        ssh_authorized_keys: Vec::new(),
-        details: Default::default(),
-    };
+    // An image that must run as root: the Pod and its namespace are relaxed to baseline.
+    let record = adapter_record(&experiment_id(), "fake-progress", &["needs-root"]);
     let progress = RecordedProgress::default();
     let details = backend.create(&record, &progress).await.expect("create");
     assert_eq!(details.pod_name.as_deref(), Some("fake-progress"));
@@ -468,9 +479,59 @@ async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
     assert_eq!(steps, vec![50, 100, 50, 100], "{calls:?}");
     assert_eq!(calls[1].1, "pod running");
     assert_eq!(calls[3].1, "pod deleted");
+    // The create said when it only waited (the worker gives its slot back then).
+    assert_eq!(
+        progress.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert!(
         backend.health().starts_with("connected"),
         "{}",
         backend.health()
     );
+}
+
+/// Many creates at once (here 120 in one namespace) each wait on the shared watch for their
+/// own Pod only: every one is answered by the feed, none falls back to a watch of its own
+/// (a broadcast of every event to every waiter made waiters fall behind in a burst).
+#[tokio::test]
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
+async fn concurrent_creates_all_settle_on_the_shared_pod_feed() {
+    const PODS: usize = 120;
+    let config = kube::Config::infer().await.expect("KUBECONFIG");
+    let client = || app::ssr::backend::kubernetes::kube_client(config.clone()).expect("client");
+    let backend = std::sync::Arc::new(app::ssr::backend::kubernetes::KubernetesBackend::new(
+        client(),
+        client(),
+        "slices-feed-",
+        std::time::Duration::from_secs(120),
+    ));
+    let experiment = experiment_id();
+    let progress = std::sync::Arc::new(RecordedProgress::default());
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..PODS {
+        let (backend, progress) = (backend.clone(), progress.clone());
+        let record = adapter_record(&experiment, &format!("burst-{i:03}"), &[]);
+        creates.spawn(async move {
+            let created = backend.create(&record, progress.as_ref()).await;
+            (record, created)
+        });
+    }
+    let mut records = Vec::new();
+    while let Some(done) = creates.join_next().await {
+        let (record, created) = done.expect("join");
+        let details =
+            created.unwrap_or_else(|e| panic!("create {}: {}", record.friendly_name, e.message));
+        assert_eq!(details.phase.as_deref(), Some("Running"));
+        records.push(record);
+    }
+    assert_eq!(backend.pod_feed().settled(), PODS as u64);
+    assert_eq!(
+        progress.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        PODS
+    );
+    let namespace = backend.namespace_for(&experiment);
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client())
+        .delete(&namespace, &kube::api::DeleteParams::default())
+        .await;
 }

@@ -329,3 +329,76 @@ async fn a_task_handed_to_a_worker_that_died_is_run_after_its_lease(pool: PgPool
     let _ = stop.send(true);
     let _ = worker.await;
 }
+
+/// A batch claim goes round the experiments and stops at each one's share of the slots:
+/// experiment A asks for 10, B for 2, each may run 3 at once; a claim of 6 gets A 3 and B 2,
+/// the next one nothing, and two workers claiming in batches at once never share a task.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn batch_claims_are_fair_capped_and_never_overlap(pool: PgPool) {
+    let app = TestApp::without_worker(pool.clone()).await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let request = |n: usize| {
+        json!({"expires_at": in_an_hour(), "resources": (0..n).map(|i| json!({
+            "friendly_name": format!("node-{i}"), "disk_image_id": image, "flavor_id": flavor
+        })).collect::<Vec<_>>()})
+    };
+    let (a, b) = (experiment_id(), experiment_id());
+    for (experiment, n) in [(&a, 10), (&b, 2)] {
+        let token = app.issuer.experiment(experiment, ALICE);
+        let (s, body) = app.post("/resources", &token, request(n)).await;
+        assert_eq!(s, 202, "{body}");
+    }
+    let experiment_of = |resource: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT experiment_id FROM resources WHERE id = $1")
+                .bind(resource)
+                .fetch_one(&pool)
+                .await
+                .expect("resource")
+        }
+    };
+    let first = app::ssr::queue::claim_many(&pool, "worker-a", 3, 6)
+        .await
+        .expect("claim");
+    let mut per_experiment = std::collections::HashMap::new();
+    for task in &first {
+        *per_experiment
+            .entry(experiment_of(task.resource_id).await)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_experiment.get(&a), Some(&3), "{per_experiment:?}");
+    assert_eq!(per_experiment.get(&b), Some(&2), "{per_experiment:?}");
+    let second = app::ssr::queue::claim_many(&pool, "worker-a", 3, 6)
+        .await
+        .expect("claim");
+    assert!(second.is_empty(), "over the share: {second:?}");
+
+    // Without a cap, two workers empty the queue in batches of 4 at once: 7 tasks, each once.
+    let claim_all = |worker: &'static str| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            loop {
+                let batch = app::ssr::queue::claim_many(&pool, worker, usize::MAX, 4)
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return claimed;
+                }
+                claimed.extend(batch);
+            }
+        })
+    };
+    let (x, y) = (claim_all("worker-x"), claim_all("worker-y"));
+    let rest: Vec<_> = x
+        .await
+        .expect("x")
+        .into_iter()
+        .chain(y.await.expect("y"))
+        .collect();
+    let unique: HashSet<_> = rest.iter().map(|t| t.id).collect();
+    assert_eq!(rest.len(), 7, "the 7 tasks A had left");
+    assert_eq!(unique.len(), 7, "no task claimed twice");
+    assert!(first.iter().all(|t| !unique.contains(&t.id)));
+}

@@ -257,47 +257,78 @@ pub struct Claimed {
     pub max_attempts: i32,
 }
 
-/// Claims the next runnable task, if any: a queued task whose time has come, or a running
-/// one whose lease ran out, whose resource has no older unfinished task. Fair between
-/// experiments: an experiment holding `slots_per_experiment` running tasks (live leases, all
-/// workers) gets no more, and among the rest the experiment with the fewest running tasks goes
-/// first, then the oldest task.
+/// Claims the next runnable task, if any ([`claim_many`] with `n` = 1).
 pub async fn claim(
     pool: &PgPool,
     worker_id: &str,
     slots_per_experiment: usize,
 ) -> Result<Option<Claimed>, sqlx::Error> {
+    Ok(claim_many(pool, worker_id, slots_per_experiment, 1)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Claims up to `n` runnable tasks in one statement: queued tasks whose time has come, or
+/// running ones whose lease ran out, whose resource has no older unfinished task. Fair
+/// between experiments: an experiment holding `slots_per_experiment` running tasks (live
+/// leases, all workers) gets no more, and the tasks go round the experiments — each task is
+/// ranked by how many its experiment would then run (those running plus its own place in the
+/// experiment's line), lowest first, then the oldest.
+///
+/// One statement for many claims because a claim reads every runnable task to rank it: in a
+/// burst of 1,000 tasks, claiming them one by one made PostgreSQL the busiest process on the
+/// machine. The ranking reads a snapshot; the rows are then locked with `SKIP LOCKED` and
+/// checked again, so a task another worker claimed meanwhile is left out, never run twice.
+pub async fn claim_many(
+    pool: &PgPool,
+    worker_id: &str,
+    slots_per_experiment: usize,
+    n: usize,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
         r#"WITH busy AS (
                SELECT x.experiment_id, count(*) AS running
                FROM tasks b JOIN resources x ON x.id = b.resource_id
                WHERE b.status = 'running' AND b.locked_until >= now()
-               GROUP BY x.experiment_id)
-           UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
-               locked_until = now() + make_interval(secs => $2),
-               started_at = COALESCE(started_at, now())
-           WHERE id = (
-               SELECT t.id FROM tasks t
+               GROUP BY x.experiment_id),
+           due AS (
+               SELECT t.id, t.run_after, t.created_at,
+                      COALESCE(busy.running, 0) + row_number() OVER (
+                          PARTITION BY r.experiment_id ORDER BY t.run_after, t.created_at, t.id
+                      ) AS nth
+               FROM tasks t
                JOIN resources r ON r.id = t.resource_id
                LEFT JOIN busy ON busy.experiment_id = r.experiment_id
                WHERE ((t.status = 'queued' AND t.run_after <= now())
                       OR (t.status = 'running' AND t.locked_until < now()))
-                 AND COALESCE(busy.running, 0) < $3
                  AND NOT EXISTS (
                      SELECT 1 FROM tasks p
                      WHERE p.resource_id = t.resource_id
                        AND (p.created_at, p.id) < (t.created_at, t.id)
-                       AND p.status IN ('queued', 'running'))
-               ORDER BY COALESCE(busy.running, 0), t.run_after, t.created_at
-               LIMIT 1
+                       AND p.status IN ('queued', 'running'))),
+           picked AS (
+               SELECT id FROM due WHERE nth <= $3
+               ORDER BY nth, run_after, created_at
+               LIMIT $4),
+           locked AS (
+               SELECT t.id FROM tasks t
+               WHERE t.id IN (SELECT id FROM picked)
+                 AND ((t.status = 'queued' AND t.run_after <= now())
+                      OR (t.status = 'running' AND t.locked_until < now()))
                FOR UPDATE OF t SKIP LOCKED)
+           UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
+               locked_until = now() + make_interval(secs => $2),
+               started_at = COALESCE(started_at, now())
+           WHERE id IN (SELECT id FROM locked)
            RETURNING id, resource_id, kind AS "kind: TaskKind", attempts, max_attempts"#,
         worker_id,
         LEASE.as_secs_f64(),
-        i64::try_from(slots_per_experiment).unwrap_or(i64::MAX)
+        i64::try_from(slots_per_experiment).unwrap_or(i64::MAX),
+        i64::try_from(n).unwrap_or(i64::MAX)
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
 }
 
@@ -347,6 +378,47 @@ pub struct PgProgress {
     task_id: Uuid,
     resource_id: Uuid,
     worker_id: String,
+    slot: Option<Arc<TaskSlot>>,
+}
+
+/// The worker slot a running task holds, which it trades for a waiting place (a permit of a
+/// larger semaphore) once it only waits ([`Progress::waiting`]): a create whose Pod is made
+/// need not keep a slot while the kubelet starts it, so a burst of creates is bounded by the
+/// slots only while they talk to the API server.
+pub struct TaskSlot {
+    held: Mutex<(Option<OwnedSemaphorePermit>, bool)>,
+    waiting: Arc<Semaphore>,
+    local: Arc<LocalWorker>,
+}
+
+impl TaskSlot {
+    /// `permit` is the task's slot; `waiting` the places of tasks that only wait; `local`
+    /// is woken when a slot is given back, so its worker claims the next task at once.
+    pub fn new(
+        permit: OwnedSemaphorePermit,
+        waiting: Arc<Semaphore>,
+        local: Arc<LocalWorker>,
+    ) -> Self {
+        Self {
+            held: Mutex::new((Some(permit), false)),
+            waiting,
+            local,
+        }
+    }
+
+    /// Gives the slot back for a waiting place, when one is free (else keeps the slot);
+    /// once per task.
+    fn trade(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.1 {
+            return;
+        }
+        if let Ok(place) = self.waiting.clone().try_acquire_owned() {
+            *held = (Some(place), true);
+            drop(held);
+            self.local.wake();
+        }
+    }
 }
 
 impl PgProgress {
@@ -357,7 +429,14 @@ impl PgProgress {
             task_id,
             resource_id,
             worker_id: worker_id.to_string(),
+            slot: None,
         }
+    }
+
+    /// The same, holding the task's worker slot (given back on [`Progress::waiting`]).
+    pub fn with_slot(mut self, slot: TaskSlot) -> Self {
+        self.slot = Some(Arc::new(slot));
+        self
     }
 
     /// Sets the resource's two state axes, message and (when given) backend details.
@@ -443,6 +522,12 @@ impl Progress for PgProgress {
     ) {
         self.write_state(Some(completed), allocation, operational, message, details)
             .await;
+    }
+
+    async fn waiting(&self) {
+        if let Some(slot) = &self.slot {
+            slot.trade();
+        }
     }
 }
 

@@ -6,13 +6,15 @@
 use crate::model::{AllocationState, OperationalState, TaskKind};
 use crate::ssr::backend::{BackendError, Backends, ResourceRecord};
 use crate::ssr::list_cache::ListCache;
-use crate::ssr::queue::{self, Attached, Claimed, LocalWorker, Outcome, PgProgress, HEARTBEAT};
+use crate::ssr::queue::{
+    self, Attached, Claimed, LocalWorker, Outcome, PgProgress, TaskSlot, HEARTBEAT,
+};
 use crate::ssr::reconcile::Reconciler;
 use crate::ssr::rows::load_record;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -21,6 +23,11 @@ const POLL: Duration = Duration::from_secs(1);
 /// How often the expiry sweep runs (one indexed query; a resource is torn down at most this
 /// long after its `expires_at`, plus the delete itself).
 const REAP_EVERY: Duration = Duration::from_secs(2);
+/// Tasks that only wait for their backend (a Pod being started) per slot: they give their
+/// slot back ([`TaskSlot`]) while this many places per slot are free.
+pub const WAITING_PER_SLOT: usize = 8;
+/// Most tasks claimed by one statement ([`queue::claim_many`]).
+const CLAIM_BATCH: usize = 32;
 
 /// What the worker works with (taken from the application state by its entry point).
 #[derive(Clone)]
@@ -66,6 +73,7 @@ pub async fn run_worker(
     let mut listener = sqlx::postgres::PgListener::connect_with(&worker.pool).await?;
     listener.listen(queue::CHANNEL).await?;
     let mut attached = worker.local.attach(&worker_id, worker.concurrency);
+    let waiting = Arc::new(Semaphore::new(worker.concurrency * WAITING_PER_SLOT));
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
     let reconciler = Reconciler::new(
         worker.pool.clone(),
@@ -85,7 +93,7 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        claim_free_slots(&worker, &worker_id, &attached, &mut running).await;
+        claim_free_slots(&worker, &worker_id, &attached, &waiting, &mut running).await;
         tokio::select! {
             n = listener.recv() => {
                 if let Err(e) = n {
@@ -94,7 +102,8 @@ pub async fn run_worker(
                 }
             }
             Some(h) = attached.handoffs.recv() => {
-                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), h.permit);
+                let slot = TaskSlot::new(h.permit, waiting.clone(), worker.local.clone());
+                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), slot);
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = worker.local.woken() => {}
@@ -112,39 +121,64 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// Claims queued tasks while the worker has free slots, and starts each.
+/// Claims queued tasks while the worker has free slots (up to [`CLAIM_BATCH`] per
+/// statement), and starts each.
 async fn claim_free_slots(
     worker: &Worker,
     worker_id: &str,
     attached: &Attached,
+    waiting: &Arc<Semaphore>,
     running: &mut JoinSet<()>,
 ) {
-    while let Ok(permit) = attached.slots.clone().try_acquire_owned() {
-        match queue::claim(&worker.bookkeeping, worker_id, worker.slots_per_experiment).await {
-            Ok(Some(task)) => spawn_task(running, worker, worker_id, task, None, permit),
-            Ok(None) => break,
+    loop {
+        let mut permits: Vec<_> =
+            std::iter::from_fn(|| attached.slots.clone().try_acquire_owned().ok())
+                .take(CLAIM_BATCH)
+                .collect();
+        if permits.is_empty() {
+            return;
+        }
+        let asked = permits.len();
+        let claimed = match queue::claim_many(
+            &worker.bookkeeping,
+            worker_id,
+            worker.slots_per_experiment,
+            asked,
+        )
+        .await
+        {
+            Ok(claimed) => claimed,
             Err(e) => {
-                tracing::warn!(error = %e, "claiming a task failed");
-                break;
+                tracing::warn!(error = %e, "claiming tasks failed");
+                return;
             }
+        };
+        let got = claimed.len();
+        for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            let slot = TaskSlot::new(permit, waiting.clone(), worker.local.clone());
+            spawn_task(running, worker, worker_id, task, None, slot);
+        }
+        // Fewer than asked: nothing more is runnable now (the unused permits go back).
+        if got < asked {
+            return;
         }
     }
 }
 
-/// Runs `task` on the worker's task set, holding its slot until it ends.
+/// Runs `task` on the worker's task set, holding its slot (or, while it only waits, a
+/// waiting place) until it ends.
 fn spawn_task(
     running: &mut JoinSet<()>,
     worker: &Worker,
     worker_id: &str,
     task: Claimed,
     record: Option<ResourceRecord>,
-    permit: OwnedSemaphorePermit,
+    slot: TaskSlot,
 ) {
     let worker = worker.clone();
     let worker_id = worker_id.to_string();
     running.spawn(async move {
-        run_task(&worker, &worker_id, task, record).await;
-        drop(permit);
+        run_task(&worker, &worker_id, task, record, slot).await;
     });
 }
 
@@ -177,13 +211,20 @@ pub async fn reap_expired(pool: &PgPool) -> Result<u64, crate::error::AppError> 
 
 /// Runs one claimed task to an outcome and records it.
 #[tracing::instrument(skip_all, fields(task = %task.id, resource = %task.resource_id, kind = task.kind.as_str(), attempt = task.attempts))]
-async fn run_task(worker: &Worker, worker_id: &str, task: Claimed, record: Option<ResourceRecord>) {
+async fn run_task(
+    worker: &Worker,
+    worker_id: &str,
+    task: Claimed,
+    record: Option<ResourceRecord>,
+    slot: TaskSlot,
+) {
     let progress = PgProgress::new(
         worker.bookkeeping.clone(),
         task.id,
         task.resource_id,
         worker_id,
-    );
+    )
+    .with_slot(slot);
     let outcome = if task.attempts > task.max_attempts {
         Outcome::Failed(BackendError::permanent(format!(
             "gave up after {} attempts (the worker running it stopped)",

@@ -871,7 +871,10 @@ impl ComputeBackend for KubernetesBackend {
             .await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         // Before the create: every change after it reaches this subscription.
-        let feed = self.feed.subscribe().await;
+        let feed = self
+            .feed
+            .subscribe(&namespace, &resource.friendly_name)
+            .await;
         let current = self.create_pod(&pods, resource, &namespace).await?;
         progress
             .stage(
@@ -886,6 +889,8 @@ impl ComputeBackend for KubernetesBackend {
                 }),
             )
             .await;
+        // From here on the Pod's events tell the rest: the worker may use the slot.
+        progress.waiting().await;
         let pod = self.wait_running(feed, &pods, &namespace, current).await?;
         progress.report(100, "pod running").await;
         Ok(details_of(&pod, &namespace))

@@ -110,6 +110,11 @@ pub trait Progress: Send + Sync {
         message: &str,
         details: Option<&BackendDetails>,
     );
+
+    /// The backend has made its object and from now on only waits for it to be ready (a
+    /// Pod's events on the shared watch): the worker may start another task in this task's
+    /// slot meanwhile (`worker`, waiting places). Does nothing by default.
+    async fn waiting(&self) {}
 }
 
 /// A user's parsed clouds.yaml and chosen default cloud, for the VM backend.

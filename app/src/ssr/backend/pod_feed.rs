@@ -7,13 +7,18 @@
 //! lists, then watches, and lists again after a lost watch). [`PodFeed`] does that for Pods
 //! labelled `app.kubernetes.io/managed-by=slices-blueprint` in every namespace.
 //!
-//! - A waiting create subscribes *before* it sends the Pod (so no later change is missed),
-//!   then reads events until its Pod (matched by `metadata.uid`, unique in the cluster) leaves
-//!   Pending or is deleted ([`Subscription::settle`]).
+//! - A waiting create subscribes to its Pod's namespace and name *before* it sends the Pod
+//!   (so no later change is missed), then reads that Pod's events until the Pod (matched by
+//!   `metadata.uid`, unique in the cluster) leaves Pending or is deleted
+//!   ([`Subscription::settle`]).
+//! - Each event goes only to the waiters of its Pod (a map from namespace and name to their
+//!   channels), so a waiter reads its own Pod's three or four events, whatever else the
+//!   cluster does: during a burst of 1,000 creates no waiter wades through every other Pod's
+//!   events or falls behind them (an earlier broadcast to every waiter did, and sent them to
+//!   watches of their own).
 //! - The feed needs `list` and `watch` on Pods in all namespaces (cluster scope). Where it
-//!   cannot have them, or while its watch is down, or when a waiter falls behind the
-//!   [`CAPACITY`] events buffered for it, the waiter answers [`FeedGone`] and the caller
-//!   watches its own Pod as before.
+//!   cannot have them, or while its watch is down, the waiter answers [`FeedGone`] and the
+//!   caller watches its own Pod as before.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,10 +27,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 
-/// Events buffered per waiter before it counts as fallen behind.
-pub const CAPACITY: usize = 1024;
 /// How long a create waits for a feed that is still making its first list.
 pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(2);
 
@@ -48,7 +51,7 @@ pub enum PodEvent {
     Deleted(Arc<Pod>),
 }
 
-/// The feed cannot answer this wait (down, or the waiter fell behind): watch the Pod directly.
+/// The feed cannot answer this wait (its watch is down): watch the Pod directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedGone;
 
@@ -56,7 +59,9 @@ pub struct FeedGone;
 pub struct PodFeed {
     client: Client,
     label_selector: String,
-    events: broadcast::Sender<PodEvent>,
+    /// The waiters of each Pod, by `(namespace, name)`: a subscription's number and channel.
+    waiters: Mutex<HashMap<PodKey, Vec<Waiter>>>,
+    next_waiter: AtomicU64,
     state: watch::Sender<FeedState>,
     started: AtomicBool,
     settled: AtomicU64,
@@ -72,7 +77,8 @@ impl PodFeed {
         Arc::new(Self {
             client,
             label_selector: label_selector.to_string(),
-            events: broadcast::channel(CAPACITY).0,
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(0),
             state: watch::channel(FeedState::Starting).0,
             started: AtomicBool::new(false),
             settled: AtomicU64::new(0),
@@ -93,6 +99,28 @@ impl PodFeed {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<PodKey, Vec<Waiter>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands `event` to the waiters of its Pod (none: nothing to do).
+    fn route(&self, event: PodEvent) {
+        let pod = match &event {
+            PodEvent::Applied(pod) | PodEvent::Deleted(pod) => pod,
+        };
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        if let Some(waiters) = self.lock_waiters().get(&key) {
+            for (_, tx) in waiters {
+                let _ = tx.send(event.clone());
+            }
+        }
     }
 
     /// Starts the watch on the current tokio runtime (once; later calls do nothing). It
@@ -118,10 +146,18 @@ impl PodFeed {
         self.settled.load(Ordering::Relaxed)
     }
 
-    /// Subscribes to every later event, for a create about to send its Pod. Starts the feed
-    /// if needed, and waits (at most [`FIRST_LIST_WAIT`]) while it makes its first list.
-    pub async fn subscribe(self: &Arc<Self>) -> Subscription {
+    /// Subscribes to every later event of the Pod `name` in `namespace`, for a create about
+    /// to send it. Starts the feed if needed, and waits (at most [`FIRST_LIST_WAIT`]) while
+    /// it makes its first list. The subscription ends when dropped.
+    pub async fn subscribe(self: &Arc<Self>, namespace: &str, name: &str) -> Subscription {
         self.start();
+        let key = (namespace.to_string(), name.to_string());
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, events) = mpsc::unbounded_channel();
+        self.lock_waiters()
+            .entry(key.clone())
+            .or_default()
+            .push((id, tx));
         let mut state = self.state.subscribe();
         if *state.borrow() == FeedState::Starting {
             let _ = tokio::time::timeout(
@@ -132,24 +168,45 @@ impl PodFeed {
         }
         Subscription {
             feed: self.clone(),
-            events: self.events.subscribe(),
+            key,
+            id,
+            events,
             state,
         }
     }
 }
 
-/// A waiter's view of the feed, from the moment it subscribed.
+/// A Pod's namespace and name.
+type PodKey = (String, String);
+/// A subscription's number and the channel its Pod's events go to.
+type Waiter = (u64, mpsc::UnboundedSender<PodEvent>);
+
+/// A waiter's view of one Pod's events, from the moment it subscribed.
 pub struct Subscription {
     feed: Arc<PodFeed>,
-    events: broadcast::Receiver<PodEvent>,
+    key: PodKey,
+    id: u64,
+    events: mpsc::UnboundedReceiver<PodEvent>,
     state: watch::Receiver<FeedState>,
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut waiters = self.feed.lock_waiters();
+        if let Some(list) = waiters.get_mut(&self.key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                waiters.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl Subscription {
-    /// Waits until the Pod with `metadata.uid` = `uid` is no longer `pending`:
-    /// `Ok(Some(pod))`, or `Ok(None)` if it was deleted. [`FeedGone`] when the feed is not
-    /// live or this waiter fell behind; the caller then watches the Pod itself. No time
-    /// limit of its own (the caller bounds the wait).
+    /// Waits until the Pod with `metadata.uid` = `uid` (the one subscribed to; events of an
+    /// older Pod of the same name are skipped) is no longer `pending`: `Ok(Some(pod))`, or
+    /// `Ok(None)` if it was deleted. [`FeedGone`] when the feed is not live; the caller then
+    /// watches the Pod itself. No time limit of its own (the caller bounds the wait).
     pub async fn settle(
         mut self,
         uid: &str,
@@ -162,20 +219,16 @@ impl Subscription {
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
-                    Ok(PodEvent::Applied(pod)) if ours(&pod) && !pending(&pod) => {
+                    Some(PodEvent::Applied(pod)) if ours(&pod) && !pending(&pod) => {
                         self.feed.settled.fetch_add(1, Ordering::Relaxed);
                         return Ok(Some(Arc::unwrap_or_clone(pod)));
                     }
-                    Ok(PodEvent::Deleted(pod)) if ours(&pod) => {
+                    Some(PodEvent::Deleted(pod)) if ours(&pod) => {
                         self.feed.settled.fetch_add(1, Ordering::Relaxed);
                         return Ok(None);
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(pod_uid = uid, missed, "fell behind the pod feed; watching the pod directly");
-                        return Err(FeedGone);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Err(FeedGone),
+                    Some(_) => {}
+                    None => return Err(FeedGone),
                 },
                 _ = self.state.wait_for(|s| *s != FeedState::Live) => return Err(FeedGone),
             }
@@ -184,7 +237,7 @@ impl Subscription {
 }
 
 /// The watch loop: kube's `watcher` (list, then watch; lists again after a lost watch, with
-/// backoff between failures), each Pod broadcast as it comes.
+/// backoff between failures), each Pod handed to its waiters as it comes.
 async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: String) {
     use futures::StreamExt as _;
     let api: Api<Pod> = Api::all(client);
@@ -200,16 +253,16 @@ async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: Str
             Ok(watcher::Event::InitApply(pod)) => {
                 let pod = Arc::new(pod);
                 relisted.insert(uid(&pod), pod.clone());
-                let _ = feed.events.send(PodEvent::Applied(pod));
+                feed.route(PodEvent::Applied(pod));
             }
             Ok(watcher::Event::Apply(pod)) => {
                 let pod = Arc::new(pod);
                 feed.lock_store().insert(uid(&pod), pod.clone());
-                let _ = feed.events.send(PodEvent::Applied(pod));
+                feed.route(PodEvent::Applied(pod));
             }
             Ok(watcher::Event::Delete(pod)) => {
                 feed.lock_store().remove(&uid(&pod));
-                let _ = feed.events.send(PodEvent::Deleted(Arc::new(pod)));
+                feed.route(PodEvent::Deleted(Arc::new(pod)));
             }
             Ok(watcher::Event::Init) => relisted.clear(),
             Ok(watcher::Event::InitDone) => {
