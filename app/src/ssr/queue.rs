@@ -9,7 +9,7 @@
 //!
 //! Guarantees:
 //! - A claimed task holds a lease (`locked_until`, [`LEASE`]) that its worker renews every
-//!   [`HEARTBEAT`]; a task left `running` by a crashed process is claimed again once its
+//!   [`HEARTBEAT`] (one statement for all its tasks, [`renew_leases`]); a task left `running` by a crashed process is claimed again once its
 //!   lease has run out, so no task is forgotten.
 //! - Two workers never run the same task at once: claiming is one `UPDATE … WHERE id =
 //!   (SELECT … FOR UPDATE SKIP LOCKED)`, and a worker whose heartbeat finds the lease taken
@@ -276,6 +276,9 @@ pub async fn claim(
 /// ranked by how many its experiment would then run (those running plus its own place in the
 /// experiment's line), lowest first, then the oldest.
 ///
+/// A claimed create's resource turns `provisioning` (message `provisioning`) in the same
+/// statement, unless its deletion was requested meanwhile (the worker then cancels the task).
+///
 /// One statement for many claims because a claim reads every runnable task to rank it: in a
 /// burst of 1,000 tasks, claiming them one by one made PostgreSQL the busiest process on the
 /// machine. The ranking reads a snapshot; the rows are then locked with `SKIP LOCKED` and
@@ -317,12 +320,22 @@ pub async fn claim_many(
                WHERE t.id IN (SELECT id FROM picked)
                  AND ((t.status = 'queued' AND t.run_after <= now())
                       OR (t.status = 'running' AND t.locked_until < now()))
-               FOR UPDATE OF t SKIP LOCKED)
-           UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
-               locked_until = now() + make_interval(secs => $2),
-               started_at = COALESCE(started_at, now())
-           WHERE id IN (SELECT id FROM locked)
-           RETURNING id, resource_id, kind AS "kind: TaskKind", attempts, max_attempts"#,
+               FOR UPDATE OF t SKIP LOCKED),
+           claimed AS (
+               UPDATE tasks SET status = 'running', attempts = attempts + 1, locked_by = $1,
+                   locked_until = now() + make_interval(secs => $2),
+                   started_at = COALESCE(started_at, now())
+               WHERE id IN (SELECT id FROM locked)
+               RETURNING id, resource_id, kind, attempts, max_attempts),
+           started AS (
+               UPDATE resources r SET allocation_state = 'provisioning',
+                   operational_state = 'pending', status_message = 'provisioning'
+               FROM claimed c
+               WHERE r.id = c.resource_id AND c.kind = 'create'
+                 AND r.allocation_state IN ('requested', 'provisioning'))
+           SELECT id AS "id!", resource_id AS "resource_id!", kind AS "kind!: TaskKind",
+                  attempts AS "attempts!", max_attempts AS "max_attempts!"
+           FROM claimed"#,
         worker_id,
         LEASE.as_secs_f64(),
         i64::try_from(slots_per_experiment).unwrap_or(i64::MAX),
@@ -332,27 +345,32 @@ pub async fn claim_many(
     .await
 }
 
-/// Renews the lease of `task_id` held by `worker_id`. `Ok(None)`: the lease is lost (another
-/// worker owns the task now, or it ended); else the resource's allocation state (a create
-/// stops when it reads `deleting`).
-pub async fn renew_lease(
+/// Renews the leases of `tasks` that `worker_id` still holds, in one statement (a worker's
+/// heartbeat for all its running tasks). Answers each renewed task with its resource's
+/// allocation state (a create stops when it reads `deleting`); a task missing from the
+/// answer has lost its lease (another worker owns it now, or it ended).
+pub async fn renew_leases(
     pool: &PgPool,
-    task_id: Uuid,
     worker_id: &str,
-) -> Result<Option<AllocationState>, sqlx::Error> {
-    sqlx::query_scalar!(
+    tasks: &[Uuid],
+) -> Result<Vec<(Uuid, AllocationState)>, sqlx::Error> {
+    let rows = sqlx::query!(
         r#"WITH t AS (
                UPDATE tasks SET locked_until = now() + make_interval(secs => $3)
-               WHERE id = $1 AND locked_by = $2 AND status = 'running'
-               RETURNING resource_id)
-           SELECT r.allocation_state AS "allocation_state: AllocationState"
+               WHERE id = ANY($1) AND locked_by = $2 AND status = 'running'
+               RETURNING id, resource_id)
+           SELECT t.id, r.allocation_state AS "allocation_state: AllocationState"
            FROM resources r JOIN t ON t.resource_id = r.id"#,
-        task_id,
+        tasks,
         worker_id,
         LEASE.as_secs_f64()
     )
-    .fetch_optional(pool)
-    .await
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.id, row.allocation_state))
+        .collect())
 }
 
 /// Hands every task `worker_id` still holds back to the queue, runnable at once (a worker's
@@ -439,19 +457,7 @@ impl PgProgress {
         self
     }
 
-    /// Sets the resource's two state axes, message and (when given) backend details.
-    pub async fn set_resource(
-        &self,
-        allocation: AllocationState,
-        operational: OperationalState,
-        message: &str,
-        details: Option<&BackendDetails>,
-    ) {
-        self.write_state(None, allocation, operational, message, details)
-            .await;
-    }
-
-    /// The one statement behind [`PgProgress::set_resource`] and [`Progress::stage`]: the
+    /// The one statement behind [`Progress::stage`]: the
     /// resource always; the task's progress only when `completed` is given and this worker
     /// holds the task's lease.
     async fn write_state(

@@ -3,7 +3,7 @@
 //! lease, records the outcome, and sweeps expired resources. Several workers (in-process or
 //! `slices-blueprint worker`) share one database safely: see the guarantees in `queue`.
 
-use crate::model::{AllocationState, OperationalState, TaskKind};
+use crate::model::{AllocationState, TaskKind};
 use crate::ssr::backend::{BackendError, Backends, ResourceRecord};
 use crate::ssr::list_cache::ListCache;
 use crate::ssr::queue::{
@@ -74,6 +74,12 @@ pub async fn run_worker(
     listener.listen(queue::CHANNEL).await?;
     let mut attached = worker.local.attach(&worker_id, worker.concurrency);
     let waiting = Arc::new(Semaphore::new(worker.concurrency * WAITING_PER_SLOT));
+    let leases = Arc::new(Leases::default());
+    let heartbeat = tokio::spawn(
+        leases
+            .clone()
+            .renew_forever(worker.bookkeeping.clone(), worker_id.clone()),
+    );
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
     let reconciler = Reconciler::new(
         worker.pool.clone(),
@@ -93,7 +99,13 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        claim_free_slots(&worker, &worker_id, &attached, &waiting, &mut running).await;
+        let claiming = Claiming {
+            worker_id: &worker_id,
+            attached: &attached,
+            waiting: &waiting,
+            leases: &leases,
+        };
+        claim_free_slots(&worker, &claiming, &mut running).await;
         tokio::select! {
             n = listener.recv() => {
                 if let Err(e) = n {
@@ -103,7 +115,8 @@ pub async fn run_worker(
             }
             Some(h) = attached.handoffs.recv() => {
                 let slot = TaskSlot::new(h.permit, waiting.clone(), worker.local.clone());
-                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), slot);
+                let lease = leases.register(h.task.id);
+                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), (slot, lease));
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = worker.local.woken() => {}
@@ -115,24 +128,27 @@ pub async fn run_worker(
     drop(attached);
     reconciling.abort();
     running.abort_all();
+    heartbeat.abort();
     while running.join_next().await.is_some() {}
     let released = queue::release(&worker.pool, &worker_id).await?;
     tracing::info!(released, "task worker stopped");
     Ok(())
 }
 
+/// What the worker loop lends [`claim_free_slots`].
+struct Claiming<'a> {
+    worker_id: &'a str,
+    attached: &'a Attached,
+    waiting: &'a Arc<Semaphore>,
+    leases: &'a Arc<Leases>,
+}
+
 /// Claims queued tasks while the worker has free slots (up to [`CLAIM_BATCH`] per
 /// statement), and starts each.
-async fn claim_free_slots(
-    worker: &Worker,
-    worker_id: &str,
-    attached: &Attached,
-    waiting: &Arc<Semaphore>,
-    running: &mut JoinSet<()>,
-) {
+async fn claim_free_slots(worker: &Worker, me: &Claiming<'_>, running: &mut JoinSet<()>) {
     loop {
         let mut permits: Vec<_> =
-            std::iter::from_fn(|| attached.slots.clone().try_acquire_owned().ok())
+            std::iter::from_fn(|| me.attached.slots.clone().try_acquire_owned().ok())
                 .take(CLAIM_BATCH)
                 .collect();
         if permits.is_empty() {
@@ -141,7 +157,7 @@ async fn claim_free_slots(
         let asked = permits.len();
         let claimed = match queue::claim_many(
             &worker.bookkeeping,
-            worker_id,
+            me.worker_id,
             worker.slots_per_experiment,
             asked,
         )
@@ -155,8 +171,9 @@ async fn claim_free_slots(
         };
         let got = claimed.len();
         for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            let slot = TaskSlot::new(permit, waiting.clone(), worker.local.clone());
-            spawn_task(running, worker, worker_id, task, None, slot);
+            let slot = TaskSlot::new(permit, me.waiting.clone(), worker.local.clone());
+            let lease = me.leases.register(task.id);
+            spawn_task(running, worker, me.worker_id, task, None, (slot, lease));
         }
         // Fewer than asked: nothing more is runnable now (the unused permits go back).
         if got < asked {
@@ -173,12 +190,12 @@ fn spawn_task(
     worker_id: &str,
     task: Claimed,
     record: Option<ResourceRecord>,
-    slot: TaskSlot,
+    (slot, lease): (TaskSlot, LeaseWatch),
 ) {
     let worker = worker.clone();
     let worker_id = worker_id.to_string();
     running.spawn(async move {
-        run_task(&worker, &worker_id, task, record, slot).await;
+        run_task(&worker, &worker_id, task, record, slot, lease).await;
     });
 }
 
@@ -217,6 +234,7 @@ async fn run_task(
     task: Claimed,
     record: Option<ResourceRecord>,
     slot: TaskSlot,
+    lease: LeaseWatch,
 ) {
     let progress = PgProgress::new(
         worker.bookkeeping.clone(),
@@ -237,7 +255,7 @@ async fn run_task(
             None => load_record(&worker.pool, &worker.site, task.resource_id).await,
         };
         match loaded {
-            Ok(record) => supervise(worker, worker_id, &task, &progress, &record).await,
+            Ok(record) => supervise(worker, &task, &progress, &record, lease).await,
             Err(e) => Outcome::Failed(BackendError::retryable(format!(
                 "loading the resource: {e}"
             ))),
@@ -280,17 +298,17 @@ async fn clean_up_failed(worker: &Worker, task: &Claimed, progress: &PgProgress)
 /// notices a deletion request; whichever ends first decides the outcome.
 async fn supervise(
     worker: &Worker,
-    worker_id: &str,
     task: &Claimed,
     progress: &PgProgress,
     record: &ResourceRecord,
+    lease: LeaseWatch,
 ) -> Outcome {
     if task.kind == TaskKind::Create && record.allocation_state == AllocationState::Deleting {
         return Outcome::Cancelled("cancelled: the resource's deletion was requested".into());
     }
     tokio::select! {
         outcome = work(worker, task, progress, record) => outcome,
-        outcome = heartbeat(&worker.bookkeeping, worker_id, task) => outcome,
+        outcome = heartbeat(task, lease) => outcome,
     }
 }
 
@@ -309,20 +327,9 @@ async fn work(
     };
     let result = match task.kind {
         TaskKind::Create => {
-            // At most one write before the backend starts (the claim already marked the
-            // task running): the sooner the Pod or server is requested, the sooner it runs.
-            // A task handed over by its request starts with the resource already
-            // `provisioning` (written by that request's insert): no write at all.
-            if !(task.attempts == 1 && record.allocation_state == AllocationState::Provisioning) {
-                progress
-                    .set_resource(
-                        AllocationState::Provisioning,
-                        OperationalState::Pending,
-                        "provisioning",
-                        None,
-                    )
-                    .await;
-            }
+            // No write before the backend starts: the claim (or the request that handed the
+            // task over) already marked the resource `provisioning`; the sooner the Pod or
+            // server is requested, the sooner it runs.
             backend.create(record, progress).await.map(Some)
         }
         TaskKind::Delete => {
@@ -343,22 +350,108 @@ async fn work(
     }
 }
 
-/// Renews the lease every [`HEARTBEAT`]; ends only when the lease is lost or a create's
-/// resource is being deleted.
-async fn heartbeat(pool: &PgPool, worker_id: &str, task: &Claimed) -> Outcome {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.tick().await;
+/// Ends only when the worker's heartbeat finds the lease lost, or a create's resource being
+/// deleted.
+async fn heartbeat(task: &Claimed, mut lease: LeaseWatch) -> Outcome {
     loop {
-        tick.tick().await;
-        match queue::renew_lease(pool, task.id, worker_id).await {
-            Ok(None) => return Outcome::LeaseLost,
-            Ok(Some(AllocationState::Deleting)) if task.kind == TaskKind::Create => {
+        if lease.rx.changed().await.is_err() {
+            // The worker's heartbeat stopped (shutdown): the task runs on until aborted.
+            std::future::pending::<()>().await;
+        }
+        let state = *lease.rx.borrow_and_update();
+        match state {
+            Lease::Lost => return Outcome::LeaseLost,
+            Lease::Deleting if task.kind == TaskKind::Create => {
                 return Outcome::Cancelled(
                     "cancelled: the resource's deletion was requested".into(),
                 )
             }
-            Ok(Some(_)) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Lease::Held | Lease::Deleting => {}
+        }
+    }
+}
+
+/// What the last heartbeat found of a running task's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    Held,
+    /// Held, and the task's resource is being deleted.
+    Deleting,
+    /// Another worker owns the task now, or it ended.
+    Lost,
+}
+
+/// The leases of this worker's running tasks, renewed together every [`HEARTBEAT`] by one
+/// statement ([`queue::renew_leases`]) rather than one per task: a burst of 500 tasks
+/// waiting for their Pods used to send 500 renewals at the same moment.
+#[derive(Default)]
+struct Leases {
+    tasks: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::sync::watch::Sender<Lease>>>,
+}
+
+/// A running task's view of its lease; unregistered when dropped.
+struct LeaseWatch {
+    leases: Arc<Leases>,
+    task: Uuid,
+    rx: tokio::sync::watch::Receiver<Lease>,
+}
+
+impl Drop for LeaseWatch {
+    fn drop(&mut self) {
+        self.leases.lock().remove(&self.task);
+    }
+}
+
+impl Leases {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, tokio::sync::watch::Sender<Lease>>>
+    {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renews `task`'s lease with the others from now on.
+    fn register(self: &Arc<Self>, task: Uuid) -> LeaseWatch {
+        let (tx, rx) = tokio::sync::watch::channel(Lease::Held);
+        self.lock().insert(task, tx);
+        LeaseWatch {
+            leases: self.clone(),
+            task,
+            rx,
+        }
+    }
+
+    /// Every [`HEARTBEAT`]: renews the leases of the registered tasks and tells each what
+    /// was found. Runs until aborted.
+    async fn renew_forever(self: Arc<Self>, pool: PgPool, worker_id: String) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let ids: Vec<Uuid> = self.lock().keys().copied().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let renewed = match queue::renew_leases(&pool, &worker_id, &ids).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, tasks = ids.len(), "heartbeat failed");
+                    continue;
+                }
+            };
+            let tasks = self.lock();
+            for id in ids {
+                let Some(tx) = tasks.get(&id) else { continue };
+                let state = match renewed.get(&id) {
+                    None => Lease::Lost,
+                    Some(AllocationState::Deleting) => Lease::Deleting,
+                    Some(_) => Lease::Held,
+                };
+                tx.send_if_modified(|current| std::mem::replace(current, state) != state);
+            }
         }
     }
 }

@@ -875,7 +875,10 @@ impl ComputeBackend for KubernetesBackend {
             .feed
             .subscribe(&namespace, &resource.friendly_name)
             .await;
-        let current = self.create_pod(&pods, resource, &namespace).await?;
+        let mut current = self.create_pod(&pods, resource, &namespace).await?;
+        // Kept while the Pod starts (up to 8 waiting creates per worker slot): without the
+        // server-side apply bookkeeping, which the wait does not read.
+        current.metadata.managed_fields = None;
         progress
             .stage(
                 50,
@@ -892,7 +895,7 @@ impl ComputeBackend for KubernetesBackend {
         // From here on the Pod's events tell the rest: the worker may use the slot.
         progress.waiting().await;
         let pod = self.wait_running(feed, &pods, &namespace, current).await?;
-        progress.report(100, "pod running").await;
+        // No "running" report: the task's outcome, written next, says `ready` at 100 %.
         Ok(details_of(&pod, &namespace))
     }
 

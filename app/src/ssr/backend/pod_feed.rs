@@ -251,18 +251,18 @@ async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: Str
         let Some(feed) = feed.upgrade() else { return };
         match event {
             Ok(watcher::Event::InitApply(pod)) => {
-                let pod = Arc::new(pod);
+                let pod = Arc::new(trimmed(pod));
                 relisted.insert(uid(&pod), pod.clone());
                 feed.route(PodEvent::Applied(pod));
             }
             Ok(watcher::Event::Apply(pod)) => {
-                let pod = Arc::new(pod);
+                let pod = Arc::new(trimmed(pod));
                 feed.lock_store().insert(uid(&pod), pod.clone());
                 feed.route(PodEvent::Applied(pod));
             }
             Ok(watcher::Event::Delete(pod)) => {
                 feed.lock_store().remove(&uid(&pod));
-                feed.route(PodEvent::Deleted(Arc::new(pod)));
+                feed.route(PodEvent::Deleted(Arc::new(trimmed(pod))));
             }
             Ok(watcher::Event::Init) => relisted.clear(),
             Ok(watcher::Event::InitDone) => {
@@ -278,4 +278,11 @@ async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: Str
             }
         }
     }
+}
+
+/// `pod` without `metadata.managedFields` (server-side apply bookkeeping, often the larger
+/// part of a Pod's metadata), which nobody here reads: the store holds every managed Pod.
+fn trimmed(mut pod: Pod) -> Pod {
+    pod.metadata.managed_fields = None;
+    pod
 }
