@@ -225,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
+    let counted = api_requests(&client).await;
     let start = Instant::now();
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..DIRECT_CLIENTS {
@@ -258,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let direct = start.elapsed();
+    let direct_requests = since(&counted, &api_requests(&client).await);
     // Both phases start from the same cluster: the direct Pods go before the second starts
     // (the API server's fake scheduler and kubelet slow down with every Pod that exists).
     remove_namespace(&client, &direct_ns).await?;
@@ -282,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let rss_before = proc_kb(&pid, "VmRSS:");
+    let counted = api_requests(&client).await;
     let start = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     for (i, token) in tokens.iter().enumerate() {
@@ -305,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let through = start.elapsed();
+    let through_requests = since(&counted, &api_requests(&client).await);
     // Every resource ends provisioned (the tasks record it just after the Pod runs).
     let mut provisioned = 0;
     let settle = Instant::now();
@@ -356,11 +360,70 @@ async fn main() -> anyhow::Result<()> {
         peak as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    println!(
+        "  API server requests until all Running (apiserver_request_total; verb resource code):"
+    );
+    println!("    direct:  {}", direct_requests);
+    println!("    through: {}", through_requests);
     Ok(())
 }
 
+/// Requests the API server has served, by `VERB resource[/subresource] code`, from its
+/// `apiserver_request_total` counter (`/metrics`); empty when it does not expose it.
+async fn api_requests(client: &kube::Client) -> std::collections::BTreeMap<String, f64> {
+    let mut counts = std::collections::BTreeMap::new();
+    let Ok(request) = axum::http::Request::get("/metrics").body(Vec::new()) else {
+        return counts;
+    };
+    let Ok(text) = client.request_text(request).await else {
+        return counts;
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let mut resource = label("resource");
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            resource = format!("{resource}/{sub}");
+        }
+        let key = format!("{} {} {}", label("verb"), resource, label("code"));
+        *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+/// What `after` counted more than `before`, as `VERB resource code: n` items.
+fn since(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> String {
+    let parts: Vec<String> = after
+        .iter()
+        .filter_map(|(key, n)| {
+            let more = n - before.get(key).copied().unwrap_or(0.0);
+            (more >= 1.0).then(|| format!("{key}: {more:.0}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "(not exposed)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Deletes `namespace` and waits (at most 120 s) until the API server has removed it with
-/// everything in it.
+/// everything in it and sends no more deletes.
 async fn remove_namespace(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
     let namespaces = Api::<Namespace>::all(client.clone());
     namespaces
@@ -373,6 +436,24 @@ async fn remove_namespace(client: &kube::Client, namespace: &str) -> anyhow::Res
             "namespace {namespace} still there after 120 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The API server's namespace controller may still be deleting (its requests show in
+    // /metrics): wait until a second passes without one.
+    let deletes = |counts: &std::collections::BTreeMap<String, f64>| -> f64 {
+        counts
+            .iter()
+            .filter(|(key, _)| key.starts_with("DELETE "))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut last = deletes(&api_requests(client).await);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = deletes(&api_requests(client).await);
+        if now == last {
+            break;
+        }
+        last = now;
     }
     Ok(())
 }

@@ -145,6 +145,9 @@ pub struct KubernetesBackend {
     /// Namespaces this process has seen exist: a create in them skips the namespace call
     /// (forgotten when a Pod create answers 404, i.e. the namespace was deleted meanwhile).
     known_namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One lock per namespace being made ([`KubernetesBackend::namespace_gate`]).
+    namespace_gates:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// The watch of every managed Pod that tells waiting creates when theirs runs.
     feed: std::sync::Arc<PodFeed>,
     /// Limits of each experiment namespace's ResourceQuota.
@@ -185,6 +188,7 @@ impl KubernetesBackend {
             namespace_prefix: namespace_prefix.to_string(),
             ready_timeout,
             known_namespaces: std::sync::Mutex::new(std::collections::HashSet::new()),
+            namespace_gates: std::sync::Mutex::default(),
             feed,
             quota: NamespaceQuota::default(),
         }
@@ -218,6 +222,16 @@ impl KubernetesBackend {
         known.contains(name)
     }
 
+    /// The lock that makes one create of `name` at a time (one per namespace this process
+    /// has made, kept like `known_namespaces`).
+    fn namespace_gate(&self, name: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self
+            .namespace_gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        gates.entry(name.to_string()).or_default().clone()
+    }
+
     fn set_namespace_known(&self, name: &str, known: bool) {
         let mut set = self
             .known_namespaces
@@ -240,9 +254,16 @@ impl KubernetesBackend {
         needs_root: bool,
     ) -> Result<(), BackendError> {
         if !self.namespace_known(name) {
-            self.create_namespace(name, experiment_id).await?;
-            self.create_guards(name).await?;
-            self.set_namespace_known(name, true);
+            // One create per namespace at a time: the 50 Pods of a new experiment's request
+            // wait for the first one's namespace instead of each sending the same three
+            // creates (answered 409 but for one).
+            let gate = self.namespace_gate(name);
+            let _held = gate.lock().await;
+            if !self.namespace_known(name) {
+                self.create_namespace(name, experiment_id).await?;
+                self.create_guards(name).await?;
+                self.set_namespace_known(name, true);
+            }
         }
         if needs_root {
             self.relax_namespace(name).await?;
