@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{experiment_id, in_an_hour, Options, TestApp, ALICE};
+use common::{experiment_id, Options, TestApp, ALICE};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::{json, Value};
@@ -13,12 +13,7 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
 fn request(image: &str, flavor: &str, names: &[&str], request_id: Option<&str>) -> Value {
-    let mut body = json!({
-        "expires_at": in_an_hour(),
-        "resources": names.iter().map(|n| json!({
-            "friendly_name": n, "disk_image_id": image, "flavor_id": flavor
-        })).collect::<Vec<_>>(),
-    });
+    let mut body = common::resources_request(image, flavor, names);
     if let Some(id) = request_id {
         body["request_id"] = json!(id);
     }

@@ -293,6 +293,15 @@ impl StuckCluster {
     fn kubeconfig(&self) -> String {
         self.dir.join("kubeconfig").display().to_string()
     }
+
+    /// A test app on this cluster whose Pods fail after `ready_secs` without running.
+    fn options(&self, ready_secs: u64) -> Options {
+        Options {
+            kubeconfig: Some(self.kubeconfig()),
+            pod_ready_timeout_secs: Some(ready_secs),
+            ..Options::default()
+        }
+    }
 }
 
 impl Drop for StuckCluster {
@@ -309,15 +318,7 @@ impl Drop for StuckCluster {
 async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
     let cluster = StuckCluster::start()
         .expect("../shared/k8s-testserver is needed to start a cluster without a kubelet");
-    let app = TestApp::start(
-        pool,
-        Options {
-            kubeconfig: Some(cluster.kubeconfig()),
-            pod_ready_timeout_secs: Some(2),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::start(pool, cluster.options(2)).await;
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let exp = experiment_id();
     let token = app.issuer.experiment(&exp, ALICE);
@@ -364,6 +365,67 @@ async fn a_pod_that_never_runs_fails_its_task_and_is_removed(pool: PgPool) {
             "pod left behind: {:?}",
             p.metadata
         ),
+    }
+}
+
+/// A create gives its worker slot back while it only waits for its Pod: with one slot and a
+/// cluster whose Pods never start, all three creates of a request get their Pod made and
+/// wait together (holding the slot, the second would wait for the first's 30 s timeout).
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_create_waiting_for_its_pod_gives_its_worker_slot_back(pool: PgPool) {
+    let cluster = StuckCluster::start()
+        .expect("../shared/k8s-testserver is needed to start a cluster without a kubelet");
+    let app = TestApp::start(
+        pool,
+        Options {
+            extra_args: [
+                "--worker-concurrency",
+                "1",
+                "--worker-slots-per-experiment",
+                "3",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..cluster.options(30)
+        },
+    )
+    .await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            common::resources_request(&image, &flavor, &["waits-0", "waits-1", "waits-2"]),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let tasks: Vec<String> = created["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut waiting = 0;
+        for id in &tasks {
+            let (_, task) = app.get(&format!("/tasks/{id}"), &token).await;
+            if task["status"] == "running"
+                && task["message"] == "pod created; waiting for it to run"
+            {
+                waiting += 1;
+            }
+        }
+        if waiting == tasks.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {waiting} of 3 creates got their Pod made with one worker slot in 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -338,9 +338,8 @@ async fn batch_claims_are_fair_capped_and_never_overlap(pool: PgPool) {
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let request = |n: usize| {
-        json!({"expires_at": in_an_hour(), "resources": (0..n).map(|i| json!({
-            "friendly_name": format!("node-{i}"), "disk_image_id": image, "flavor_id": flavor
-        })).collect::<Vec<_>>()})
+        let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+        common::resources_request(&image, &flavor, &names)
     };
     let (a, b) = (experiment_id(), experiment_id());
     for (experiment, n) in [(&a, 10), (&b, 2)] {
@@ -401,4 +400,69 @@ async fn batch_claims_are_fair_capped_and_never_overlap(pool: PgPool) {
     assert_eq!(rest.len(), 7, "the 7 tasks A had left");
     assert_eq!(unique.len(), 7, "no task claimed twice");
     assert!(first.iter().all(|t| !unique.contains(&t.id)));
+}
+
+/// One heartbeat statement renews every lease the worker still holds and nothing else, and
+/// tells each task its resource's state (a create stops on `deleting`).
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn one_heartbeat_renews_the_leases_a_worker_holds_and_reports_deletions(pool: PgPool) {
+    use app::model::AllocationState;
+    let app = TestApp::without_worker(pool.clone()).await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            common::resources_request(&image, &flavor, &["kept", "dropped"]),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let claimed = app::ssr::queue::claim_many(&pool, "worker-a", usize::MAX, 2)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    // Leases about to run out: the heartbeat must push them a whole LEASE ahead.
+    sqlx::query("UPDATE tasks SET locked_until = now() + interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("shorten");
+    let dropped = created["resources"][1]["id"].as_str().expect("id");
+    let (s, _) = app.delete(&format!("/resources/{dropped}"), &token).await;
+    assert_eq!(s, 202);
+    let ids: Vec<uuid::Uuid> = claimed.iter().map(|t| t.id).collect();
+    let stranger = uuid::Uuid::now_v7();
+    let mut asked = ids.clone();
+    asked.push(stranger);
+
+    assert!(app::ssr::queue::renew_leases(&pool, "worker-b", &ids)
+        .await
+        .expect("renew")
+        .is_empty());
+    let renewed: std::collections::HashMap<_, _> =
+        app::ssr::queue::renew_leases(&pool, "worker-a", &asked)
+            .await
+            .expect("renew")
+            .into_iter()
+            .collect();
+    assert_eq!(renewed.len(), 2, "{renewed:?}");
+    let mut state_of = std::collections::HashMap::new();
+    for task in &claimed {
+        let name: String = sqlx::query_scalar("SELECT friendly_name FROM resources WHERE id = $1")
+            .bind(task.resource_id)
+            .fetch_one(&pool)
+            .await
+            .expect("resource");
+        state_of.insert(name, renewed[&task.id]);
+    }
+    assert_eq!(state_of["dropped"], AllocationState::Deleting);
+    assert_eq!(state_of["kept"], AllocationState::Provisioning);
+    let shortest: f64 = sqlx::query_scalar(
+        "SELECT min(extract(epoch FROM locked_until - now()))::float8 FROM tasks WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .expect("leases");
+    assert!(shortest > 25.0, "lease left: {shortest} s");
 }

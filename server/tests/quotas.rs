@@ -7,21 +7,12 @@ mod common;
 
 use app::model::BackendDetails;
 use app::ssr::backend::{BackendError, ComputeBackend, Progress, ResourceRecord};
-use common::{experiment_id, in_an_hour, Options, TestApp, ADMIN, ALICE, BOB};
-use serde_json::{json, Value};
+use common::{experiment_id, resources_request, Options, TestApp, ADMIN, ALICE, BOB};
+use serde_json::json;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn request(image: &str, flavor: &str, names: &[String]) -> Value {
-    json!({
-        "expires_at": in_an_hour(),
-        "resources": names.iter().map(|n| json!({
-            "friendly_name": n, "disk_image_id": image, "flavor_id": flavor
-        })).collect::<Vec<_>>(),
-    })
-}
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
@@ -82,7 +73,11 @@ async fn one_experiments_stuck_pods_do_not_delay_anothers(pool: PgPool) {
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let a = app.issuer.experiment(&stuck, ALICE);
     let (s, body) = app
-        .post("/resources", &a, request(&image, &flavor, &names("a", 50)))
+        .post(
+            "/resources",
+            &a,
+            resources_request(&image, &flavor, &names("a", 50)),
+        )
         .await;
     assert_eq!(s, 202, "{body}");
     // Give A's tasks every chance to take the slots.
@@ -96,7 +91,11 @@ async fn one_experiments_stuck_pods_do_not_delay_anothers(pool: PgPool) {
     let b = app.issuer.experiment(&experiment_id(), BOB);
     let started = std::time::Instant::now();
     let (s, body) = app
-        .post("/resources", &b, request(&image, &flavor, &names("b", 1)))
+        .post(
+            "/resources",
+            &b,
+            resources_request(&image, &flavor, &names("b", 1)),
+        )
         .await;
     assert_eq!(s, 202, "{body}");
     let task = body["tasks"][0]["id"]
@@ -183,7 +182,7 @@ async fn an_experiment_cannot_go_past_its_quota(pool: PgPool) {
             .post(
                 "/resources",
                 &token,
-                request(&image, flavor, &names(prefix, count)),
+                resources_request(&image, flavor, &names(prefix, count)),
             )
             .await;
         assert_eq!(s, expected, "{prefix}: {body}");
@@ -204,7 +203,7 @@ async fn an_experiment_cannot_go_past_its_quota(pool: PgPool) {
         .post(
             "/resources",
             &other,
-            request(&image, &big_cpu, &names("o", 1)),
+            resources_request(&image, &big_cpu, &names("o", 1)),
         )
         .await;
     assert_eq!(s, 202, "{body}");
@@ -217,7 +216,7 @@ async fn an_experiment_cannot_go_past_its_quota(pool: PgPool) {
             app.post(
                 "/resources",
                 token,
-                request(image, small, &[format!("p-{i}")]),
+                resources_request(image, small, &[format!("p-{i}")]),
             )
             .await
             .0

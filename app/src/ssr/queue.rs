@@ -9,11 +9,11 @@
 //!
 //! Guarantees:
 //! - A claimed task holds a lease (`locked_until`, [`LEASE`]) that its worker renews every
-//!   [`HEARTBEAT`] (one statement for all its tasks, [`renew_leases`]); a task left `running` by a crashed process is claimed again once its
-//!   lease has run out, so no task is forgotten.
-//! - Two workers never run the same task at once: claiming is one `UPDATE … WHERE id =
-//!   (SELECT … FOR UPDATE SKIP LOCKED)`, and a worker whose heartbeat finds the lease taken
-//!   stops working on it; every write of a worker is guarded by `locked_by`.
+//!   [`HEARTBEAT`] (one statement for all its tasks, [`renew_leases`]); a task left `running`
+//!   by a crashed process is claimed again once its lease has run out, so no task is forgotten.
+//! - Two workers never run the same task at once: claiming is one `UPDATE … WHERE id IN
+//!   (SELECT … FOR UPDATE SKIP LOCKED)` ([`claim_many`]), and a worker whose heartbeat finds
+//!   the lease taken stops working on it; every write of a worker is guarded by `locked_by`.
 //! - Tasks of one resource run in creation order (a delete waits for the create before it).
 //! - Durability: the request that queues a task and the task's outcome commit with the
 //!   server's `synchronous_commit` (normally on: flushed to disk before the client hears of
@@ -404,9 +404,17 @@ pub struct PgProgress {
 /// need not keep a slot while the kubelet starts it, so a burst of creates is bounded by the
 /// slots only while they talk to the API server.
 pub struct TaskSlot {
-    held: Mutex<(Option<OwnedSemaphorePermit>, bool)>,
+    /// The slot, or (once traded) the waiting place.
+    held: Mutex<Held>,
     waiting: Arc<Semaphore>,
     local: Arc<LocalWorker>,
+}
+
+/// What a [`TaskSlot`] holds: the slot's permit, or once `traded` the waiting place's;
+/// released when the task ends.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    traded: bool,
 }
 
 impl TaskSlot {
@@ -418,7 +426,10 @@ impl TaskSlot {
         local: Arc<LocalWorker>,
     ) -> Self {
         Self {
-            held: Mutex::new((Some(permit), false)),
+            held: Mutex::new(Held {
+                _permit: permit,
+                traded: false,
+            }),
             waiting,
             local,
         }
@@ -428,11 +439,15 @@ impl TaskSlot {
     /// once per task.
     fn trade(&self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.1 {
+        if held.traded {
             return;
         }
         if let Ok(place) = self.waiting.clone().try_acquire_owned() {
-            *held = (Some(place), true);
+            // The slot's permit is dropped here: free for the next task.
+            *held = Held {
+                _permit: place,
+                traded: true,
+            };
             drop(held);
             self.local.wake();
         }
@@ -457,12 +472,11 @@ impl PgProgress {
         self
     }
 
-    /// The one statement behind [`Progress::stage`]: the
-    /// resource always; the task's progress only when `completed` is given and this worker
-    /// holds the task's lease.
+    /// The one statement behind [`Progress::stage`]: the resource always; the task's
+    /// progress only while this worker holds the task's lease.
     async fn write_state(
         &self,
-        completed: Option<i16>,
+        completed: i16,
         allocation: AllocationState,
         operational: OperationalState,
         message: &str,
@@ -474,8 +488,7 @@ impl PgProgress {
         let result = sqlx::query!(
             r#"WITH t AS (
                    UPDATE tasks SET completed = GREATEST(completed, $6), message = $4
-                   WHERE $6::smallint IS NOT NULL AND id = $7 AND locked_by = $8
-                     AND status = 'running')
+                   WHERE id = $7 AND locked_by = $8 AND status = 'running')
                UPDATE resources SET allocation_state = $2, operational_state = $3,
                    status_message = $4, backend_details = COALESCE($5, backend_details)
                WHERE id = $1"#,
@@ -484,7 +497,7 @@ impl PgProgress {
             operational.as_str(),
             message,
             details,
-            completed.map(|c| c.clamp(0, 100)),
+            completed.clamp(0, 100),
             self.task_id,
             self.worker_id
         )
@@ -526,7 +539,7 @@ impl Progress for PgProgress {
         message: &str,
         details: Option<&BackendDetails>,
     ) {
-        self.write_state(Some(completed), allocation, operational, message, details)
+        self.write_state(completed, allocation, operational, message, details)
             .await;
     }
 

@@ -14,7 +14,7 @@ use crate::ssr::rows::load_record;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -80,6 +80,12 @@ pub async fn run_worker(
             .clone()
             .renew_forever(worker.bookkeeping.clone(), worker_id.clone()),
     );
+    let runner = Runner {
+        worker: &worker,
+        worker_id: &worker_id,
+        waiting: &waiting,
+        leases: &leases,
+    };
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
     let reconciler = Reconciler::new(
         worker.pool.clone(),
@@ -99,13 +105,7 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        let claiming = Claiming {
-            worker_id: &worker_id,
-            attached: &attached,
-            waiting: &waiting,
-            leases: &leases,
-        };
-        claim_free_slots(&worker, &claiming, &mut running).await;
+        claim_free_slots(&runner, &attached, &mut running).await;
         tokio::select! {
             n = listener.recv() => {
                 if let Err(e) = n {
@@ -114,9 +114,7 @@ pub async fn run_worker(
                 }
             }
             Some(h) = attached.handoffs.recv() => {
-                let slot = TaskSlot::new(h.permit, waiting.clone(), worker.local.clone());
-                let lease = leases.register(h.task.id);
-                spawn_task(&mut running, &worker, &worker_id, h.task, Some(h.record), (slot, lease));
+                runner.start(&mut running, h.task, Some(h.record), h.permit);
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = worker.local.woken() => {}
@@ -135,20 +133,42 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// What the worker loop lends [`claim_free_slots`].
-struct Claiming<'a> {
+/// What the worker loop lends each task it starts.
+struct Runner<'a> {
+    worker: &'a Worker,
     worker_id: &'a str,
-    attached: &'a Attached,
+    /// Places of tasks that only wait ([`TaskSlot`]).
     waiting: &'a Arc<Semaphore>,
     leases: &'a Arc<Leases>,
 }
 
+impl Runner<'_> {
+    /// Runs `task` on `running` in the slot `permit` (traded for a waiting place while it
+    /// only waits), its lease renewed with the others until it ends.
+    fn start(
+        &self,
+        running: &mut JoinSet<()>,
+        task: Claimed,
+        record: Option<ResourceRecord>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let slot = TaskSlot::new(permit, self.waiting.clone(), self.worker.local.clone());
+        let lease = self.leases.register(task.id);
+        let worker = self.worker.clone();
+        let worker_id = self.worker_id.to_string();
+        running.spawn(async move {
+            run_task(&worker, &worker_id, task, record, slot, lease).await;
+        });
+    }
+}
+
 /// Claims queued tasks while the worker has free slots (up to [`CLAIM_BATCH`] per
 /// statement), and starts each.
-async fn claim_free_slots(worker: &Worker, me: &Claiming<'_>, running: &mut JoinSet<()>) {
+async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mut JoinSet<()>) {
+    let worker = runner.worker;
     loop {
-        let mut permits: Vec<_> =
-            std::iter::from_fn(|| me.attached.slots.clone().try_acquire_owned().ok())
+        let permits: Vec<_> =
+            std::iter::from_fn(|| attached.slots.clone().try_acquire_owned().ok())
                 .take(CLAIM_BATCH)
                 .collect();
         if permits.is_empty() {
@@ -157,7 +177,7 @@ async fn claim_free_slots(worker: &Worker, me: &Claiming<'_>, running: &mut Join
         let asked = permits.len();
         let claimed = match queue::claim_many(
             &worker.bookkeeping,
-            me.worker_id,
+            runner.worker_id,
             worker.slots_per_experiment,
             asked,
         )
@@ -170,33 +190,14 @@ async fn claim_free_slots(worker: &Worker, me: &Claiming<'_>, running: &mut Join
             }
         };
         let got = claimed.len();
-        for (task, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            let slot = TaskSlot::new(permit, me.waiting.clone(), worker.local.clone());
-            let lease = me.leases.register(task.id);
-            spawn_task(running, worker, me.worker_id, task, None, (slot, lease));
+        // Fewer than asked: the unused permits go back when dropped.
+        for (task, permit) in claimed.into_iter().zip(permits) {
+            runner.start(running, task, None, permit);
         }
-        // Fewer than asked: nothing more is runnable now (the unused permits go back).
         if got < asked {
             return;
         }
     }
-}
-
-/// Runs `task` on the worker's task set, holding its slot (or, while it only waits, a
-/// waiting place) until it ends.
-fn spawn_task(
-    running: &mut JoinSet<()>,
-    worker: &Worker,
-    worker_id: &str,
-    task: Claimed,
-    record: Option<ResourceRecord>,
-    (slot, lease): (TaskSlot, LeaseWatch),
-) {
-    let worker = worker.clone();
-    let worker_id = worker_id.to_string();
-    running.spawn(async move {
-        run_task(&worker, &worker_id, task, record, slot, lease).await;
-    });
 }
 
 /// Marks expired live resources `deleting` and enqueues their delete tasks.
@@ -355,7 +356,8 @@ async fn work(
 async fn heartbeat(task: &Claimed, mut lease: LeaseWatch) -> Outcome {
     loop {
         if lease.rx.changed().await.is_err() {
-            // The worker's heartbeat stopped (shutdown): the task runs on until aborted.
+            // The sender lives in `Leases` until this watch is dropped: not reached while
+            // the task runs, but never spin if it were.
             std::future::pending::<()>().await;
         }
         let state = *lease.rx.borrow_and_update();

@@ -276,8 +276,6 @@ impl TestApp {
             options.vm_ready_timeout_secs.unwrap_or(120).to_string(),
             "--site-id".into(),
             "tld-city-bp1".into(),
-            "--worker-concurrency".into(),
-            "4".into(),
             "--slices-jwks-refresh-secs".into(),
             options.jwks_refresh_secs.unwrap_or(300).to_string(),
         ];
@@ -293,9 +291,11 @@ impl TestApp {
             args.push("--k8s-namespace-prefix".into());
             args.push(format!("t{}-", &tag[tag.len() - 6..]));
         }
-        // Tests share one OpenStack project (and may share a cluster): a reconciler deletes
-        // orphans and lists each user's clouds only where a test asks for it.
+        // Defaults a test may override in `extra_args`. Tests share one OpenStack project (and
+        // may share a cluster): a reconciler deletes orphans and lists each user's clouds only
+        // where a test asks for it.
         for (flag, value) in [
+            ("--worker-concurrency", "4"),
             ("--orphan-grace-secs", "86400"),
             ("--vm-reconcile-secs", "3600"),
         ] {
@@ -477,6 +477,17 @@ impl TestApp {
 /// `expires_at` one hour from now.
 pub fn in_an_hour() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
+}
+
+/// A `POST /resources` body: one resource of `image` and `flavor` per name, expiring in an
+/// hour.
+pub fn resources_request(image: &str, flavor: &str, names: &[impl AsRef<str>]) -> Value {
+    json!({
+        "expires_at": in_an_hour(),
+        "resources": names.iter().map(|n| json!({
+            "friendly_name": n.as_ref(), "disk_image_id": image, "flavor_id": flavor
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The `slices-blueprint` binary of this build set up for the test's database: its key files
