@@ -463,6 +463,14 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
     );
     let (s, _) = app.get("/resources?limit=0", &token).await;
     assert_eq!(s, 400);
+    // A bad page is refused even when the filter names another experiment (which would
+    // answer an empty page): schemathesis found it answered 200 `[]`.
+    for bad in ["offset=-455", "limit=0"] {
+        let (s, body) = app
+            .get(&format!("/resources?experiment_id=exp_other&{bad}"), &token)
+            .await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
 
     // PATCH extends within the experiment's life; DELETE answers with the same task twice.
     let later = (chrono::Utc::now() + chrono::Duration::hours(5)).to_rfc3339();

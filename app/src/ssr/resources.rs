@@ -929,12 +929,7 @@ pub async fn list_resources(
     principal: &Principal,
     query: &ListQuery,
 ) -> Result<Vec<Resource>, AppError> {
-    let scope = Scope::of(principal);
-    if let (Some(own), Some(asked)) = (&scope.experiment_id, &query.experiment_id) {
-        if own != asked {
-            return Ok(Vec::new());
-        }
-    }
+    // The page is checked first: a bad one is a 400 whatever the filter matches.
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(AppError::BadRequest(format!(
@@ -944,6 +939,12 @@ pub async fn list_resources(
     let offset = query.offset.unwrap_or(0);
     if offset < 0 {
         return Err(AppError::BadRequest("offset must not be negative".into()));
+    }
+    let scope = Scope::of(principal);
+    if let (Some(own), Some(asked)) = (&scope.experiment_id, &query.experiment_id) {
+        if own != asked {
+            return Ok(Vec::new());
+        }
     }
     let filter = ResourceFilter {
         id: None,
