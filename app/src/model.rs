@@ -546,22 +546,27 @@ pub struct Viewer {
     pub user_id: String,
     pub display_name: String,
     pub is_admin: bool,
-    /// The experiment the dashboard acts on, while its experiment token is valid.
+    /// The experiment the dashboard acts for (one of `experiments`).
     pub experiment: Option<ExperimentInfo>,
-    /// Set when an experiment token was given but has expired since.
-    pub experiment_token_expired: bool,
+    /// Every experiment the user attached that has not expired, most recent first.
+    pub experiments: Vec<ExperimentInfo>,
+    /// The experiment the session acted for has ended (expired or detached) since.
+    pub experiment_ended: bool,
+    /// `oidc`, `token` or `dev`.
+    pub signed_in_with: String,
 }
 
-/// The experiment named by the session's experiment token.
+/// An experiment the signed-in user attached (remembered until the experiment expires).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentInfo {
     pub experiment_id: String,
     pub project_id: String,
     pub name: Option<String>,
-    /// Latest allowed `expires_at` for its resources.
+    /// The experiment's expiry: the latest allowed `expires_at` of its resources, and the end
+    /// of the membership.
     pub max_expires_at: DateTime<Utc>,
-    /// When the experiment token itself stops being accepted.
-    pub token_expires_at: DateTime<Utc>,
+    /// When the user attached it.
+    pub attached_at: DateTime<Utc>,
 }
 
 /// One cloud of a user's clouds.yaml, redacted: never a password, secret or token.
@@ -654,4 +659,62 @@ pub struct ConsoleLog {
     /// The last `lines` lines Nova returned (may be empty while the VM boots).
     pub output: String,
     pub lines: u32,
+}
+
+/// One entry of the audit log (`GET /audit`, the dashboard's audit page): who did what to
+/// which object, when and from where. Never holds a token or a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(ToSchema))]
+pub struct AuditEntry {
+    /// Increasing with the order entries were written.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The acting user (`user_…`); `null` for a refused request without a valid token.
+    pub user_id: Option<String>,
+    /// The token or session subject that acted (`user_…` or `exp_…`).
+    pub actor: Option<String>,
+    pub experiment_id: Option<String>,
+    /// Dotted verb: `resource.create`, `resource.extend`, `resource.delete`, `image.create`,
+    /// `flavor.update`, `clouds_yaml.upload`, `session.sign_in`, `experiment.attach`, ….
+    pub action: String,
+    /// The typed id of the object acted on, when there is one.
+    pub object_id: Option<String>,
+    /// `ok`, or `refused` (the access rules turned the attempt down: 401/403).
+    pub outcome: String,
+    /// `api` (bearer token), `dashboard` (session) or `system`.
+    pub via: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Action-specific facts (names, the new expiry, the refusal's reason).
+    #[cfg_attr(feature = "ssr", schema(value_type = Object))]
+    pub detail: serde_json::Value,
+}
+
+/// Filters of the audit log (`GET /audit` query, the dashboard's audit page). Every filter is
+/// optional; entries come newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "ssr", into_params(parameter_in = Query))]
+pub struct AuditFilter {
+    /// Only this acting user.
+    pub user_id: Option<String>,
+    /// Only this experiment.
+    pub experiment_id: Option<String>,
+    /// Only this object (a typed id).
+    pub object_id: Option<String>,
+    /// Only this action (`resource.delete`), or every action of a kind with a trailing `*`
+    /// (`resource.*`).
+    pub action: Option<String>,
+    /// Only `ok` or only `refused` entries.
+    pub outcome: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Page size, 1-1000 (default 100). JSON-lines exports are not paged unless asked.
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 1000))]
+    pub limit: Option<i64>,
+    /// Entries to skip (default 0).
+    #[cfg_attr(feature = "ssr", param(minimum = 0))]
+    pub offset: Option<i64>,
 }

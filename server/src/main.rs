@@ -131,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = app::ssr::catalog_import::import_site_cloud(
                 &state.pool,
                 &state.openstack,
+                &app::ssr::audit::Actor::anonymous(),
                 state.config.site_clouds_yaml.as_deref(),
                 cloud.as_deref(),
             )

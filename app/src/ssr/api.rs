@@ -184,6 +184,7 @@ pub fn router() -> Router<AppState> {
         .route("/catalog/import", axum::routing::post(import_catalog))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
+        .route("/audit", get(list_audit))
         .fallback(|| async { AppError::NotFound("no such API route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
@@ -222,7 +223,7 @@ async fn create_image(
     ApiJson(input): ApiJson<DiskImageInput>,
 ) -> Result<(StatusCode, Json<DiskImage>), AppError> {
     p.require_admin()?;
-    let image = catalog::create_image(&s.pool, s.site(), &input).await?;
+    let image = catalog::create_image(&s.pool, s.site(), &p, &input).await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
 
@@ -236,7 +237,7 @@ async fn update_image(
     ApiJson(patch): ApiJson<DiskImagePatch>,
 ) -> Result<Json<DiskImage>, AppError> {
     p.require_admin()?;
-    catalog::update_image(&s.pool, s.site(), &id, &patch)
+    catalog::update_image(&s.pool, s.site(), &p, &id, &patch)
         .await
         .map(Json)
 }
@@ -251,7 +252,7 @@ async fn delete_image(
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     p.require_admin()?;
-    catalog::delete_image(&s.pool, s.site(), &id).await?;
+    catalog::delete_image(&s.pool, s.site(), &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -284,7 +285,7 @@ async fn create_flavor(
     ApiJson(input): ApiJson<FlavorInput>,
 ) -> Result<(StatusCode, Json<Flavor>), AppError> {
     p.require_admin()?;
-    let flavor = catalog::create_flavor(&s.pool, s.site(), &input).await?;
+    let flavor = catalog::create_flavor(&s.pool, s.site(), &p, &input).await?;
     Ok((StatusCode::CREATED, Json(flavor)))
 }
 
@@ -298,7 +299,7 @@ async fn update_flavor(
     ApiJson(patch): ApiJson<FlavorPatch>,
 ) -> Result<Json<Flavor>, AppError> {
     p.require_admin()?;
-    catalog::update_flavor(&s.pool, s.site(), &id, &patch)
+    catalog::update_flavor(&s.pool, s.site(), &p, &id, &patch)
         .await
         .map(Json)
 }
@@ -312,7 +313,7 @@ async fn delete_flavor(
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     p.require_admin()?;
-    catalog::delete_flavor(&s.pool, s.site(), &id).await?;
+    catalog::delete_flavor(&s.pool, s.site(), &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -644,11 +645,59 @@ async fn import_catalog(
     catalog_import::import_site_cloud(
         &s.pool,
         &s.openstack,
+        &crate::ssr::audit::Actor::of(&p),
         s.config.site_clouds_yaml.as_deref(),
         q.cloud.as_deref(),
     )
     .await
     .map(Json)
+}
+
+/// The media type of a JSON-lines export (one JSON object per line).
+pub const NDJSON: &str = "application/x-ndjson";
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/audit", tag = "audit",
+    params(AuditFilter),
+    responses((status = 200, body = Vec<AuditEntry>,
+               description = "Newest first. When the page is full, a `Link: <…>; rel=\"next\"` header (RFC 8288) gives the next page. With `Accept: application/x-ndjson` the answer is every matching entry (or `limit` of them) as JSON lines, streamed."),
+              (status = 400, description = "bad filter (named first in `detail`)"), (status = 401),
+              (status = 403, description = "not an admin (ADMIN_USER_IDS)")))]
+async fn list_audit(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    headers: axum::http::HeaderMap,
+    ApiQuery(filter): ApiQuery<AuditFilter>,
+) -> Result<Response, AppError> {
+    use crate::ssr::audit;
+    p.require_admin()?;
+    audit::check_filter(&filter)?;
+    let wants_lines = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    if wants_lines {
+        let body = axum::body::Body::from_stream(audit::export(s.pool.clone(), filter));
+        return Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
+            body,
+        )
+            .into_response());
+    }
+    let items = audit::list(&s.pool, &filter).await?;
+    let limit = filter.limit.unwrap_or(audit::DEFAULT_PAGE);
+    let mut response = Json(&items).into_response();
+    if items.len() as i64 == limit {
+        let next = AuditFilter {
+            offset: Some(filter.offset.unwrap_or(0) + limit),
+            limit: Some(limit),
+            ..filter
+        };
+        let query = audit::query_string(&next);
+        if let Ok(link) = HeaderValue::from_str(&format!("<{BASE}/audit?{query}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 struct BearerScheme;
@@ -756,13 +805,15 @@ impl Modify for CommonResponses {
           list_resources, create_resources, get_resource, extend_resource, delete_resource,
           get_console_log,
           list_tasks, get_task,
-          put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml),
+          put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml,
+          list_audit),
     modifiers(&BearerScheme, &CommonResponses),
     security(("bearer" = [])),
     tags((name = "catalog", description = "Disk images and flavors (writes: admins)"),
          (name = "resources", description = "VMs and pods of an experiment"),
          (name = "tasks", description = "Asynchronous operations"),
-         (name = "clouds", description = "Your own OpenStack clouds.yaml, used for your VMs (stored encrypted; never sent back)"))
+         (name = "clouds", description = "Your own OpenStack clouds.yaml, used for your VMs (stored encrypted; never sent back)"),
+         (name = "audit", description = "Who did what, when and from where (admins)"))
 )]
 pub struct ApiDoc;
 

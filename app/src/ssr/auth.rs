@@ -70,6 +70,23 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The server itself acting as an admin (seeding the demo catalog at start-up); audit
+    /// entries name it `system`.
+    pub fn system() -> Self {
+        Principal {
+            kind: TokenKind::User,
+            subject: "system".into(),
+            user_id: None,
+            experiment_id: None,
+            project_id: None,
+            experiment_name: None,
+            experiment_expires_at: None,
+            token_expires_at: Utc::now(),
+            display_name: Some("slices-blueprint".into()),
+            is_admin: true,
+        }
+    }
+
     /// The experiment id, or 403 when this is not an experiment token.
     pub fn require_experiment(&self) -> Result<&str, AppError> {
         match (&self.kind, &self.experiment_id) {
@@ -87,7 +104,8 @@ impl Principal {
             Ok(())
         } else {
             Err(AppError::Forbidden(
-                "only site admins (ADMIN_USER_IDS) may change the catalog".into(),
+                "only site admins (ADMIN_USER_IDS) may do this (catalog changes, the audit log)"
+                    .into(),
             ))
         }
     }
@@ -177,6 +195,33 @@ impl Authenticator {
     /// The dev issuer, when enabled.
     pub fn dev_issuer(&self) -> Option<&DevIssuer> {
         self.dev.as_ref()
+    }
+
+    /// Whether `user_id` is a site admin (`ADMIN_USER_IDS`).
+    pub fn is_admin(&self, user_id: &str) -> bool {
+        self.config.admin_user_ids.contains(user_id)
+    }
+
+    /// The user principal of a dashboard session (its sign-in was verified then), valid
+    /// until `until` (the session's absolute end).
+    pub fn session_user(
+        &self,
+        user_id: &str,
+        display_name: Option<String>,
+        until: DateTime<Utc>,
+    ) -> Principal {
+        Principal {
+            kind: TokenKind::User,
+            subject: user_id.to_string(),
+            user_id: Some(user_id.to_string()),
+            experiment_id: None,
+            project_id: None,
+            experiment_name: None,
+            experiment_expires_at: None,
+            token_expires_at: until,
+            display_name,
+            is_admin: self.is_admin(user_id),
+        }
     }
 
     /// The audience tokens must carry.

@@ -1,12 +1,14 @@
 //! The catalog: disk images and flavors (../shared/slices-api.md, "Catalog").
-//! Reads for any valid token (hidden images for admins only); writes for admins only —
-//! callers check the principal, these functions check the values.
+//! Reads for any valid token (hidden images for admins only); writes for admins only (each
+//! write checks its principal) and each is written to the audit log in its own transaction.
 
 use crate::error::AppError;
 use crate::ids::{format_id, IdKind};
 use crate::model::{
     DiskImage, DiskImageInput, DiskImagePatch, Flavor, FlavorInput, FlavorPatch, FlavorType,
 };
+use crate::ssr::audit::{self, Actor, Event};
+use crate::ssr::auth::Principal;
 use crate::ssr::{internal, path_id};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -202,9 +204,12 @@ pub async fn get_image(
 pub async fn create_image(
     pool: &PgPool,
     site: &str,
+    principal: &Principal,
     input: &DiskImageInput,
 ) -> Result<DiskImage, AppError> {
+    principal.require_admin()?;
     validate_image(input)?;
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
         ImageRow,
         r#"INSERT INTO disk_images (id, friendly_name, cluster_id, location, default_username,
@@ -225,18 +230,25 @@ pub async fn create_image(
         &input.tags,
         input.hidden
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(row.into_wire(site))
+    let image = row.into_wire(site);
+    let event = Event::new("image.create").object(&image.id).detail(serde_json::json!({
+        "friendly_name": image.friendly_name, "location": image.location, "hidden": image.hidden,
+    }));
+    audit::commit(tx, &Actor::of(principal), event).await?;
+    Ok(image)
 }
 
 /// Changes the fields present in `patch`.
 pub async fn update_image(
     pool: &PgPool,
     site: &str,
+    principal: &Principal,
     id: &str,
     patch: &DiskImagePatch,
 ) -> Result<DiskImage, AppError> {
+    principal.require_admin()?;
     let uuid = path_id(IdKind::Image, site, id)?;
     let mut current: DiskImageInput = {
         let i = get_image(pool, site, id, true).await?;
@@ -270,6 +282,7 @@ pub async fn update_image(
         hidden
     );
     validate_image(&current)?;
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
         ImageRow,
         r#"UPDATE disk_images SET friendly_name = $2, cluster_id = $3, location = $4,
@@ -291,22 +304,37 @@ pub async fn update_image(
         &current.tags,
         current.hidden
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    row.map(|r| r.into_wire(site))
-        .ok_or_else(|| AppError::NotFound(format!("disk image `{id}` not found")))
+    let image = row
+        .map(|r| r.into_wire(site))
+        .ok_or_else(|| AppError::NotFound(format!("disk image `{id}` not found")))?;
+    let event = Event::new("image.update")
+        .object(&image.id)
+        .detail(audit::fields_set(patch));
+    audit::commit(tx, &Actor::of(principal), event).await?;
+    Ok(image)
 }
 
 /// Removes an image; 409 while resources still refer to it (hide it instead).
-pub async fn delete_image(pool: &PgPool, site: &str, id: &str) -> Result<(), AppError> {
+pub async fn delete_image(
+    pool: &PgPool,
+    site: &str,
+    principal: &Principal,
+    id: &str,
+) -> Result<(), AppError> {
+    principal.require_admin()?;
     let uuid = path_id(IdKind::Image, site, id)?;
+    let mut tx = pool.begin().await?;
     let result = sqlx::query!("DELETE FROM disk_images WHERE id = $1", uuid)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| in_use(e, "disk image"))?;
     if result.rows_affected() == 0 {
         return Err(AppError::NotFound(format!("disk image `{id}` not found")));
     }
+    let event = Event::new("image.delete").object(format_id(IdKind::Image, site, uuid));
+    audit::commit(tx, &Actor::of(principal), event).await?;
     Ok(())
 }
 
@@ -345,9 +373,12 @@ pub async fn get_flavor(pool: &PgPool, site: &str, id: &str) -> Result<Flavor, A
 pub async fn create_flavor(
     pool: &PgPool,
     site: &str,
+    principal: &Principal,
     input: &FlavorInput,
 ) -> Result<Flavor, AppError> {
+    principal.require_admin()?;
     validate_flavor(input)?;
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
         FlavorRow,
         r#"INSERT INTO flavors (id, friendly_name, description, flavor_type, ram_mib, vcpus, disk_mb)
@@ -362,18 +393,25 @@ pub async fn create_flavor(
         input.vcpus,
         input.disk_mb
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(row.into_wire(site))
+    let flavor = row.into_wire(site);
+    let event = Event::new("flavor.create")
+        .object(&flavor.id)
+        .detail(audit::fields_set(input));
+    audit::commit(tx, &Actor::of(principal), event).await?;
+    Ok(flavor)
 }
 
 /// Changes the fields present in `patch`.
 pub async fn update_flavor(
     pool: &PgPool,
     site: &str,
+    principal: &Principal,
     id: &str,
     patch: &FlavorPatch,
 ) -> Result<Flavor, AppError> {
+    principal.require_admin()?;
     let uuid = path_id(IdKind::Flavor, site, id)?;
     let f = get_flavor(pool, site, id).await?;
     let next = FlavorInput {
@@ -385,6 +423,7 @@ pub async fn update_flavor(
         disk_mb: patch.disk_mb.unwrap_or(f.disk_mb),
     };
     validate_flavor(&next)?;
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
         FlavorRow,
         r#"UPDATE flavors SET friendly_name = $2, description = $3, flavor_type = $4,
@@ -400,24 +439,38 @@ pub async fn update_flavor(
         next.vcpus,
         next.disk_mb
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    match row {
-        Some(r) => Ok(r.into_wire(site)),
-        None => Err(AppError::NotFound(format!("flavor `{id}` not found"))),
-    }
+    let Some(row) = row else {
+        return Err(AppError::NotFound(format!("flavor `{id}` not found")));
+    };
+    let flavor = row.into_wire(site);
+    let event = Event::new("flavor.update")
+        .object(&flavor.id)
+        .detail(audit::fields_set(patch));
+    audit::commit(tx, &Actor::of(principal), event).await?;
+    Ok(flavor)
 }
 
 /// Removes a flavor; 409 while resources still refer to it.
-pub async fn delete_flavor(pool: &PgPool, site: &str, id: &str) -> Result<(), AppError> {
+pub async fn delete_flavor(
+    pool: &PgPool,
+    site: &str,
+    principal: &Principal,
+    id: &str,
+) -> Result<(), AppError> {
+    principal.require_admin()?;
     let uuid = path_id(IdKind::Flavor, site, id)?;
+    let mut tx = pool.begin().await?;
     let result = sqlx::query!("DELETE FROM flavors WHERE id = $1", uuid)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| in_use(e, "flavor"))?;
     if result.rows_affected() == 0 {
         return Err(AppError::NotFound(format!("flavor `{id}` not found")));
     }
+    let event = Event::new("flavor.delete").object(format_id(IdKind::Flavor, site, uuid));
+    audit::commit(tx, &Actor::of(principal), event).await?;
     Ok(())
 }
 
@@ -449,9 +502,11 @@ pub async fn seed_demo(pool: &PgPool, site: &str) -> Result<bool, AppError> {
     if count > 0 {
         return Ok(false);
     }
+    let system = Principal::system();
     create_image(
         pool,
         site,
+        &system,
         &DiskImageInput {
             friendly_name: "nginx (container)".into(),
             cluster_id: "default".into(),
@@ -466,6 +521,7 @@ pub async fn seed_demo(pool: &PgPool, site: &str) -> Result<bool, AppError> {
     create_flavor(
         pool,
         site,
+        &system,
         &FlavorInput {
             friendly_name: "k8s.small".into(),
             description: "1 vCPU, 256 MiB pod".into(),

@@ -7,6 +7,7 @@
 
 use crate::error::AppError;
 use crate::model::{ImportReport, ImportedEntry};
+use crate::ssr::audit::{self, Actor, Event};
 use crate::ssr::cloud_config::{parse, Cloud};
 use crate::ssr::openstack::{OpenStackClient, OpenStackError};
 use reqwest::Method;
@@ -55,6 +56,7 @@ pub fn guess_username(image_name: &str) -> &'static str {
 pub async fn import(
     pool: &PgPool,
     client: &OpenStackClient,
+    actor: &Actor,
     cloud: &Cloud,
 ) -> Result<ImportReport, AppError> {
     let (images, flavors) = fetch(client, cloud)
@@ -71,6 +73,16 @@ pub async fn import(
     for flavor in flavors["flavors"].as_array().into_iter().flatten() {
         import_flavor(&mut tx, &cloud.name, flavor, &mut report).await?;
     }
+    let counts = serde_json::json!({
+        "images_added": report.images_added.len(),
+        "images_updated": report.images_updated.len(),
+        "flavors_added": report.flavors_added.len(),
+        "flavors_updated": report.flavors_updated.len(),
+    });
+    let event = Event::new("catalog.import")
+        .object(format!("cloud:{}", cloud.name))
+        .detail(counts);
+    audit::record(&mut tx, actor, event).await?;
     tx.commit().await?;
     Ok(report)
 }
@@ -247,6 +259,7 @@ async fn import_flavor(
 pub async fn import_site_cloud(
     pool: &PgPool,
     client: &OpenStackClient,
+    actor: &Actor,
     site_clouds_yaml: Option<&Path>,
     cloud: Option<&str>,
 ) -> Result<ImportReport, AppError> {
@@ -285,7 +298,7 @@ pub async fn import_site_cloud(
             .first()
             .ok_or_else(|| AppError::Unavailable("SITE_CLOUDS_YAML defines no cloud".into()))?,
     };
-    let report = import(pool, client, chosen).await?;
+    let report = import(pool, client, actor, chosen).await?;
     tracing::info!(
         cloud = %report.cloud,
         images_added = report.images_added.len(),

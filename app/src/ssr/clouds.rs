@@ -5,6 +5,7 @@
 
 use crate::error::AppError;
 use crate::model::{CloudsYamlSummary, ConnectionTest};
+use crate::ssr::audit::{self, Actor, Event};
 use crate::ssr::backend::CloudsSource;
 use crate::ssr::cloud_config::{parse, Cloud, CloudsFile};
 use crate::ssr::openstack::OpenStackClient;
@@ -103,6 +104,7 @@ pub async fn store(
     let sealed = keys.current.seal_bound(&context(user_id), text.as_bytes());
     let summary = summary_of(&file, &default, Utc::now());
     let summary_json = serde_json::to_value(&summary.clouds).map_err(crate::ssr::internal)?;
+    let mut tx = pool.begin().await?;
     let uploaded_at = sqlx::query_scalar!(
         r#"INSERT INTO user_clouds (user_id, sealed_yaml, summary, default_cloud)
            VALUES ($1, $2, $3, $4)
@@ -115,8 +117,13 @@ pub async fn store(
         summary_json,
         default
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    let names: Vec<&str> = summary.clouds.iter().map(|c| c.name.as_str()).collect();
+    let event = Event::new("clouds_yaml.upload")
+        .object(format!("clouds-yaml:{user_id}"))
+        .detail(serde_json::json!({"clouds": names, "default_cloud": default}));
+    audit::commit(tx, &Actor::user(user_id), event).await?;
     tracing::info!(
         user = user_id,
         clouds = file.clouds.len(),
@@ -158,24 +165,32 @@ pub async fn set_default(
             format!("`{name}` is not one of your clouds"),
         ));
     }
+    let mut tx = pool.begin().await?;
     sqlx::query!(
         "UPDATE user_clouds SET default_cloud = $2 WHERE user_id = $1",
         user_id,
         name
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    let event = Event::new("clouds_yaml.set_default")
+        .object(format!("clouds-yaml:{user_id}"))
+        .detail(serde_json::json!({"default_cloud": name}));
+    audit::commit(tx, &Actor::user(user_id), event).await?;
     summary(pool, user_id).await
 }
 
 /// Forgets a user's clouds.yaml; 404 when none is stored.
 pub async fn remove(pool: &PgPool, user_id: &str) -> Result<(), AppError> {
+    let mut tx = pool.begin().await?;
     let done = sqlx::query!("DELETE FROM user_clouds WHERE user_id = $1", user_id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound("no clouds.yaml uploaded yet".into()));
     }
+    let event = Event::new("clouds_yaml.delete").object(format!("clouds-yaml:{user_id}"));
+    audit::commit(tx, &Actor::user(user_id), event).await?;
     Ok(())
 }
 
@@ -238,6 +253,10 @@ pub async fn test_connection(
         Ok(token) => client.image_names(cloud, &token).await,
         Err(e) => Err(e),
     };
+    let event = Event::new("clouds_yaml.test")
+        .object(format!("clouds-yaml:{user_id}"))
+        .detail(serde_json::json!({"cloud": name, "ok": result.is_ok()}));
+    audit::record_alone(pool, &Actor::user(user_id), event).await;
     Ok(match result {
         Ok(images) => ConnectionTest {
             ok: true,

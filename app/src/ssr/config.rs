@@ -148,6 +148,30 @@ pub struct Settings {
     /// to a fifth either way). Pods are compared every 2 s from the shared Pod watch.
     #[arg(long, env = "VM_RECONCILE_SECS", default_value_t = 30)]
     pub vm_reconcile_secs: u64,
+    /// Days the audit log keeps its entries (older ones are purged hourly); 0 keeps them
+    /// forever.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 400)]
+    pub audit_retention_days: u32,
+    /// A dashboard session ends after this many seconds without a request (idle timeout).
+    #[arg(long, env = "SESSION_IDLE_SECS", default_value_t = 43_200)]
+    pub session_idle_secs: u64,
+    /// A dashboard session ends this many seconds after its sign-in, however active
+    /// (absolute timeout).
+    #[arg(long, env = "SESSION_ABSOLUTE_SECS", default_value_t = 604_800)]
+    pub session_absolute_secs: u64,
+    /// OpenID Connect client id at SLICES_ISSUER; set it to offer "Sign in with SLICES".
+    #[arg(long, env = "OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// OpenID Connect client secret (confidential clients; PKCE is used either way).
+    #[arg(long, env = "OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<Hidden>,
+    /// Where the provider sends the browser back (default `<PUBLIC_URL>/auth/callback`);
+    /// must be registered with the provider.
+    #[arg(long, env = "OIDC_REDIRECT_URL")]
+    pub oidc_redirect_url: Option<String>,
+    /// Scopes asked for besides `openid`, space- or comma-separated (e.g. `userinfo projects`).
+    #[arg(long, env = "OIDC_SCOPES", default_value = "profile email")]
+    pub oidc_scopes: String,
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,
@@ -268,6 +292,12 @@ pub struct Config {
     pub orphan_grace: Duration,
     /// `VM_RECONCILE_SECS`.
     pub vm_reconcile_every: Duration,
+    /// `AUDIT_RETENTION_DAYS` (`None`: keep forever).
+    pub audit_retention_days: Option<u32>,
+    /// Dashboard session timeouts.
+    pub sessions: SessionTimeouts,
+    /// "Sign in with SLICES", when `OIDC_CLIENT_ID` and `SLICES_ISSUER` are set.
+    pub oidc: Option<OidcConfig>,
     pub run_worker: bool,
     pub secret_key_file: PathBuf,
     pub seed_demo_catalog: bool,
@@ -280,6 +310,29 @@ pub struct Config {
     /// Where OpenStack requests may go (`OPENSTACK_ALLOWED_ENDPOINTS`,
     /// `OPENSTACK_ALLOW_INSECURE_TLS`).
     pub egress: EgressPolicy,
+}
+
+/// Dashboard session timeouts (`SESSION_IDLE_SECS`, `SESSION_ABSOLUTE_SECS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// Without a request for this long, the session ends.
+    pub idle: Duration,
+    /// This long after sign-in, the session ends.
+    pub absolute: Duration,
+}
+
+/// The OpenID Connect client of "Sign in with SLICES" (authorization code flow with PKCE,
+/// OpenID Connect Core 1.0 §3.1).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// `SLICES_ISSUER`: discovery at `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Hidden>,
+    /// `OIDC_REDIRECT_URL`, or `<PUBLIC_URL>/auth/callback`.
+    pub redirect_url: String,
+    /// Scopes besides `openid`.
+    pub scopes: Vec<String>,
 }
 
 /// A configuration problem, displayed as one line naming the variable.
@@ -298,6 +351,58 @@ fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
+    fn session_timeouts(&self) -> Result<SessionTimeouts, ConfigError> {
+        if self.session_idle_secs < 5 {
+            return Err(err("SESSION_IDLE_SECS", "at least 5 seconds"));
+        }
+        if self.session_absolute_secs < self.session_idle_secs {
+            return Err(err(
+                "SESSION_ABSOLUTE_SECS",
+                "must not be shorter than SESSION_IDLE_SECS",
+            ));
+        }
+        Ok(SessionTimeouts {
+            idle: Duration::from_secs(self.session_idle_secs),
+            absolute: Duration::from_secs(self.session_absolute_secs),
+        })
+    }
+
+    fn oidc(&self, public_url: &str) -> Result<Option<OidcConfig>, ConfigError> {
+        let Some(client_id) = self.oidc_client_id.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if client_id.is_empty() {
+            return Ok(None);
+        }
+        let issuer = self.slices_issuer.clone().ok_or_else(|| {
+            err(
+                "OIDC_CLIENT_ID",
+                "sign-in needs SLICES_ISSUER (the OpenID provider) too",
+            )
+        })?;
+        let redirect_url = match &self.oidc_redirect_url {
+            Some(url) => {
+                check_url("OIDC_REDIRECT_URL", url)?;
+                url.clone()
+            }
+            None => format!("{public_url}/auth/callback"),
+        };
+        let scopes = self
+            .oidc_scopes
+            .split([' ', ','])
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "openid")
+            .map(str::to_string)
+            .collect();
+        Ok(Some(OidcConfig {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            client_id: client_id.to_string(),
+            client_secret: self.oidc_client_secret.clone(),
+            redirect_url,
+            scopes,
+        }))
+    }
+
     /// Validates the raw settings. `need_database` is false for commands that do not touch
     /// the database (`dev-token`). The first problem found is the error.
     pub fn validate(&self, need_database: bool) -> Result<Config, ConfigError> {
@@ -318,6 +423,7 @@ impl Settings {
         self.fence_dev_issuer(&site_addr, &public_url)?;
         self.check_backends()?;
         let (clouds_key, clouds_key_previous) = self.clouds_keys()?;
+        let oidc = self.oidc(&public_url)?;
         Ok(Config {
             limits: Limits {
                 sign_ins_per_minute: self.rate_limit_sign_ins_per_minute,
@@ -346,6 +452,9 @@ impl Settings {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             orphan_grace: Duration::from_secs(self.orphan_grace_secs),
             vm_reconcile_every: Duration::from_secs(self.vm_reconcile_secs.max(1)),
+            audit_retention_days: Some(self.audit_retention_days).filter(|&d| d > 0),
+            sessions: self.session_timeouts()?,
+            oidc,
             run_worker: self.run_worker,
             secret_key_file: self.secret_key_file.clone(),
             seed_demo_catalog: self.seed_demo_catalog,
@@ -465,8 +574,17 @@ impl Settings {
                 format!("{why}: the dev issuer is for local runs only (set DEV_ISSUER=false)"),
             ))
         };
-        if self.slices_issuer.is_some() || self.slices_jwks_url.is_some() {
-            return refuse("on together with SLICES_ISSUER/SLICES_JWKS_URL".into());
+        // A provider on this machine (a local OpenID provider for tests) may sit beside it; a
+        // real portal may not.
+        for url in [&self.slices_issuer, &self.slices_jwks_url]
+            .into_iter()
+            .flatten()
+        {
+            if !is_loopback_url(url) {
+                return refuse(format!(
+                    "on together with SLICES_ISSUER/SLICES_JWKS_URL `{url}`, which is not on loopback"
+                ));
+            }
         }
         if !site_addr.ip().is_loopback() {
             return refuse(format!("the listen address {site_addr} is not loopback"));
@@ -527,6 +645,19 @@ impl Settings {
                 &self.clouds_encryption_key_previous,
             )?,
         ))
+    }
+}
+
+/// Whether `url`'s host is loopback (127.0.0.0/8, `localhost`, `[::1]`).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -591,6 +722,12 @@ mod tests {
         s.slices_issuer = None;
         s.slices_jwks_url = None;
         s.slices_audience = None;
+        s.oidc_client_id = None;
+        s.oidc_client_secret = None;
+        s.oidc_redirect_url = None;
+        s.oidc_scopes = "profile email".into();
+        s.session_idle_secs = 43_200;
+        s.session_absolute_secs = 604_800;
         s.slices_jwks_refresh_secs = 300;
         s.admin_user_ids = String::new();
         s.k8s_namespace_prefix = "slices-".into();
@@ -669,6 +806,22 @@ mod tests {
                 |s| s.slices_issuer = Some("https://portal.example".into()),
                 "DEV_ISSUER",
             ),
+            (
+                |s| s.slices_issuer = Some("http://10.0.0.7:8080".into()),
+                "DEV_ISSUER",
+            ),
+            (
+                |s| s.oidc_client_id = Some("blueprint".into()),
+                "OIDC_CLIENT_ID",
+            ),
+            (|s| s.session_idle_secs = 4, "SESSION_IDLE_SECS"),
+            (
+                |s| {
+                    s.session_idle_secs = 600;
+                    s.session_absolute_secs = 599;
+                },
+                "SESSION_ABSOLUTE_SECS",
+            ),
             (|s| s.site_addr = "0.0.0.0:3000".into(), "DEV_ISSUER"),
             (|s| s.site_addr = "[::]:3000".into(), "DEV_ISSUER"),
             (
@@ -691,8 +844,22 @@ mod tests {
             assert_eq!(e.variable, *variable);
             assert!(!e.to_string().contains('\n'));
         }
+        // A local OpenID provider may sit beside the dev issuer (the e2e tier's oidc-provider).
+        let mut local = valid();
+        local.slices_issuer = Some("http://127.0.0.1:4999/".into());
+        local.oidc_client_id = Some("blueprint".into());
+        local.oidc_scopes = "openid, userinfo projects".into();
+        let oidc = local
+            .validate(true)
+            .expect("a loopback provider beside the dev issuer")
+            .oidc
+            .expect("sign-in configured");
+        assert_eq!(oidc.issuer, "http://127.0.0.1:4999");
+        assert_eq!(oidc.redirect_url, "http://127.0.0.1:3000/auth/callback");
+        assert_eq!(oidc.scopes, ["userinfo", "projects"]);
         // In a local run the dev admin really is an admin.
         let config = valid().validate(true).expect("valid");
+        assert!(config.oidc.is_none());
         assert!(config.auth.admin_user_ids.contains(DEV_ADMIN_USER_ID));
         // Secrets never reach Debug output (logs, panics).
         let mut secret = valid();

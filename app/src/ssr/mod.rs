@@ -8,15 +8,18 @@
 //!    [`egress`] (the outbound address rule);
 //! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
 //! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
-//!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`]
-//!    and [`queue`] (Postgres);
+//!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`],
+//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider);
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
-//!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`session`];
+//!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`accounts`];
 //! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
-//!    [`state`], [`session`], [`web_security`], [`rate_limits`] (and the UI's server
+//!    [`state`], [`session`], [`web_security`], [`rate_limits`], [`audit_http`], [`dashboard_routes`] (and the UI's server
 //!    functions).
 
+pub mod accounts;
 pub mod api;
+pub mod audit;
+pub mod audit_http;
 pub mod auth;
 pub mod backend;
 pub mod catalog;
@@ -24,9 +27,11 @@ pub mod catalog_import;
 pub mod cloud_config;
 pub mod clouds;
 pub mod config;
+pub mod dashboard_routes;
 pub mod egress;
 pub mod list_cache;
 pub mod names;
+pub mod oidc;
 pub mod openstack;
 pub mod queue;
 pub mod rate_limits;

@@ -10,6 +10,7 @@ use crate::model::{
     CreateResourcesResponse, DiskImage, Flavor, FlavorType, OperationalState, Resource,
     ResourcePatch, ResourceSpec, Task, TaskKind, TaskStatus,
 };
+use crate::ssr::audit::{self, Actor, Event};
 use crate::ssr::auth::{Authenticator, Principal, TokenKind};
 use crate::ssr::backend::Backends;
 use crate::ssr::config::Quota;
@@ -478,6 +479,12 @@ pub async fn create_resources(
         &reserved,
     )
     .await?;
+    audit::record_many(
+        &mut tx,
+        &Actor::of(principal),
+        created_events(ctx.site, &rows),
+    )
+    .await?;
     tx.commit().await?;
     if rows.len() > reserved.len() {
         queue::notify_queued(ctx.pool).await;
@@ -485,6 +492,24 @@ pub async fn create_resources(
     }
     ctx.list_cache.invalidate();
     Ok(hand_over(ctx.site, rows, reserved))
+}
+
+/// One `resource.create` audit entry per stored resource.
+fn created_events(site: &str, rows: &[InsertedRow]) -> Vec<Event> {
+    rows.iter()
+        .map(|r| {
+            Event::new("resource.create")
+                .object(crate::ids::format_id(IdKind::Resource, site, r.id))
+                .detail(serde_json::json!({
+                    "friendly_name": r.friendly_name,
+                    "flavor_type": r.flavor_type.as_str(),
+                    "disk_image_id": crate::ids::format_id(IdKind::Image, site, r.disk_image_id),
+                    "flavor_id": crate::ids::format_id(IdKind::Flavor, site, r.flavor_id),
+                    "expires_at": r.expires_at,
+                    "task_id": crate::ids::format_id(IdKind::Task, site, r.task_id),
+                }))
+        })
+        .collect()
 }
 
 /// SHA-256 of the request as it matters for a retry: the JSON of its fields without
@@ -1007,7 +1032,14 @@ pub async fn delete_resource(
         Some(task) => task,
         None => queue::enqueue(&mut tx, uuid, TaskKind::Delete).await?,
     };
-    tx.commit().await?;
+    let object = crate::ids::format_id(IdKind::Resource, ctx.site, uuid);
+    let event = Event::new("resource.delete")
+        .object(object)
+        .detail(serde_json::json!({
+            "task_id": crate::ids::format_id(IdKind::Task, ctx.site, task_id),
+            "already_deleting": marked.rows_affected() == 0,
+        }));
+    audit::commit(tx, &Actor::of(principal), event).await?;
     ctx.local.wake();
     ctx.list_cache.invalidate();
     fetch_task(ctx.pool, ctx.site, &scope, task_id).await
@@ -1039,21 +1071,30 @@ pub async fn extend_resource(
             ),
         ));
     }
+    let mut tx = ctx.pool.begin().await?;
     let updated = sqlx::query!(
         r#"UPDATE resources SET expires_at = $2
            WHERE id = $1 AND allocation_state IN ('requested', 'provisioning', 'provisioned')"#,
         uuid,
         patch.expires_at as _
     )
-    .execute(ctx.pool)
+    .execute(&mut *tx)
     .await?;
-    ctx.list_cache.invalidate();
     if updated.rows_affected() == 0 {
         return Err(AppError::Conflict {
             field: "expires_at".into(),
             message: "only live resources can be extended".into(),
         });
     }
+    let object = crate::ids::format_id(IdKind::Resource, ctx.site, uuid);
+    let event = Event::new("resource.extend")
+        .object(object)
+        .detail(serde_json::json!({
+            "from": current.expires_at,
+            "to": patch.expires_at,
+        }));
+    audit::commit(tx, &Actor::of(principal), event).await?;
+    ctx.list_cache.invalidate();
     fetch_resource(ctx.pool, ctx.site, &scope, uuid).await
 }
 

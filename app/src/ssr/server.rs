@@ -75,7 +75,14 @@ pub async fn assemble(
         tracing::info!("seeded a demo image and flavor (SEED_DEMO_CATALOG)");
     }
     let bookkeeping = bookkeeping_pool(&pool);
+    let oidc = match config.oidc.clone() {
+        Some(oidc) => Some(Arc::new(
+            crate::ssr::oidc::Oidc::new(oidc).context("building the OpenID Connect client")?,
+        )),
+        None => None,
+    };
     Ok(AppState {
+        oidc,
         leptos_options,
         bookkeeping,
         local_worker: Arc::default(),
@@ -120,7 +127,8 @@ pub async fn clouds_keys(config: &Config, pool: &PgPool) -> anyhow::Result<Cloud
 }
 
 /// The whole HTTP surface. Sessions (PostgreSQL store, cookie `slices_session`: HttpOnly,
-/// SameSite=Lax, Secure when PUBLIC_URL is https, 12 h of inactivity) cover the dashboard
+/// SameSite=Lax, Secure when PUBLIC_URL is https, ended after `SESSION_IDLE_SECS` of
+/// inactivity; the absolute timeout is checked by `session`) cover the dashboard
 /// only, which refuses cross-site state changes; the API is stateless bearer auth. Every
 /// answer carries the security headers of `web_security`.
 pub async fn router(state: &AppState) -> anyhow::Result<Router> {
@@ -140,7 +148,9 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .with_secure(state.config.public_url.starts_with("https://"))
         .with_same_site(tower_sessions::cookie::SameSite::Lax)
         .with_expiry(Expiry::OnInactivity(
-            tower_sessions::cookie::time::Duration::hours(12),
+            tower_sessions::cookie::time::Duration::seconds(
+                i64::try_from(state.config.sessions.idle.as_secs()).unwrap_or(43_200),
+            ),
         ));
     crate::ssr::list_cache::spawn_listener(&state.pool, &state.list_cache);
     let options = state.leptos_options.clone();
@@ -150,6 +160,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
     let ui = Router::new()
         .leptos_routes(state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .merge(crate::ssr::dashboard_routes::router())
         .layer(sessions)
         .layer(axum::middleware::from_fn(web_security::server_fn_status))
         .layer(from_fn_with_state(
@@ -162,6 +173,10 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .merge(api::docs_router())
         .merge(api::dev_issuer_router())
         .merge(ui)
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::ssr::audit_http::audit_requests,
+        ))
         .layer(from_fn_with_state(limits, rate_limits::limit))
         .layer(from_fn_with_state(site, web_security::security_headers))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -7,6 +7,7 @@ use crate::ssr::backend::Backends;
 use crate::ssr::clouds::CloudsKeys;
 use crate::ssr::config::Config;
 use crate::ssr::list_cache::ListCache;
+use crate::ssr::oidc::Oidc;
 use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::queue::LocalWorker;
 use crate::ssr::resources::Resources;
@@ -40,6 +41,9 @@ pub struct AppState {
     /// This process's worker, when it runs one: requests hand new tasks straight to it.
     #[from_ref(skip)]
     pub local_worker: Arc<LocalWorker>,
+    /// "Sign in with SLICES", when configured (`OIDC_CLIENT_ID`).
+    #[from_ref(skip)]
+    pub oidc: Option<Arc<Oidc>>,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
             outage_budget: self.config.outage_budget,
             orphan_grace: self.config.orphan_grace,
             vm_reconcile_every: self.config.vm_reconcile_every,
+            audit_retention_days: self.config.audit_retention_days,
         }
     }
 }

@@ -52,6 +52,37 @@ pub struct Worker {
     pub orphan_grace: Duration,
     /// Between two reconcile passes over the VMs of one (user, cloud) (`VM_RECONCILE_SECS`).
     pub vm_reconcile_every: Duration,
+    /// How long audit entries are kept (`AUDIT_RETENTION_DAYS`; `None`: forever).
+    pub audit_retention_days: Option<u32>,
+}
+
+/// How often audit entries past their retention are purged.
+const AUDIT_PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Purges audit entries older than `days` now and every [`AUDIT_PURGE_EVERY`] until
+/// `shutdown` turns true. Several processes may run it: the purge is one idempotent DELETE.
+async fn purge_audit_forever(
+    pool: PgPool,
+    days: u32,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(AUDIT_PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        match crate::ssr::audit::purge(&pool, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                days,
+                "purged audit entries past their retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "purging old audit entries failed"),
+        }
+    }
 }
 
 /// A process-unique worker id: `<HOSTNAME>-<pid>-<random>`.
@@ -96,6 +127,13 @@ pub async fn run_worker(
         worker.vm_reconcile_every,
     );
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
+    if let Some(days) = worker.audit_retention_days {
+        tokio::spawn(purge_audit_forever(
+            worker.pool.clone(),
+            days,
+            shutdown.clone(),
+        ));
+    }
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
     loop {

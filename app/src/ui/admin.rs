@@ -14,10 +14,11 @@ use crate::model::{DiskImage, Flavor};
 use leptos::prelude::*;
 
 #[cfg(feature = "ssr")]
-async fn admin() -> Result<crate::ssr::state::AppState, AppError> {
+async fn admin() -> Result<(crate::ssr::state::AppState, crate::ssr::auth::Principal), AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
-    auth.acting().require_admin()?;
-    Ok(state)
+    let principal = auth.acting();
+    principal.require_admin()?;
+    Ok((state, principal))
 }
 
 /// Parses a whole number from a form field.
@@ -44,7 +45,7 @@ fn editing<T: Clone>(query: &str, items: &[T], id: fn(&T) -> &str) -> Option<T> 
 /// Every image (hidden too) and flavor.
 #[server(endpoint = "admin-catalog")]
 pub async fn admin_catalog() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError> {
-    let state = admin().await?;
+    let (state, _principal) = admin().await?;
     let images = crate::ssr::catalog::list_images(&state.pool, state.site(), true).await?;
     let flavors = crate::ssr::catalog::list_flavors(&state.pool, state.site()).await?;
     Ok((images, flavors))
@@ -62,7 +63,7 @@ pub async fn save_flavor(
     disk_mb: String,
 ) -> Result<Flavor, AppError> {
     use crate::model::{FlavorInput, FlavorPatch, FlavorType};
-    let state = admin().await?;
+    let (state, principal) = admin().await?;
     let flavor_type: FlavorType = flavor_type
         .parse()
         .map_err(|_| AppError::invalid("flavor_type", "`vm` or `k8s`"))?;
@@ -78,7 +79,9 @@ pub async fn save_flavor(
             vcpus,
             disk_mb,
         };
-        let created = crate::ssr::catalog::create_flavor(&state.pool, state.site(), &input).await?;
+        let created =
+            crate::ssr::catalog::create_flavor(&state.pool, state.site(), &principal, &input)
+                .await?;
         leptos_axum::redirect("/admin");
         Ok(created)
     } else {
@@ -91,7 +94,8 @@ pub async fn save_flavor(
             disk_mb: Some(disk_mb),
         };
         let updated =
-            crate::ssr::catalog::update_flavor(&state.pool, state.site(), &id, &patch).await?;
+            crate::ssr::catalog::update_flavor(&state.pool, state.site(), &principal, &id, &patch)
+                .await?;
         leptos_axum::redirect("/admin");
         Ok(updated)
     }
@@ -110,7 +114,7 @@ pub async fn save_image(
     min_ram_mib: String,
 ) -> Result<DiskImage, AppError> {
     use crate::model::{DiskImageInput, DiskImagePatch};
-    let state = admin().await?;
+    let (state, principal) = admin().await?;
     let min_disk_mb = form_number("min_disk_mb", &min_disk_mb)?;
     let min_ram_mib = form_number("min_ram_mib", &min_ram_mib)?;
     let cluster_id = Some(cluster_id.trim().to_string())
@@ -127,7 +131,9 @@ pub async fn save_image(
             short_description,
             ..DiskImageInput::default()
         };
-        let created = crate::ssr::catalog::create_image(&state.pool, state.site(), &input).await?;
+        let created =
+            crate::ssr::catalog::create_image(&state.pool, state.site(), &principal, &input)
+                .await?;
         leptos_axum::redirect("/admin");
         Ok(created)
     } else {
@@ -142,7 +148,8 @@ pub async fn save_image(
             ..DiskImagePatch::default()
         };
         let updated =
-            crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await?;
+            crate::ssr::catalog::update_image(&state.pool, state.site(), &principal, &id, &patch)
+                .await?;
         leptos_axum::redirect("/admin");
         Ok(updated)
     }
@@ -151,12 +158,12 @@ pub async fn save_image(
 /// Hides or shows an image.
 #[server(endpoint = "admin-hide-image")]
 pub async fn set_image_hidden(id: String, hidden: bool) -> Result<(), AppError> {
-    let state = admin().await?;
+    let (state, principal) = admin().await?;
     let patch = crate::model::DiskImagePatch {
         hidden: Some(hidden),
         ..Default::default()
     };
-    crate::ssr::catalog::update_image(&state.pool, state.site(), &id, &patch).await?;
+    crate::ssr::catalog::update_image(&state.pool, state.site(), &principal, &id, &patch).await?;
     leptos_axum::redirect("/admin");
     Ok(())
 }
@@ -164,10 +171,14 @@ pub async fn set_image_hidden(id: String, hidden: bool) -> Result<(), AppError> 
 /// Deletes a catalog entry (`kind` = `image` or `flavor`).
 #[server(endpoint = "admin-delete")]
 pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
-    let state = admin().await?;
+    let (state, principal) = admin().await?;
     match kind.as_str() {
-        "image" => crate::ssr::catalog::delete_image(&state.pool, state.site(), &id).await?,
-        "flavor" => crate::ssr::catalog::delete_flavor(&state.pool, state.site(), &id).await?,
+        "image" => {
+            crate::ssr::catalog::delete_image(&state.pool, state.site(), &principal, &id).await?
+        }
+        "flavor" => {
+            crate::ssr::catalog::delete_flavor(&state.pool, state.site(), &principal, &id).await?
+        }
         _ => return Err(AppError::invalid("kind", "`image` or `flavor`")),
     }
     leptos_axum::redirect("/admin");
@@ -178,11 +189,12 @@ pub async fn delete_entry(kind: String, id: String) -> Result<(), AppError> {
 /// may be empty (the file's first cloud).
 #[server(endpoint = "admin-import")]
 pub async fn import_catalog(cloud: String) -> Result<crate::model::ImportReport, AppError> {
-    let state = admin().await?;
+    let (state, principal) = admin().await?;
     let cloud = Some(cloud.trim()).filter(|c| !c.is_empty());
     crate::ssr::catalog_import::import_site_cloud(
         &state.pool,
         &state.openstack,
+        &crate::ssr::audit::Actor::of(&principal),
         state.config.site_clouds_yaml.as_deref(),
         cloud,
     )

@@ -18,11 +18,12 @@ pub async fn get_viewer() -> Result<Option<Viewer>, AppError> {
         .map(|a| a.viewer()))
 }
 
-/// Whether the dev issuer is on (shows the one-click dev sign-in).
-#[server(endpoint = "dev-issuer-enabled")]
-pub async fn dev_issuer_enabled() -> Result<bool, AppError> {
+/// Which sign-ins the site offers: (the dev issuer's one-click sign-in, "Sign in with
+/// SLICES").
+#[server(endpoint = "sign-in-options")]
+pub async fn sign_in_options() -> Result<(bool, bool), AppError> {
     let state = crate::ssr::state::app_state()?;
-    Ok(state.auth.dev_issuer().is_some())
+    Ok((state.auth.dev_issuer().is_some(), state.oidc.is_some()))
 }
 
 /// Signs in with a user token and, optionally, an experiment token.
@@ -39,7 +40,14 @@ pub async fn sign_in(user_token: String, experiment_token: String) -> Result<(),
         ));
     }
     let experiment = Some(experiment_token.trim()).filter(|t| !t.is_empty());
-    crate::ssr::session::sign_in(&state, &session, &user_token, experiment).await?;
+    crate::ssr::session::sign_in(
+        &state,
+        &session,
+        &user_token,
+        experiment,
+        crate::ssr::session::SignInMethod::Token,
+    )
+    .await?;
     leptos_axum::redirect("/resources");
     Ok(())
 }
@@ -73,7 +81,14 @@ pub async fn dev_sign_in(role: String) -> Result<(), AppError> {
         None,
         Duration::from_secs(8 * 3600),
     ))?;
-    crate::ssr::session::sign_in(&state, &session, &user_token, Some(&experiment_token)).await?;
+    crate::ssr::session::sign_in(
+        &state,
+        &session,
+        &user_token,
+        Some(&experiment_token),
+        crate::ssr::session::SignInMethod::Dev,
+    )
+    .await?;
     leptos_axum::redirect("/resources");
     Ok(())
 }
@@ -84,7 +99,8 @@ pub async fn sign_out() -> Result<(), AppError> {
     let session: tower_sessions::Session = leptos_axum::extract()
         .await
         .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
-    crate::ssr::session::sign_out(&session).await?;
+    let state = crate::ssr::state::app_state()?;
+    crate::ssr::session::sign_out(&state, &session).await?;
     leptos_axum::redirect("/login");
     Ok(())
 }
@@ -92,12 +108,30 @@ pub async fn sign_out() -> Result<(), AppError> {
 /// `/login`.
 #[component]
 pub fn LoginPage() -> impl IntoView {
-    let dev_enabled = Resource::new(|| (), |_| dev_issuer_enabled());
+    let options = Resource::new(|| (), |_| sign_in_options());
+    let query = leptos_router::hooks::use_query_map();
+    let error = move || query.with(|q| q.get("error"));
     view! {
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
-                let dev_enabled = matches!(dev_enabled.await, Ok(true));
-                view! { <SignInForms dev_enabled /> }
+                let (dev_enabled, oidc_enabled) = options.await.unwrap_or((false, false));
+                view! {
+                    {error().map(|e| view! {
+                        <section class="card narrow">
+                            <p class="error" role="alert" data-testid="login-oidc-error">{e}</p>
+                        </section>
+                    })}
+                    {oidc_enabled.then(|| view! {
+                        <section class="card narrow">
+                            <h1>"Sign in with SLICES"</h1>
+                            <p class="hint">"Your SLICES account, through the SLICES portal."</p>
+                            <a href="/auth/login" rel="external" class="button primary" data-testid="login-oidc">
+                                "Sign in with SLICES"
+                            </a>
+                        </section>
+                    })}
+                    <SignInForms dev_enabled />
+                }
             })}
         </Suspense>
     }

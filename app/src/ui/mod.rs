@@ -8,7 +8,9 @@
 //! first data as props (serialized into the page by the server); live ones then refresh
 //! themselves through server functions (see [`live`]).
 
+pub mod account;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clouds;
@@ -77,6 +79,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/resources/:id") view=resources::ResourceDetailPage ssr=SsrMode::Async />
                     <Route path=path!("/clouds") view=clouds::CloudsPage ssr=SsrMode::Async />
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async />
+                    <Route path=path!("/admin/audit") view=audit::AuditPage ssr=SsrMode::Async />
+                    <Route path=path!("/account") view=account::AccountPage ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>
@@ -110,15 +114,18 @@ fn Nav(sign_out: ServerAction<auth::SignOut>) -> impl IntoView {
                                     <A href="/admin" attr:data-testid="nav-admin">
                                         "Admin"
                                     </A>
+                                    <A href="/admin/audit" attr:data-testid="nav-audit">
+                                        "Audit"
+                                    </A>
                                 </Show>
-                                <span class="nav-user" data-testid="nav-user" title=v.user_id.clone()>
+                                <A href="/account" attr:class="nav-user" attr:data-testid="nav-user" attr:title=v.user_id.clone()>
                                     {v.display_name.clone()}
                                     {v.experiment.as_ref().map(|e| view! {
                                         <span class="nav-exp">
                                             {" · "}{e.name.clone().unwrap_or_else(|| e.experiment_id.clone())}
                                         </span>
                                     })}
-                                </span>
+                                </A>
                                 <ActionForm action=sign_out attr:class="inline">
                                     <button type="submit" class="link" data-testid="nav-signout">
                                         "Sign out"
@@ -173,9 +180,19 @@ where
 /// A red box with an error message.
 #[component]
 pub fn ErrorBox(error: AppError) -> impl IntoView {
+    // A session that ended mid-use: sign in again in another tab, and this page (with what
+    // was typed into it) stays as it is for a second try.
+    let signed_out = matches!(error, AppError::Unauthenticated(_));
     view! {
         <p class="error" role="alert">
             {error.to_string()}
+            {signed_out.then(|| view! {
+                " "
+                <a href="/login" target="_blank" rel="noopener" data-testid="sign-in-again">
+                    "Sign in again (new tab)"
+                </a>
+                ", then send this form again: what you entered is kept."
+            })}
         </p>
     }
 }

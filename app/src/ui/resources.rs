@@ -55,11 +55,11 @@ pub async fn request_resource(
     ssh_authorized_keys: String,
     userdata: String,
 ) -> Result<String, AppError> {
-    use crate::model::{CreateResourcesRequest, ResourceSpec, TokenRef};
+    use crate::model::{CreateResourcesRequest, ResourceSpec};
     let (state, auth) = crate::ssr::session::require().await?;
     let Some(experiment) = auth.experiment.as_ref() else {
         return Err(AppError::Forbidden(
-            "requesting resources needs an experiment token: sign in again and paste one".into(),
+            "requesting resources needs an experiment: attach one on your account page (/account) with an experiment token".into(),
         ));
     };
     let expires_at = parse_expiry(&expires_at)?;
@@ -78,9 +78,8 @@ pub async fn request_resource(
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect(),
-        tokens: vec![TokenRef {
-            jwt: auth.user_token.clone(),
-        }],
+        // The session's user requests it: no user token travels (the session proved who it is).
+        tokens: Vec::new(),
         request_id: None,
     };
     let created =
@@ -188,11 +187,11 @@ fn ResourcesList(viewer: Viewer) -> impl IntoView {
                 " · resources may live until " {short_time(&e.max_expires_at)}
             </p>
         })}
-        {viewer.experiment_token_expired.then(|| view! {
-            <p class="warning">"Your experiment token has expired: the list shows what you requested; sign in again with a fresh experiment token to make changes."</p>
+        {viewer.experiment_ended.then(|| view! {
+            <p class="warning" data-testid="experiment-ended">"The experiment you were acting for has ended (expired or detached): the list shows what you requested; attach a current experiment on " <A href="/account">"your account"</A> " to make changes."</p>
         })}
-        {(!can_write && !viewer.experiment_token_expired).then(|| view! {
-            <p class="warning">"Signed in with a user token only: you can look, but requesting and deleting needs an experiment token."</p>
+        {(!can_write && !viewer.experiment_ended).then(|| view! {
+            <p class="warning" data-testid="no-experiment">"No experiment attached: you can look, but requesting and deleting needs an experiment. Attach one on " <A href="/account">"your account"</A> " with an experiment token."</p>
         })}
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
