@@ -121,8 +121,15 @@ impl AppError {
 impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 
+    /// Arguments the server could not read are the caller's mistake (400); transport
+    /// failures stay `ServerFn`.
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
-        AppError::ServerFn(value.to_string())
+        match value {
+            ServerFnErrorErr::Args(message) => {
+                AppError::BadRequest(format!("the form's fields could not be read: {message}"))
+            }
+            other => AppError::ServerFn(other.to_string()),
+        }
     }
 }
 

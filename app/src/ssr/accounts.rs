@@ -72,7 +72,7 @@ pub async fn attach(
             ));
         }
     }
-    let experiment_id = experiment.require_experiment()?.to_string();
+    let experiment_id = crate::ssr::access::experiment_to_write(experiment)?.to_string();
     let expires = experiment
         .experiment_expires_at
         .unwrap_or(experiment.token_expires_at);

@@ -222,7 +222,7 @@ async fn create_image(
     Bearer(p): Bearer,
     ApiJson(input): ApiJson<DiskImageInput>,
 ) -> Result<(StatusCode, Json<DiskImage>), AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     let image = catalog::create_image(&s.pool, s.site(), &p, &input).await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
@@ -236,7 +236,7 @@ async fn update_image(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<DiskImagePatch>,
 ) -> Result<Json<DiskImage>, AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     catalog::update_image(&s.pool, s.site(), &p, &id, &patch)
         .await
         .map(Json)
@@ -251,7 +251,7 @@ async fn delete_image(
     Bearer(p): Bearer,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     catalog::delete_image(&s.pool, s.site(), &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -284,7 +284,7 @@ async fn create_flavor(
     Bearer(p): Bearer,
     ApiJson(input): ApiJson<FlavorInput>,
 ) -> Result<(StatusCode, Json<Flavor>), AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     let flavor = catalog::create_flavor(&s.pool, s.site(), &p, &input).await?;
     Ok((StatusCode::CREATED, Json(flavor)))
 }
@@ -298,7 +298,7 @@ async fn update_flavor(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<FlavorPatch>,
 ) -> Result<Json<Flavor>, AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     catalog::update_flavor(&s.pool, s.site(), &p, &id, &patch)
         .await
         .map(Json)
@@ -312,7 +312,7 @@ async fn delete_flavor(
     Bearer(p): Bearer,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     catalog::delete_flavor(&s.pool, s.site(), &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -327,7 +327,7 @@ async fn list_resources(
     Bearer(p): Bearer,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, AppError> {
-    let scope = crate::ssr::rows::Scope::of(&p);
+    let scope = crate::ssr::access::scope(&p);
     let limit = query.limit.unwrap_or(resources::DEFAULT_PAGE);
     let key = ListKey {
         scope_experiment: scope.experiment_id,
@@ -529,7 +529,7 @@ async fn put_clouds_yaml(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<CloudsYamlSummary>, AppError> {
-    let user = clouds::owner(&p)?;
+    let user = crate::ssr::access::credentials_owner(&p)?;
     if let Some(kind) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -576,7 +576,9 @@ async fn get_clouds_yaml(
     State(s): State<AppState>,
     Bearer(p): Bearer,
 ) -> Result<Json<CloudsYamlSummary>, AppError> {
-    clouds::summary(&s.pool, clouds::owner(&p)?).await.map(Json)
+    clouds::summary(&s.pool, crate::ssr::access::credentials_owner(&p)?)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(patch, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
@@ -587,9 +589,13 @@ async fn patch_clouds_yaml(
     Bearer(p): Bearer,
     ApiJson(patch): ApiJson<DefaultCloudPatch>,
 ) -> Result<Json<CloudsYamlSummary>, AppError> {
-    clouds::set_default(&s.pool, clouds::owner(&p)?, patch.default_cloud.trim())
-        .await
-        .map(Json)
+    clouds::set_default(
+        &s.pool,
+        crate::ssr::access::credentials_owner(&p)?,
+        patch.default_cloud.trim(),
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(delete, path = "/apis/bi.slices.eu/v1alpha2/clouds-yaml", tag = "clouds",
@@ -598,7 +604,7 @@ async fn delete_clouds_yaml(
     State(s): State<AppState>,
     Bearer(p): Bearer,
 ) -> Result<StatusCode, AppError> {
-    clouds::remove(&s.pool, clouds::owner(&p)?).await?;
+    clouds::remove(&s.pool, crate::ssr::access::credentials_owner(&p)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -623,7 +629,7 @@ async fn test_clouds_yaml(
         &s.pool,
         &s.clouds_keys,
         &s.openstack,
-        clouds::owner(&p)?,
+        crate::ssr::access::credentials_owner(&p)?,
         q.cloud.as_deref(),
     )
     .await
@@ -641,7 +647,7 @@ async fn import_catalog(
     Bearer(p): Bearer,
     ApiQuery(q): ApiQuery<CloudQuery>,
 ) -> Result<Json<ImportReport>, AppError> {
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ChangeCatalog)?;
     catalog_import::import_site_cloud(
         &s.pool,
         &s.openstack,
@@ -669,7 +675,7 @@ async fn list_audit(
     ApiQuery(filter): ApiQuery<AuditFilter>,
 ) -> Result<Response, AppError> {
     use crate::ssr::audit;
-    p.require_admin()?;
+    crate::ssr::access::require(&p, crate::ssr::access::Right::ReadAudit)?;
     audit::check_filter(&filter)?;
     let wants_lines = headers
         .get(header::ACCEPT)

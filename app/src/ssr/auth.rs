@@ -86,29 +86,6 @@ impl Principal {
             is_admin: true,
         }
     }
-
-    /// The experiment id, or 403 when this is not an experiment token.
-    pub fn require_experiment(&self) -> Result<&str, AppError> {
-        match (&self.kind, &self.experiment_id) {
-            (TokenKind::Experiment, Some(id)) => Ok(id),
-            _ => Err(AppError::Forbidden(
-                "this action needs an experiment token (`slices experiment jwt <name>`); a user token only allows reads"
-                    .into(),
-            )),
-        }
-    }
-
-    /// 403 unless the principal is an admin.
-    pub fn require_admin(&self) -> Result<(), AppError> {
-        if self.is_admin {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden(
-                "only site admins (ADMIN_USER_IDS) may do this (catalog changes, the audit log)"
-                    .into(),
-            ))
-        }
-    }
 }
 
 struct KeyEntry {

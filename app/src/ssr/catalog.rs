@@ -207,7 +207,7 @@ pub async fn create_image(
     principal: &Principal,
     input: &DiskImageInput,
 ) -> Result<DiskImage, AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     validate_image(input)?;
     let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
@@ -248,7 +248,7 @@ pub async fn update_image(
     id: &str,
     patch: &DiskImagePatch,
 ) -> Result<DiskImage, AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     let uuid = path_id(IdKind::Image, site, id)?;
     let mut current: DiskImageInput = {
         let i = get_image(pool, site, id, true).await?;
@@ -323,7 +323,7 @@ pub async fn delete_image(
     principal: &Principal,
     id: &str,
 ) -> Result<(), AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     let uuid = path_id(IdKind::Image, site, id)?;
     let mut tx = pool.begin().await?;
     let result = sqlx::query!("DELETE FROM disk_images WHERE id = $1", uuid)
@@ -376,7 +376,7 @@ pub async fn create_flavor(
     principal: &Principal,
     input: &FlavorInput,
 ) -> Result<Flavor, AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     validate_flavor(input)?;
     let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
@@ -411,7 +411,7 @@ pub async fn update_flavor(
     id: &str,
     patch: &FlavorPatch,
 ) -> Result<Flavor, AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     let uuid = path_id(IdKind::Flavor, site, id)?;
     let f = get_flavor(pool, site, id).await?;
     let next = FlavorInput {
@@ -459,7 +459,7 @@ pub async fn delete_flavor(
     principal: &Principal,
     id: &str,
 ) -> Result<(), AppError> {
-    principal.require_admin()?;
+    crate::ssr::access::require(principal, crate::ssr::access::Right::ChangeCatalog)?;
     let uuid = path_id(IdKind::Flavor, site, id)?;
     let mut tx = pool.begin().await?;
     let result = sqlx::query!("DELETE FROM flavors WHERE id = $1", uuid)

@@ -82,15 +82,6 @@ fn pick_default(file: &CloudsFile, asked: Option<&str>) -> Result<String, AppErr
 }
 
 /// The user a clouds.yaml request acts for: a user token's subject, or an experiment token's
-/// acting user (`user_id` claim). 403 when the token names no user.
-pub fn owner(p: &crate::ssr::auth::Principal) -> Result<&str, AppError> {
-    p.user_id.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-        AppError::Forbidden(
-            "clouds.yaml belongs to a user: use a user token (`slices auth id-token`) or an experiment token that names its acting user".into(),
-        )
-    })
-}
-
 /// Validates and stores (replacing) a user's clouds.yaml; answers with the redacted summary.
 pub async fn store(
     pool: &PgPool,

@@ -103,7 +103,7 @@ async fn export_audit(
             "you are signed out; sign in again".into(),
         ));
     };
-    auth.user.require_admin()?;
+    crate::ssr::access::require(&auth.user, crate::ssr::access::Right::ReadAudit)?;
     audit::check_filter(&filter)?;
     let body = axum::body::Body::from_stream(audit::export(state.pool.clone(), filter));
     Ok((

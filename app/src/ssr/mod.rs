@@ -9,13 +9,15 @@
 //! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
 //! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
 //!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`],
-//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider);
+//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider), [`access`] (who may
+//!    do what: the one place that decides);
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
 //!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`accounts`];
 //! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
 //!    [`state`], [`session`], [`web_security`], [`rate_limits`], [`audit_http`], [`dashboard_routes`] (and the UI's server
 //!    functions).
 
+pub mod access;
 pub mod accounts;
 pub mod api;
 pub mod audit;

@@ -427,7 +427,7 @@ pub async fn create_resources(
     principal: &Principal,
     request: &CreateResourcesRequest,
 ) -> Result<CreateResourcesResponse, AppError> {
-    let experiment_id = principal.require_experiment()?;
+    let experiment_id = crate::ssr::access::experiment_to_write(principal)?;
     // A retry of a request already stored gets that request's answer, before any check that
     // might now decide otherwise (an image hidden since, the quota used by the first try).
     let client = request.request_id.map(|id| (id, body_digest(request)));
@@ -965,7 +965,7 @@ pub async fn list_resources(
     if offset < 0 {
         return Err(AppError::BadRequest("offset must not be negative".into()));
     }
-    let scope = Scope::of(principal);
+    let scope = crate::ssr::access::scope(principal);
     if let (Some(own), Some(asked)) = (&scope.experiment_id, &query.experiment_id) {
         if own != asked {
             return Ok(Vec::new());
@@ -992,7 +992,7 @@ pub async fn get_resource(
     id: &str,
 ) -> Result<Resource, AppError> {
     let uuid = path_id(IdKind::Resource, site, id)?;
-    fetch_resource(pool, site, &Scope::of(principal), uuid).await
+    fetch_resource(pool, site, &crate::ssr::access::scope(principal), uuid).await
 }
 
 /// `DELETE /resources/{id}`: marks the resource `deleting` and enqueues a delete task.
@@ -1002,9 +1002,9 @@ pub async fn delete_resource(
     principal: &Principal,
     id: &str,
 ) -> Result<Task, AppError> {
-    principal.require_experiment()?;
+    crate::ssr::access::experiment_to_write(principal)?;
     let uuid = path_id(IdKind::Resource, ctx.site, id)?;
-    let scope = Scope::of(principal);
+    let scope = crate::ssr::access::scope(principal);
     fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
     let mut tx = ctx.pool.begin().await?;
     let marked = sqlx::query!(
@@ -1055,9 +1055,9 @@ pub async fn extend_resource(
     id: &str,
     patch: &ResourcePatch,
 ) -> Result<Resource, AppError> {
-    principal.require_experiment()?;
+    crate::ssr::access::experiment_to_write(principal)?;
     let uuid = path_id(IdKind::Resource, ctx.site, id)?;
-    let scope = Scope::of(principal);
+    let scope = crate::ssr::access::scope(principal);
     let current = fetch_resource(ctx.pool, ctx.site, &scope, uuid).await?;
     check_expiry("expires_at", patch.expires_at, principal)?;
     if patch.expires_at < current.expires_at {
@@ -1115,7 +1115,13 @@ pub async fn console_log(
         ));
     }
     let uuid = path_id(IdKind::Resource, ctx.site, id)?;
-    let resource = fetch_resource(ctx.pool, ctx.site, &Scope::of(principal), uuid).await?;
+    let resource = fetch_resource(
+        ctx.pool,
+        ctx.site,
+        &crate::ssr::access::scope(principal),
+        uuid,
+    )
+    .await?;
     if resource.flavor_type != FlavorType::Vm {
         return Err(AppError::Conflict {
             field: "id".into(),

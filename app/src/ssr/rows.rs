@@ -11,36 +11,19 @@ use crate::model::{
     AllocationState, BackendDetails, FlavorType, OperationalState, Resource, Task, TaskKind,
     TaskStatus,
 };
-use crate::ssr::auth::{Principal, TokenKind};
 use crate::ssr::backend::ResourceRecord;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Which resources (and their tasks) a principal may see: an experiment token its
+/// Which resources (and their tasks) a principal may see (decided by `access::scope`): an experiment token its
 /// experiment's, a user token what that user requested (../shared/slices-api.md,
 /// "Authentication").
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub experiment_id: Option<String>,
     pub requested_by: Option<String>,
-}
-
-impl Scope {
-    /// Experiment token → its experiment; user token → what that user requested.
-    pub fn of(principal: &Principal) -> Scope {
-        match principal.kind {
-            TokenKind::Experiment => Scope {
-                experiment_id: principal.experiment_id.clone(),
-                requested_by: None,
-            },
-            TokenKind::User => Scope {
-                experiment_id: None,
-                requested_by: Some(principal.user_id.clone().unwrap_or_default()),
-            },
-        }
-    }
 }
 
 /// A `resources` row as the API shows it.

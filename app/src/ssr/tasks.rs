@@ -6,7 +6,7 @@ use crate::error::AppError;
 use crate::ids::IdKind;
 use crate::model::Task;
 use crate::ssr::auth::Principal;
-use crate::ssr::rows::{fetch_resource, fetch_task, select_tasks, Scope, TaskFilter};
+use crate::ssr::rows::{fetch_resource, fetch_task, select_tasks, TaskFilter};
 use crate::ssr::{field_id, path_id};
 use sqlx::PgPool;
 
@@ -18,7 +18,7 @@ pub async fn get_task(
     id: &str,
 ) -> Result<Task, AppError> {
     let uuid = path_id(IdKind::Task, site, id)?;
-    fetch_task(pool, site, &Scope::of(principal), uuid).await
+    fetch_task(pool, site, &crate::ssr::access::scope(principal), uuid).await
 }
 
 /// `GET /tasks?resource_id=`: the resource's tasks, oldest first; 404 when the principal
@@ -37,7 +37,7 @@ pub async fn list_tasks(
         }
         other => other?,
     };
-    let scope = Scope::of(principal);
+    let scope = crate::ssr::access::scope(principal);
     fetch_resource(pool, site, &scope, uuid).await?;
     let filter = TaskFilter {
         resource_id: Some(uuid),

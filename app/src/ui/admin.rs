@@ -17,7 +17,7 @@ use leptos::prelude::*;
 async fn admin() -> Result<(crate::ssr::state::AppState, crate::ssr::auth::Principal), AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
     let principal = auth.acting();
-    principal.require_admin()?;
+    crate::ssr::access::require(&principal, crate::ssr::access::Right::ChangeCatalog)?;
     Ok((state, principal))
 }
 

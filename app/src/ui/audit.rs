@@ -15,7 +15,7 @@ pub const PAGE: i64 = 50;
 #[server(endpoint = "audit-entries")]
 pub async fn audit_entries(filter: AuditFilter) -> Result<Vec<AuditEntry>, AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
-    auth.user.require_admin()?;
+    crate::ssr::access::require(&auth.user, crate::ssr::access::Right::ReadAudit)?;
     crate::ssr::audit::check_filter(&filter)?;
     Ok(crate::ssr::audit::list(&state.pool, &filter).await?)
 }

@@ -10,7 +10,7 @@ use leptos::prelude::*;
 #[cfg(feature = "ssr")]
 async fn owner() -> Result<(crate::ssr::state::AppState, String), AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
-    let user = crate::ssr::clouds::owner(&auth.user)?.to_string();
+    let user = crate::ssr::access::credentials_owner(&auth.user)?.to_string();
     Ok((state, user))
 }
 

@@ -120,6 +120,7 @@ pub async fn extend_resource(
 ) -> Result<ComputeResource, AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
     let principal = auth.acting();
+    crate::ssr::access::require(&principal, crate::ssr::access::Right::WriteResources)?;
     let current =
         crate::ssr::resources::get_resource(&state.pool, state.site(), &principal, &id).await?;
     let expires_at = match by.as_str() {

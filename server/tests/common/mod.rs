@@ -555,3 +555,66 @@ pub async fn drain(pool: &PgPool, limit: std::time::Duration) -> std::time::Dura
     }
     start.elapsed()
 }
+
+/// A browser of the dashboard: one session cookie; server-function calls as same-site form
+/// posts that ask for JSON answers.
+pub struct Browser<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    /// The `slices_session` cookie's value, once set.
+    pub cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    pub fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookie: None,
+        }
+    }
+
+    /// Posts `form` to the server function `endpoint`; keeps the session cookie it sets.
+    pub async fn call(&mut self, endpoint: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/{endpoint}", self.app.base))
+            .header("Origin", &self.app.base)
+            .header("Accept", "application/json")
+            .form(form);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("Cookie", format!("slices_session={cookie}"));
+        }
+        let response = request.send().await.expect("send");
+        for value in response.headers().get_all("set-cookie") {
+            let text = value.to_str().expect("text");
+            if let Some(rest) = text.strip_prefix("slices_session=") {
+                let id = rest.split(';').next().unwrap_or_default();
+                self.cookie = (!id.is_empty()).then(|| id.to_string());
+            }
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn viewer(&mut self) -> Value {
+        let (s, body) = self.call("viewer", &[]).await;
+        assert_eq!(s, 200, "{body}");
+        body
+    }
+
+    pub async fn sign_in(&mut self, user_token: &str, experiment_token: &str) -> u16 {
+        let form = [
+            ("user_token", user_token),
+            ("experiment_token", experiment_token),
+        ];
+        self.call("sign-in", &form).await.0
+    }
+}
