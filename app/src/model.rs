@@ -697,19 +697,24 @@ pub struct AuditEntry {
 #[cfg_attr(feature = "ssr", into_params(parameter_in = Query))]
 pub struct AuditFilter {
     /// Only this acting user.
+    #[cfg_attr(feature = "ssr", param(max_length = 256))]
     pub user_id: Option<String>,
     /// Only this experiment.
+    #[cfg_attr(feature = "ssr", param(max_length = 256))]
     pub experiment_id: Option<String>,
     /// Only this object (a typed id).
+    #[cfg_attr(feature = "ssr", param(max_length = 256))]
     pub object_id: Option<String>,
     /// Only this action (`resource.delete`), or every action of a kind with a trailing `*`
     /// (`resource.*`).
+    #[cfg_attr(feature = "ssr", param(max_length = 256))]
     pub action: Option<String>,
     /// Only `ok` or only `refused` entries.
+    #[cfg_attr(feature = "ssr", param(pattern = "^(ok|refused)$"))]
     pub outcome: Option<String>,
     /// Entries at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
-    /// Entries before this time (RFC 3339).
+    /// Entries before this time (RFC 3339); a range that ends before it starts is empty.
     pub until: Option<DateTime<Utc>>,
     /// Page size, 1-1000 (default 100). JSON-lines exports are not paged unless asked.
     #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 1000))]

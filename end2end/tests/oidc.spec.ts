@@ -34,6 +34,37 @@ async function passProvider(page: Page, userId: string): Promise<void> {
   }
 }
 
+/** Signs in through the provider (so it remembers the account and its consent), then signs
+ * out of the blueprint only. */
+async function signInThenOut(page: Page, userId: string): Promise<void> {
+  await signInWithProvider(page, userId);
+  await waitHydrated(page);
+  await page.getByTestId('nav-signout').click();
+  await expect(page).toHaveURL(pathIs('/login'));
+}
+
+/**
+ * Starts a sign-in and walks the provider's redirects without following the last one: the
+ * provider's answer (our `/auth/callback?code=…&state=…`) comes back unvisited, to be tampered
+ * with. `tamper` may change the authorization request first. The browser context's cookies
+ * (the blueprint's session, the provider's) are used and kept. Needs a provider session that
+ * skips its screens (see `signInThenOut`).
+ */
+async function providerAnswer(page: Page, tamper?: (auth: URL) => void): Promise<URL> {
+  const start = await page.request.get('/auth/login', { maxRedirects: 0 });
+  expect(start.status(), await start.text()).toBe(303);
+  let url = new URL(start.headers()['location']);
+  tamper?.(url);
+  for (let hop = 0; hop < 10; hop++) {
+    if (url.pathname === '/auth/callback') return url;
+    const res = await page.request.get(url.toString(), { maxRedirects: 0 });
+    const location = res.headers()['location'];
+    expect(location, `${url} answered ${res.status()} without a redirect: ${await res.text()}`).toBeTruthy();
+    url = new URL(location, url);
+  }
+  throw new Error('the provider did not answer within 10 redirects');
+}
+
 async function sessionCookie(context: BrowserContext): Promise<string | undefined> {
   return (await context.cookies()).find((c) => c.name === 'slices_session')?.value;
 }
@@ -130,55 +161,38 @@ test.describe('sign in with SLICES (OpenID Connect)', () => {
   });
 
   test('a tampered state is refused', async ({ page }) => {
-    await page.route('**/auth/callback?**', async (route) => {
-      const url = new URL(route.request().url());
-      url.searchParams.set('state', `${url.searchParams.get('state')}x`);
-      await route.continue({ url: url.toString() });
-    });
-    await page.goto('/login');
-    await page.getByTestId('login-oidc').click();
-    await passProvider(page, `user_oidc.local_t${uniqueSuffix()}`);
+    await signInThenOut(page, `user_oidc.local_t${uniqueSuffix()}`);
+    const answer = await providerAnswer(page);
+    answer.searchParams.set('state', `${answer.searchParams.get('state')}x`);
+    await page.goto(answer.toString());
     await expect(page).toHaveURL(/\/login\?error=/);
     await expect(page.getByTestId('login-oidc-error')).toContainText('state mismatch');
     await expect(page.getByTestId('nav-user')).toHaveCount(0);
   });
 
   test('a tampered nonce is refused', async ({ page }) => {
-    await page.route(`${issuer}/auth?**`, async (route) => {
-      const url = new URL(route.request().url());
-      url.searchParams.set('nonce', 'not-the-nonce-the-blueprint-sent');
-      await route.continue({ url: url.toString() });
-    });
-    await page.goto('/login');
-    await page.getByTestId('login-oidc').click();
-    await passProvider(page, `user_oidc.local_n${uniqueSuffix()}`);
+    await signInThenOut(page, `user_oidc.local_n${uniqueSuffix()}`);
+    const answer = await providerAnswer(page, (auth) => auth.searchParams.set('nonce', 'not-the-nonce-the-blueprint-sent'));
+    await page.goto(answer.toString());
     await expect(page).toHaveURL(/\/login\?error=/);
     await expect(page.getByTestId('login-oidc-error')).toContainText(/ID token is not valid.*nonce/i);
     await expect(page.getByTestId('nav-user')).toHaveCount(0);
   });
 
   test('a replayed authorization answer and a reused code are refused', async ({ page }) => {
-    const userId = `user_oidc.local_r${uniqueSuffix()}`;
-    let callback = '';
-    page.on('request', (r) => {
-      if (new URL(r.url()).pathname === '/auth/callback' && !callback) callback = r.url();
-    });
-    await signInWithProvider(page, userId);
-    expect(callback).toContain('code=');
+    await signInThenOut(page, `user_oidc.local_r${uniqueSuffix()}`);
+    const answer = await providerAnswer(page);
+    await page.goto(answer.toString());
+    await expect(page).toHaveURL(pathIs('/resources'));
+    await expect(page.getByTestId('nav-user')).toBeVisible();
     // The same answer again: this browser's pending sign-in was used up.
-    await page.goto(callback);
+    await page.goto(answer.toString());
     await expect(page).toHaveURL(/\/login\?error=/);
     await expect(page.getByTestId('login-oidc-error')).toContainText('no sign-in was started');
     // A new sign-in answered with the old code: the provider refuses to redeem it twice.
-    const oldCode = new URL(callback).searchParams.get('code') ?? '';
-    await page.route('**/auth/callback?**', async (route) => {
-      const url = new URL(route.request().url());
-      url.searchParams.set('code', oldCode);
-      await route.continue({ url: url.toString() });
-    });
-    await page.goto('/login');
-    await page.getByTestId('login-oidc').click();
-    await passProvider(page, userId);
+    const next = await providerAnswer(page);
+    next.searchParams.set('code', answer.searchParams.get('code') ?? '');
+    await page.goto(next.toString());
     await expect(page).toHaveURL(/\/login\?error=/);
     await expect(page.getByTestId('login-oidc-error')).toContainText('refused the authorization code');
   });
