@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("openstack", 2, "adapters"),
     ("auth", 2, "adapters"),
     ("audit", 2, "adapters"),
+    ("metrics", 2, "adapters"),
     ("access", 2, "adapters"),
     ("oidc", 2, "adapters"),
     ("list_cache", 2, "adapters"),

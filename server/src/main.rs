@@ -91,21 +91,30 @@ async fn main() {
 
 /// Logs go to stderr: stdout carries what a command prints for people and scripts
 /// (`sync-catalog --json`, `dev-token`, the start-up report).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG`, as text or (`LOG_FORMAT=json`) one JSON object per
+/// line carrying the current span's fields (task, resource, request ids).
+fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn,kube=warn".into());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::DevToken { kind } => dev_token(&cli.settings, kind),
         Command::Migrate => {
-            init_tracing();
+            init_tracing(&cli.settings.log_format);
             let config = cli.settings.validate(true)?;
             let pool = connect(&config).await?;
             app::ssr::MIGRATOR
@@ -116,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker => {
-            init_tracing();
+            init_tracing(&cli.settings.log_format);
             let state = build_state(cli.settings.validate(true)?).await?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -126,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app::ssr::worker::run_worker(state.worker(), rx).await
         }
         Command::SyncCatalog { cloud, json } => {
-            init_tracing();
+            init_tracing(&cli.settings.log_format);
             let state = build_state(cli.settings.validate(true)?).await?;
             let report = app::ssr::catalog_import::import_site_cloud(
                 &state.pool,
@@ -145,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateCloudsKey => {
-            init_tracing();
+            init_tracing(&cli.settings.log_format);
             let config = cli.settings.validate(true)?;
             let pool = connect(&config).await?;
             let keys = server::clouds_keys(&config, &pool).await?;
@@ -159,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            init_tracing();
+            init_tracing(&cli.settings.log_format);
             serve(cli.settings.validate(true)?).await
         }
     }

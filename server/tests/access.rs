@@ -324,4 +324,21 @@ async fn every_kind_of_session_gets_what_the_access_model_says_on_the_server_fun
         wrong.len(),
         wrong.join("\n")
     );
+    // Refused changes are in the audit log; refused reads (a page that needs a sign-in) are not.
+    let refused = |action: &'static str| {
+        let pool = app.state.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM audit_log WHERE action = $1 AND outcome = 'refused'",
+            )
+            .bind(action)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    assert_eq!(refused("dashboard.delete-resource").await, 3);
+    assert_eq!(refused("dashboard.admin-delete").await, 4);
+    assert_eq!(refused("dashboard.resources").await, 0);
+    assert_eq!(refused("dashboard.audit-entries").await, 0);
 }

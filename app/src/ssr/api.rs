@@ -185,6 +185,7 @@ pub fn router() -> Router<AppState> {
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
         .route("/audit", get(list_audit))
+        .route_layer(axum::middleware::from_fn(crate::ssr::metrics::http_metrics))
         .fallback(|| async { AppError::NotFound("no such API route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
@@ -339,8 +340,10 @@ async fn list_resources(
         offset: query.offset.unwrap_or(0),
     };
     if let Some(page) = s.list_cache.get(&key) {
+        crate::ssr::metrics::list_cache(true);
         return Ok(page_response(page));
     }
+    crate::ssr::metrics::list_cache(false);
     // Recorded before the database is read: a change committed meanwhile voids this fill.
     let generation = s.list_cache.begin_fill();
     let items = resources::list_resources(&s.pool, s.site(), &p, &query).await?;
@@ -870,6 +873,59 @@ pub fn dev_issuer_router() -> Router<AppState> {
                 }
             }),
         )
+}
+
+/// `GET /metrics`: the Prometheus text format (see `metrics`); 503 when this process's
+/// recorder is not the Prometheus one.
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    match crate::ssr::metrics::render(&s.pool).await {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::ssr::metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        None => AppError::Unavailable("metrics are recorded elsewhere in this process".into())
+            .into_response(),
+    }
+}
+
+/// `GET /readyz`: 200 when the database answers and has every migration of this build
+/// (a Kubernetes readiness probe: a replica of a newer build waits for `migrate`), with the
+/// backends' state as `/healthz` reports it; 503 with the reason otherwise.
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    let latest = crate::ssr::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&s.pool)
+            .await;
+    let (ready, database) = match applied {
+        Ok(Some(v)) if v >= latest => (true, "ok".to_string()),
+        Ok(v) => (
+            false,
+            format!(
+                "migrations pending: applied {}, this build needs {latest} (run `slices-blueprint migrate`)",
+                v.unwrap_or(0)
+            ),
+        ),
+        Err(e) if crate::ssr::database_unreachable(&e) => (false, "unreachable".to_string()),
+        Err(e) => (false, format!("cannot read the migrations: {e}")),
+    };
+    let mut body = s.backends.health();
+    body["database"] = database.into();
+    body["ready"] = ready.into();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// `GET /healthz`: 200 when the database answers (503 otherwise); says how each backend is

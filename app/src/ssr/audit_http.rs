@@ -1,8 +1,8 @@
 //! The audit log's HTTP side: a middleware on the whole router that sets each request's
 //! [`Source`] (API or dashboard, peer address, `User-Agent`) for the services' audit entries,
 //! and writes a `refused` entry for every write the access rules turn down (answers 401 or
-//! 403 to a method other than GET, HEAD or OPTIONS), with the route's action, the object's id
-//! and the refusal's reason.
+//! 403 to a method other than GET, HEAD or OPTIONS, except the server functions that only
+//! read), with the route's action, the object's id and the refusal's reason.
 
 use crate::ssr::api::BASE;
 use crate::ssr::audit::{self, Actor, Event, Source, Via};
@@ -12,6 +12,22 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::net::SocketAddr;
+
+/// Server functions that only read (posted like every server function): a refusal of one is
+/// a page that needs a sign-in, not an attempted change, and is not recorded.
+const READ_ONLY_FUNCTIONS: &[&str] = &[
+    "viewer",
+    "sign-in-options",
+    "my-clouds",
+    "last-cloud-test",
+    "catalog",
+    "resources",
+    "resource-detail",
+    "console-log",
+    "request-options",
+    "admin-catalog",
+    "audit-entries",
+];
 
 /// Longest error body read back for a refusal's reason, bytes.
 const MAX_REASON_BODY: usize = 16 * 1024;
@@ -38,7 +54,8 @@ pub async fn audit_requests(
         .and_then(|v| v.to_str().ok());
     let source = Source::request(via, ip, agent);
     let method = request.method().clone();
-    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && !READ_ONLY_FUNCTIONS.contains(&path.trim_start_matches("/api/"));
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)

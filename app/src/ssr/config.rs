@@ -172,6 +172,10 @@ pub struct Settings {
     /// Scopes asked for besides `openid`, space- or comma-separated (e.g. `userinfo projects`).
     #[arg(long, env = "OIDC_SCOPES", default_value = "profile email")]
     pub oidc_scopes: String,
+    /// Log lines as `text` (for people) or `json` (one JSON object per line, with the span
+    /// fields: request, task and resource ids).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,

@@ -9,7 +9,7 @@
 //! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
 //! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
 //!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`],
-//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider), [`access`] (who may
+//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider), [`metrics`] (Prometheus), [`access`] (who may
 //!    do what: the one place that decides);
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
 //!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`accounts`];
@@ -32,6 +32,7 @@ pub mod config;
 pub mod dashboard_routes;
 pub mod egress;
 pub mod list_cache;
+pub mod metrics;
 pub mod names;
 pub mod oidc;
 pub mod openstack;

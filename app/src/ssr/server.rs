@@ -153,6 +153,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
             ),
         ));
     crate::ssr::list_cache::spawn_listener(&state.pool, &state.list_cache);
+    crate::ssr::metrics::install();
     let options = state.leptos_options.clone();
     let routes = generate_route_list(App);
     let site = Arc::new(SiteOrigin::of(&state.config.public_url));
@@ -169,6 +170,8 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         ));
     Ok(Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .nest(api::BASE, api::router())
         .merge(api::docs_router())
         .merge(api::dev_issuer_router())

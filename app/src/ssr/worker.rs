@@ -275,6 +275,7 @@ async fn run_task(
     slot: TaskSlot,
     lease: LeaseWatch,
 ) {
+    let started = std::time::Instant::now();
     let progress = PgProgress::new(
         worker.bookkeeping.clone(),
         task.id,
@@ -303,6 +304,14 @@ async fn run_task(
     if matches!(outcome, Outcome::Failed(_)) && !outcome.retries(&task) {
         clean_up_failed(worker, &task, &progress).await;
     }
+    let label = match &outcome {
+        Outcome::Finished { .. } => "finished",
+        Outcome::Cancelled(_) => "cancelled",
+        Outcome::Failed(_) if outcome.retries(&task) => "retry",
+        Outcome::Failed(_) => "failed",
+        Outcome::LeaseLost => "lease_lost",
+    };
+    crate::ssr::metrics::task_finished(task.kind.as_str(), label, started.elapsed().as_secs_f64());
     if let Err(e) = queue::record_outcome(
         &worker.pool,
         &worker.list_cache,
