@@ -114,6 +114,62 @@ async fn metrics_count_requests_by_route_and_status_and_show_the_queue(pool: PgP
         sample(&text, "db_pool_connections", &[("state", "idle")]).is_some(),
         "{text}"
     );
+    // Every series served is one the module documents (and dashboards may use).
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        assert!(
+            app::ssr::metrics::NAMES.contains(&base_name(name)),
+            "undocumented metric `{name}`"
+        );
+    }
+}
+
+/// A histogram's series name without its `_bucket`, `_sum` or `_count` suffix.
+fn base_name(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
+/// deploy/grafana/slices-blueprint.json: valid JSON whose queries use only metrics this
+/// service records, and every one of them.
+#[test]
+fn the_grafana_dashboard_charts_every_metric_and_only_those() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/slices-blueprint.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard file");
+    let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            let tokens = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for token in tokens.filter(|t| t.contains('_')) {
+                let name = base_name(token);
+                if ["_total", "_seconds", "_connections", "_queued", "_running"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+                {
+                    assert!(
+                        app::ssr::metrics::NAMES.contains(&name),
+                        "{expr}: `{name}` is not recorded"
+                    );
+                    used.insert(name.to_string());
+                }
+            }
+        }
+    }
+    for name in app::ssr::metrics::NAMES {
+        assert!(used.contains(*name), "no panel shows `{name}`");
+    }
 }
 
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]

@@ -25,6 +25,19 @@ use sqlx::PgPool;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// Every metric this service records (the table above); dashboards may use only these.
+pub const NAMES: &[&str] = &[
+    "http_requests_total",
+    "http_request_duration_seconds",
+    "tasks_finished_total",
+    "task_duration_seconds",
+    "tasks_queued",
+    "tasks_running",
+    "tasks_oldest_queued_age_seconds",
+    "db_pool_connections",
+    "list_cache_requests_total",
+];
+
 /// The media type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Histogram buckets of the `_duration_seconds` metrics, seconds.

@@ -2,7 +2,8 @@
 //! peer's IP address (`ConnectInfo` from `server::serve`), with the `governor` crate's GCRA
 //! limiters. Over a limit the answer is 429 with `Retry-After` (RFC 6585 §4):
 //!
-//! - sign-ins (`/api/sign-in`, `/api/dev-sign-in`): `RATE_LIMIT_SIGN_INS_PER_MINUTE`;
+//! - sign-ins (`/api/sign-in`, `/api/dev-sign-in`, and `/auth/login`, which starts an OpenID
+//!   Connect sign-in and stores it in a new session): `RATE_LIMIT_SIGN_INS_PER_MINUTE`;
 //! - failed token checks (answers 401): `RATE_LIMIT_AUTH_FAILURES_PER_MINUTE`; past it the
 //!   client's requests are refused unverified until the limiter has room again, so tokens
 //!   cannot be guessed at speed;
@@ -110,7 +111,7 @@ pub async fn limit(
             what: "requests with invalid tokens".into(),
             retry_after_secs: left.as_secs().max(1),
         })
-    } else if path == "/api/sign-in" || path == "/api/dev-sign-in" {
+    } else if path == "/api/sign-in" || path == "/api/dev-sign-in" || path == "/auth/login" {
         RateLimits::check(limits.sign_ins.as_ref(), ip, "sign-ins")
     } else if path == "/api/test-cloud"
         || (path.starts_with(limits.api_base) && path.ends_with("/clouds-yaml/test"))
