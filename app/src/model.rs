@@ -723,3 +723,38 @@ pub struct AuditFilter {
     #[cfg_attr(feature = "ssr", param(minimum = 0))]
     pub offset: Option<i64>,
 }
+
+impl AuditFilter {
+    /// The filter as a URL query (`user_id=…&since=…`): set fields only, times in RFC 3339
+    /// UTC, values percent-encoded (RFC 3986: unreserved characters kept). Used for the API's
+    /// `Link` header and the dashboard's page and export links.
+    pub fn query_string(&self) -> String {
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let encode = |value: &str| -> String {
+            value
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        [
+            ("user_id", self.user_id.clone()),
+            ("experiment_id", self.experiment_id.clone()),
+            ("object_id", self.object_id.clone()),
+            ("action", self.action.clone()),
+            ("outcome", self.outcome.clone()),
+            ("since", self.since.as_ref().map(time)),
+            ("until", self.until.as_ref().map(time)),
+            ("limit", self.limit.map(|v| v.to_string())),
+            ("offset", self.offset.map(|v| v.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| format!("{key}={}", encode(&v))))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}

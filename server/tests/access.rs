@@ -6,9 +6,7 @@
 
 mod common;
 
-use common::{
-    experiment_id, in_an_hour, resources_request, Browser, Options, TestApp, ADMIN, ALICE, BOB,
-};
+use common::{experiment_id, in_an_hour, Browser, Options, TestApp, ADMIN, ALICE, BOB};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -40,14 +38,9 @@ async fn every_principal_kind_gets_what_the_access_model_says_on_every_route(poo
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let own = experiment_id();
     let own_token = app.issuer.experiment(&own, ALICE);
-    let (s, created) = app
-        .post(
-            "/resources",
-            &own_token,
-            resources_request(&image, &flavor, &["m1"]),
-        )
+    let created = app
+        .create_resources(&own_token, &image, &flavor, &["m1"])
         .await;
-    assert_eq!(s, 202, "{created}");
     let r = created["resources"][0]["id"]
         .as_str()
         .expect("id")
@@ -231,14 +224,9 @@ async fn every_kind_of_session_gets_what_the_access_model_says_on_the_server_fun
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let own = experiment_id();
     let own_token = app.issuer.experiment(&own, ALICE);
-    let (s, created) = app
-        .post(
-            "/resources",
-            &own_token,
-            resources_request(&image, &flavor, &["d1"]),
-        )
+    let created = app
+        .create_resources(&own_token, &image, &flavor, &["d1"])
         .await;
-    assert_eq!(s, 202, "{created}");
     let r = created["resources"][0]["id"]
         .as_str()
         .expect("id")

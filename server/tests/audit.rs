@@ -42,14 +42,9 @@ async fn changes_and_refused_writes_are_recorded_and_admins_read_them_back(pool:
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let experiment = experiment_id();
     let token = app.issuer.experiment(&experiment, ALICE);
-    let (s, created) = app
-        .post(
-            "/resources",
-            &token,
-            resources_request(&image, &flavor, &["a1", "a2"]),
-        )
+    let created = app
+        .create_resources(&token, &image, &flavor, &["a1", "a2"])
         .await;
-    assert_eq!(s, 202, "{created}");
     let first = created["resources"][0]["id"]
         .as_str()
         .expect("id")
@@ -193,14 +188,7 @@ async fn the_log_is_append_only_and_written_with_its_change(pool: PgPool) {
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
-    let (s, _) = app
-        .post(
-            "/resources",
-            &token,
-            resources_request(&image, &flavor, &["b1"]),
-        )
-        .await;
-    assert_eq!(s, 202);
+    app.create_resources(&token, &image, &flavor, &["b1"]).await;
     let count = |action: &'static str| {
         let pool = pool.clone();
         async move {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cli, experiment_id, resources_request, TestApp, ALICE};
+use common::{cli, experiment_id, TestApp, ALICE};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -59,14 +59,8 @@ async fn metrics_count_requests_by_route_and_status_and_show_the_queue(pool: PgP
     let app = TestApp::without_worker(pool).await;
     let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
-    let (s, _) = app
-        .post(
-            "/resources",
-            &token,
-            resources_request(&image, &flavor, &["q1", "q2", "q3"]),
-        )
+    app.create_resources(&token, &image, &flavor, &["q1", "q2", "q3"])
         .await;
-    assert_eq!(s, 202);
     for _ in 0..3 {
         assert_eq!(app.get("/flavors", &token).await.0, 200);
     }

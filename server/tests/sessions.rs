@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{experiment_id, resources_request, Browser, Options, TestApp, ALICE, BOB};
+use common::{experiment_id, Browser, Options, TestApp, ALICE, BOB};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -29,14 +29,7 @@ async fn an_attached_experiment_outlives_its_token_and_sign_in_rotates_the_sessi
     let experiment = experiment_id();
     // Accepted for about 4 s more (30 s of leeway past an `exp` 26 s ago).
     let token = short_token(&app, &experiment, -26);
-    let (s, created) = app
-        .post(
-            "/resources",
-            &token,
-            resources_request(&image, &flavor, &["m1"]),
-        )
-        .await;
-    assert_eq!(s, 202, "{created}");
+    let created = app.create_resources(&token, &image, &flavor, &["m1"]).await;
     let id = created["resources"][0]["id"]
         .as_str()
         .expect("id")

@@ -104,20 +104,42 @@ pub async fn attach(
     Ok(row)
 }
 
-/// The user's memberships whose experiment has not expired, most recently attached first.
-pub async fn memberships(pool: &PgPool, user_id: &str) -> Result<Vec<Membership>, AppError> {
-    Ok(sqlx::query_as!(
-        Membership,
-        r#"SELECT user_id, experiment_id, project_id, experiment_name,
-                  experiment_expires_at AS "experiment_expires_at: DateTime<Utc>",
-                  attached_at AS "attached_at: DateTime<Utc>"
-           FROM experiment_memberships
-           WHERE user_id = $1 AND experiment_expires_at > now()
-           ORDER BY attached_at DESC, experiment_id"#,
+/// What a session of `user_id` needs to know, in one round trip: when the user last signed
+/// out everywhere (if ever), and their memberships whose experiment has not expired, most
+/// recently attached first.
+pub async fn standing(
+    pool: &PgPool,
+    user_id: &str,
+) -> Result<(Option<DateTime<Utc>>, Vec<Membership>), AppError> {
+    let rows = sqlx::query!(
+        r#"SELECT s.signed_out_at AS "signed_out_at?: DateTime<Utc>",
+                  m.experiment_id AS "experiment_id?", m.project_id AS "project_id?",
+                  m.experiment_name, m.experiment_expires_at AS "experiment_expires_at?: DateTime<Utc>",
+                  m.attached_at AS "attached_at?: DateTime<Utc>"
+           FROM (SELECT $1::text AS user_id) u
+           LEFT JOIN user_sign_outs s ON s.user_id = u.user_id
+           LEFT JOIN experiment_memberships m
+                  ON m.user_id = u.user_id AND m.experiment_expires_at > now()
+           ORDER BY m.attached_at DESC NULLS LAST, m.experiment_id"#,
         user_id
     )
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let signed_out = rows.first().and_then(|r| r.signed_out_at);
+    let memberships = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Membership {
+                user_id: user_id.to_string(),
+                experiment_id: r.experiment_id?,
+                project_id: r.project_id?,
+                experiment_name: r.experiment_name,
+                experiment_expires_at: r.experiment_expires_at?,
+                attached_at: r.attached_at?,
+            })
+        })
+        .collect();
+    Ok((signed_out, memberships))
 }
 
 /// Forgets a membership; 404 when there is none.
@@ -160,17 +182,4 @@ pub async fn sign_out_everywhere(
     let event = Event::new("session.sign_out_everywhere").object(user_id);
     audit::commit(tx, &Actor::user(user_id), event).await?;
     Ok(())
-}
-
-/// When `user_id` last signed out everywhere, if ever.
-pub async fn signed_out_at(
-    pool: &PgPool,
-    user_id: &str,
-) -> Result<Option<DateTime<Utc>>, AppError> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT signed_out_at AS "at: DateTime<Utc>" FROM user_sign_outs WHERE user_id = $1"#,
-        user_id
-    )
-    .fetch_optional(pool)
-    .await?)
 }

@@ -293,32 +293,6 @@ impl Params {
     }
 }
 
-/// `filter` as a URL query (set fields only, times in RFC 3339 with `Z`).
-pub fn query_string(filter: &AuditFilter) -> String {
-    let mut out = url::form_urlencoded::Serializer::new(String::new());
-    let text = [
-        ("user_id", filter.user_id.clone()),
-        ("experiment_id", filter.experiment_id.clone()),
-        ("object_id", filter.object_id.clone()),
-        ("action", filter.action.clone()),
-        ("outcome", filter.outcome.clone()),
-        ("since", filter.since.map(rfc3339)),
-        ("until", filter.until.map(rfc3339)),
-        ("limit", filter.limit.map(|v| v.to_string())),
-        ("offset", filter.offset.map(|v| v.to_string())),
-    ];
-    for (key, value) in text {
-        if let Some(value) = value {
-            out.append_pair(key, &value);
-        }
-    }
-    out.finish()
-}
-
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
 /// 400 naming the query parameter when `filter` is unusable: `limit` outside
 /// 1..=[`MAX_PAGE`], a negative `offset`, an `outcome` other than `ok` or `refused`, or a
 /// filter longer than 256 characters.

@@ -56,15 +56,14 @@ pub async fn audit_requests(
     let method = request.method().clone();
     let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
         && !READ_ONLY_FUNCTIONS.contains(&path.trim_start_matches("/api/"));
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+    // Kept only where a refusal may have to name its holder.
+    let bearer = write
+        .then(|| {
+            crate::ssr::api::bearer_token(request.headers())
+                .ok()
+                .map(str::to_string)
         })
-        .map(str::to_string);
+        .flatten();
     let response = source.clone().scope(next.run(request)).await;
     let status = response.status();
     if !write || !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {

@@ -96,7 +96,7 @@ async fn callback(
 async fn export_audit(
     State(state): State<AppState>,
     session: Session,
-    Query(filter): Query<AuditFilter>,
+    crate::ssr::api::ApiQuery(filter): crate::ssr::api::ApiQuery<AuditFilter>,
 ) -> Result<Response, AppError> {
     let Some(auth) = session::current(&state, &session).await? else {
         return Err(AppError::Unauthenticated(

@@ -164,7 +164,7 @@ pub async fn sign_in(
     }
     let user_id = user.subject.clone();
     let experiment = match experiment_token {
-        Some(token) => Some(verify_experiment(state, &user_id, token).await?),
+        Some(token) => Some(verify_experiment(state, token).await?),
         None => None,
     };
     if let Some(experiment) = &experiment {
@@ -174,29 +174,13 @@ pub async fn sign_in(
     start(state, session, &user_id, user.display_name, method, current).await
 }
 
-async fn verify_experiment(
-    state: &AppState,
-    user_id: &str,
-    token: &str,
-) -> Result<Principal, AppError> {
-    let experiment = state
+/// Verifies a pasted experiment token (its kind and user are [`accounts::attach`]'s to judge).
+async fn verify_experiment(state: &AppState, token: &str) -> Result<Principal, AppError> {
+    state
         .auth
         .verify(token)
         .await
-        .map_err(|e| AppError::invalid("experiment_token", e.message()))?;
-    if experiment.kind != TokenKind::Experiment {
-        return Err(AppError::invalid(
-            "experiment_token",
-            "this is a user token; paste the output of `slices experiment jwt <name>` here",
-        ));
-    }
-    if experiment.user_id.as_deref().is_some_and(|u| u != user_id) {
-        return Err(AppError::invalid(
-            "experiment_token",
-            "this experiment token was issued to another user",
-        ));
-    }
-    Ok(experiment)
+        .map_err(|e| AppError::invalid("experiment_token", e.message()))
 }
 
 /// Attaches the experiment of a pasted experiment token to the signed-in user and makes it
@@ -208,7 +192,7 @@ pub async fn attach_experiment(
     token: &str,
 ) -> Result<String, AppError> {
     let user_id = &auth.user.subject;
-    let experiment = verify_experiment(state, user_id, token).await?;
+    let experiment = verify_experiment(state, token).await?;
     let membership =
         accounts::attach(&state.pool, user_id, &experiment, "experiment_token").await?;
     set_current(session, Some(membership.experiment_id.clone())).await?;
@@ -290,7 +274,7 @@ pub async fn current(
         |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(7));
     let now = Utc::now();
     let ends = user.signed_in_at + span(timeouts.absolute);
-    let signed_out = accounts::signed_out_at(&state.pool, &user.user_id).await?;
+    let (signed_out, memberships) = accounts::standing(&state.pool, &user.user_id).await?;
     if now >= ends
         || now - user.seen_at > span(timeouts.idle)
         || signed_out.is_some_and(|at| at >= user.signed_in_at)
@@ -311,7 +295,6 @@ pub async fn current(
     let principal = state
         .auth
         .session_user(&user.user_id, user.display_name.clone(), ends);
-    let memberships = accounts::memberships(&state.pool, &user.user_id).await?;
     let experiment = user.experiment_id.as_deref().and_then(|id| {
         memberships
             .iter()
@@ -336,10 +319,16 @@ pub async fn extract() -> Result<Session, AppError> {
 
 /// The signed-in user of the current server-function call, or 401.
 pub async fn require() -> Result<(AppState, DashboardAuth), AppError> {
+    let (state, _, auth) = require_with_session().await?;
+    Ok((state, auth))
+}
+
+/// [`require`], with the session itself (for calls that change it).
+pub async fn require_with_session() -> Result<(AppState, Session, DashboardAuth), AppError> {
     let state = crate::ssr::state::app_state()?;
     let session = extract().await?;
     match current(&state, &session).await? {
-        Some(auth) => Ok((state, auth)),
+        Some(auth) => Ok((state, session, auth)),
         None => Err(signed_out()),
     }
 }

@@ -9,14 +9,13 @@ use leptos::prelude::*;
 /// Attaches the experiment of a pasted experiment token and makes it current.
 #[server(endpoint = "attach-experiment")]
 pub async fn attach_experiment(experiment_token: String) -> Result<(), AppError> {
-    let (state, auth) = crate::ssr::session::require().await?;
+    let (state, session, auth) = crate::ssr::session::require_with_session().await?;
     if experiment_token.trim().is_empty() {
         return Err(AppError::invalid(
             "experiment_token",
             "paste an experiment token (`slices experiment jwt <name>`)",
         ));
     }
-    let session = crate::ssr::session::extract().await?;
     crate::ssr::session::attach_experiment(&state, &session, &auth, &experiment_token).await?;
     leptos_axum::redirect("/resources");
     Ok(())
@@ -25,8 +24,7 @@ pub async fn attach_experiment(experiment_token: String) -> Result<(), AppError>
 /// Makes one of the attached experiments current (empty: none).
 #[server(endpoint = "switch-experiment")]
 pub async fn switch_experiment(experiment_id: String) -> Result<(), AppError> {
-    let (_state, auth) = crate::ssr::session::require().await?;
-    let session = crate::ssr::session::extract().await?;
+    let (_state, session, auth) = crate::ssr::session::require_with_session().await?;
     let id = Some(experiment_id.trim()).filter(|s| !s.is_empty());
     crate::ssr::session::switch_experiment(&session, &auth, id).await?;
     leptos_axum::redirect("/resources");
@@ -45,8 +43,7 @@ pub async fn detach_experiment(experiment_id: String) -> Result<(), AppError> {
 /// Ends every session of the signed-in user (all browsers), this one included.
 #[server(endpoint = "sign-out-everywhere")]
 pub async fn sign_out_everywhere() -> Result<(), AppError> {
-    let (state, auth) = crate::ssr::session::require().await?;
-    let session = crate::ssr::session::extract().await?;
+    let (state, session, auth) = crate::ssr::session::require_with_session().await?;
     crate::ssr::session::sign_out_everywhere(&state, &session, &auth).await?;
     leptos_axum::redirect("/login");
     Ok(())

@@ -20,40 +20,6 @@ pub async fn audit_entries(filter: AuditFilter) -> Result<Vec<AuditEntry>, AppEr
     Ok(crate::ssr::audit::list(&state.pool, &filter).await?)
 }
 
-/// `value` percent-encoded for a URL query (RFC 3986 unreserved characters kept).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `filter` as a query string (set fields only; times in RFC 3339).
-pub fn filter_query(filter: &AuditFilter) -> String {
-    let time =
-        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    [
-        ("user_id", filter.user_id.clone()),
-        ("experiment_id", filter.experiment_id.clone()),
-        ("object_id", filter.object_id.clone()),
-        ("action", filter.action.clone()),
-        ("outcome", filter.outcome.clone()),
-        ("since", filter.since.as_ref().map(time)),
-        ("until", filter.until.as_ref().map(time)),
-        ("limit", filter.limit.map(|v| v.to_string())),
-        ("offset", filter.offset.map(|v| v.to_string())),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
-    .collect::<Vec<_>>()
-    .join("&")
-}
-
 /// The filter of the page's URL: empty fields are no filter; times as the form's
 /// `datetime-local` (UTC) or RFC 3339. A time that does not parse is an error to show.
 fn filter_of(q: &leptos_router::params::ParamsMap) -> Result<AuditFilter, AppError> {
@@ -139,8 +105,10 @@ fn AuditLog() -> impl IntoView {
             </label>
             <label>"From (UTC)" <input type="datetime-local" name="since" value=local(&form.since) /></label>
             <label>"Until (UTC)" <input type="datetime-local" name="until" value=local(&form.until) /></label>
-            <button type="submit" class="primary" data-testid="audit-apply">"Filter"</button>
-            <a href="/admin/audit">"Clear"</a>
+            <div class="filter-actions">
+                <button type="submit" class="primary" data-testid="audit-apply">"Filter"</button>
+                <a href="/admin/audit">"Clear"</a>
+            </div>
         </form>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -162,15 +130,16 @@ fn AuditTable(items: Vec<AuditEntry>, filter: AuditFilter) -> impl IntoView {
             limit: None,
             ..filter.clone()
         };
-        format!("/admin/audit?{}", filter_query(&f))
+        format!("/admin/audit?{}", f.query_string())
     };
     let export = format!(
         "/admin/audit.jsonl?{}",
-        filter_query(&AuditFilter {
+        AuditFilter {
             offset: None,
             limit: None,
             ..filter.clone()
-        })
+        }
+        .query_string()
     );
     let prev = (offset > 0).then(|| page_link((offset - PAGE).max(0)));
     let next = (items.len() as i64 == PAGE).then(|| page_link(offset + PAGE));

@@ -10,9 +10,7 @@ use leptos::prelude::*;
 pub async fn get_viewer() -> Result<Option<Viewer>, AppError> {
     use crate::ssr::session;
     let state = crate::ssr::state::app_state()?;
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     Ok(session::current(&state, &session)
         .await?
         .map(|a| a.viewer()))
@@ -30,9 +28,7 @@ pub async fn sign_in_options() -> Result<(bool, bool), AppError> {
 #[server(endpoint = "sign-in")]
 pub async fn sign_in(user_token: String, experiment_token: String) -> Result<(), AppError> {
     let state = crate::ssr::state::app_state()?;
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     if user_token.trim().is_empty() {
         return Err(AppError::invalid(
             "user_token",
@@ -57,9 +53,7 @@ pub async fn sign_in(user_token: String, experiment_token: String) -> Result<(),
 pub async fn dev_sign_in(role: String) -> Result<(), AppError> {
     use std::time::Duration;
     let state = crate::ssr::state::app_state()?;
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     let dev = state
         .auth
         .dev_issuer()
@@ -96,9 +90,7 @@ pub async fn dev_sign_in(role: String) -> Result<(), AppError> {
 /// Signs out.
 #[server(endpoint = "sign-out")]
 pub async fn sign_out() -> Result<(), AppError> {
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("session extractor: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     let state = crate::ssr::state::app_state()?;
     crate::ssr::session::sign_out(&state, &session).await?;
     leptos_axum::redirect("/login");
@@ -149,7 +141,7 @@ fn SignInForms(dev_enabled: bool) -> impl IntoView {
         <section class="card narrow">
             <h1>"Sign in"</h1>
             <p class="hint">
-                "Paste your SLICES tokens. Your user token says who you are; an experiment token lets you request and delete resources of that experiment. They stay on the server, in your session."
+                "Paste your SLICES tokens. Your user token says who you are: it is checked once and only your user id is kept in the session. An experiment token attaches its experiment to your account until the experiment expires, so you can request and delete its resources after the token itself has run out."
             </p>
             <ActionForm action=sign_in>
                 <label for="user_token">"User token"</label>

@@ -92,9 +92,7 @@ pub async fn test_cloud(cloud: String) -> Result<(), AppError> {
         Some(&cloud),
     )
     .await;
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     let tested: TestedCloud = (cloud, result);
     session
         .insert(LAST_TEST_KEY, (tested, chrono::Utc::now()))
@@ -109,9 +107,7 @@ pub async fn test_cloud(cloud: String) -> Result<(), AppError> {
 #[server(endpoint = "last-cloud-test")]
 pub async fn last_cloud_test() -> Result<Option<TestedCloud>, AppError> {
     let _ = owner().await?;
-    let session: tower_sessions::Session = leptos_axum::extract()
-        .await
-        .map_err(|e| crate::ssr::internal(anyhow::anyhow!("no session: {e}")))?;
+    let session = crate::ssr::session::extract().await?;
     let kept = session
         .get::<(TestedCloud, chrono::DateTime<chrono::Utc>)>(LAST_TEST_KEY)
         .await

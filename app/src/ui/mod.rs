@@ -111,7 +111,7 @@ fn Nav(sign_out: ServerAction<auth::SignOut>) -> impl IntoView {
                                     "Clouds"
                                 </A>
                                 <Show when=move || admin>
-                                    <A href="/admin" attr:data-testid="nav-admin">
+                                    <A href="/admin" exact=true attr:data-testid="nav-admin">
                                         "Admin"
                                     </A>
                                     <A href="/admin/audit" attr:data-testid="nav-audit">

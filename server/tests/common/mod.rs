@@ -431,6 +431,22 @@ impl TestApp {
             .await
     }
 
+    /// `POST /resources` of `names` (image, flavor, an hour) with `token`; the 202 answer
+    /// (`{"resources": […], "tasks": […]}`), or the test fails.
+    pub async fn create_resources(
+        &self,
+        token: &str,
+        image: &str,
+        flavor: &str,
+        names: &[&str],
+    ) -> Value {
+        let (s, created) = self
+            .post("/resources", token, resources_request(image, flavor, names))
+            .await;
+        assert_eq!(s, 202, "{created}");
+        created
+    }
+
     /// Creates a k8s image (`location`) and flavor as admin; returns their ids.
     pub async fn k8s_catalog(&self, location: &str) -> (String, String) {
         let admin = self.issuer.user(ADMIN);
