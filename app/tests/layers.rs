@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("list_cache", 2, "adapters"),
     ("rows", 2, "adapters"),
     ("queue", 2, "adapters"),
+    ("singleton", 2, "adapters"),
     ("catalog", 3, "services"),
     ("accounts", 3, "services"),
     ("catalog_import", 3, "services"),

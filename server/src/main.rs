@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 use leptos::prelude::get_configuration;
 use std::time::Duration;
 
+/// The static (musl) build of the image allocates with mimalloc: musl's own allocator takes a
+/// global lock, which serializes tokio's worker threads.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "slices-blueprint",
@@ -116,12 +122,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             init_tracing(&cli.settings.log_format);
             let config = cli.settings.validate(true)?;
-            let pool = connect(&config).await?;
-            app::ssr::MIGRATOR
-                .run(&pool)
+            let pool = server::connect(&config).await?;
+            match app::ssr::migrate(&pool)
                 .await
-                .context("applying migrations")?;
-            println!("migrations applied");
+                .context("applying migrations")?
+            {
+                app::ssr::Migrated::Current => println!("migrations applied"),
+                app::ssr::Migrated::Newer {
+                    applied,
+                    this_build,
+                } => println!(
+                    "the database is ahead of this build (migration {applied}; this build's newest is {this_build}): left as it is"
+                ),
+            }
             Ok(())
         }
         Command::Worker => {
@@ -132,6 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown_signal().await;
                 let _ = tx.send(true);
             });
+            if let Some(addr) = state.config.worker_http_addr {
+                serve_probes(&state, addr, rx.clone()).await?;
+            }
             app::ssr::worker::run_worker(state.worker(), rx).await
         }
         Command::SyncCatalog { cloud, json } => {
@@ -174,13 +190,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Connects; applies the migrations unless `MIGRATE_ON_START=false`.
 async fn connect(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     let pool = server::connect(config).await?;
-    app::ssr::MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
+    if config.migrate_on_start {
+        let migrated = app::ssr::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+        if let app::ssr::Migrated::Newer { applied, .. } = migrated {
+            tracing::warn!(
+                applied,
+                "the database is ahead of this build (a rollback?): not migrating"
+            );
+        }
+    } else {
+        tracing::info!(
+            "MIGRATE_ON_START=false: the schema is left as it is (`migrate` applies it)"
+        );
+    }
     Ok(pool)
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` of a `worker` process on `addr`
+/// (`WORKER_HTTP_ADDR`) until `stop` turns true.
+async fn serve_probes(
+    state: &AppState,
+    addr: std::net::SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on WORKER_HTTP_ADDR {addr}"))?;
+    tracing::info!(%addr, "worker probes and metrics listening");
+    let router = server::ops_router(state);
+    tokio::spawn(async move {
+        let stopping = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        server::serve(listener, router, stopping, Duration::from_secs(1)).await;
+    });
+    Ok(())
 }
 
 async fn build_state(config: Config) -> anyhow::Result<AppState> {

@@ -6,6 +6,7 @@ mod common;
 
 use common::{cli, experiment_id, TestApp, ALICE};
 use serde_json::Value;
+use sqlx::Connection as _;
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
@@ -191,4 +192,267 @@ async fn log_format_json_writes_one_json_object_per_line(pool: PgPool) {
     let bad = cli(&pool, &[("LOG_FORMAT", "yaml")], &["migrate"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("log-format"));
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_migrate(
+    pool: PgPool,
+) {
+    // The schema one migration behind the build, as during a rolling upgrade before the Helm
+    // hook's `migrate` ran: with MIGRATE_ON_START=false the worker starts on it, unready.
+    let (newest, description, checksum): (i64, String, Vec<u8>) = sqlx::query_as(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)
+         RETURNING version, description, checksum",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("forget the newest migration");
+    let port = free_port();
+    let mut worker = KillOnDrop(
+        common::binary(&pool)
+            .args(["worker"])
+            .env("MIGRATE_ON_START", "false")
+            .env("WORKER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the worker"),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut health = None;
+    for _ in 0..120 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            health = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(health, Some(200), "the worker never answered /healthz");
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["database"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("migrations pending")),
+        "{body}"
+    );
+    let still_missing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE version = $1")
+            .bind(newest)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        still_missing, 0,
+        "the worker migrated although MIGRATE_ON_START=false"
+    );
+
+    // Once the migration is recorded again (as `migrate` would: its objects are still there,
+    // so running it again would fail), the running worker turns ready without a restart.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ($1, $2, true, $3, 1)",
+    )
+    .bind(newest)
+    .bind(description)
+    .bind(checksum)
+    .execute(&pool)
+    .await
+    .expect("record the migration again");
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(sample(&metrics, "tasks_queued", &[]).is_some(), "{metrics}");
+    // Nothing but the probes on that port.
+    let api = http
+        .get(format!("{base}/api/v1/resources"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(api.status().as_u16(), 404);
+    // SIGTERM stops it.
+    let pid = i32::try_from(worker.0.id()).expect("pid");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = worker.0.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_periodic_job_runs_on_one_process_at_a_time_and_a_dead_holder_hands_it_over(
+    pool: PgPool,
+) {
+    use app::ssr::singleton::{exclusive, EXPIRY_SWEEP, SESSION_CLEANUP};
+    // One run in progress: the same job elsewhere is skipped, another job is not.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            exclusive(&pool, EXPIRY_SWEEP, async move {
+                let _ = started.send(());
+                let _ = released.await;
+                "first"
+            })
+            .await
+        })
+    };
+    has_started.await.expect("the first run started");
+    let second = exclusive(&pool, EXPIRY_SWEEP, async { "second" }).await;
+    assert_eq!(second.expect("database"), None);
+    let other = exclusive(&pool, SESSION_CLEANUP, async { "other job" }).await;
+    assert_eq!(other.expect("database"), Some("other job"));
+    release.send(()).expect("release");
+    let first = holder.await.expect("join").expect("database");
+    assert_eq!(first, Some("first"));
+    // Released when the run ended.
+    let third = exclusive(&pool, EXPIRY_SWEEP, async { "third" }).await;
+    assert_eq!(third.expect("database"), Some("third"));
+
+    // A process that dies mid-run: its database session ends, and with it the lock.
+    let mut dying = sqlx::postgres::PgConnection::connect_with(&*pool.connect_options())
+        .await
+        .expect("connect");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(EXPIRY_SWEEP.key)
+        .execute(&mut dying)
+        .await
+        .expect("lock");
+    assert_eq!(
+        exclusive(&pool, EXPIRY_SWEEP, async {}).await.expect("db"),
+        None
+    );
+    let started = std::time::Instant::now();
+    dying.close().await.expect("close");
+    let mut handed_over = None;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        if exclusive(&pool, EXPIRY_SWEEP, async {})
+            .await
+            .expect("db")
+            .is_some()
+        {
+            handed_over = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(handed_over.is_some(), "the lock outlived its session");
+}
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_rolled_back_release_starts_on_the_newer_schema_it_finds(pool: PgPool) {
+    // A newer release migrated (one more migration than this build knows), then `helm
+    // rollback` brought this build back: its `migrate` hook and its processes must start.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99991231000001, 'from a newer release', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a newer migration");
+    let out = cli(&pool, &[], &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("ahead of this build"), "{said}");
+    let app = TestApp::without_worker(pool.clone()).await;
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    // Asked again, the library says the same and leaves the schema alone.
+    assert_eq!(
+        app::ssr::migrate(&pool).await.expect("nothing to do"),
+        app::ssr::Migrated::Newer {
+            applied: 99_991_231_000_001,
+            this_build: app::ssr::MIGRATOR
+                .iter()
+                .map(|m| m.version)
+                .max()
+                .unwrap_or(0),
+        }
+    );
+}
+
+#[test]
+fn the_operations_guide_and_env_example_list_every_setting() {
+    use clap::Args as _;
+    let command = app::ssr::config::Settings::augment_args(clap::Command::new("settings"));
+    let names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    assert!(names.len() > 40, "{names:?}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(root.join("docs/operations.md")).expect("the guide");
+    let example = std::fs::read_to_string(root.join(".env.example")).expect(".env.example");
+    let missing_in_guide: Vec<&String> = names
+        .iter()
+        .filter(|n| !guide.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(
+        missing_in_guide.is_empty(),
+        "docs/operations.md has no settings row for {missing_in_guide:?}"
+    );
+    let missing_in_example: Vec<&String> = names
+        .iter()
+        .filter(|n| !example.contains(&format!("{n}=")))
+        .collect();
+    assert!(
+        missing_in_example.is_empty(),
+        ".env.example does not show {missing_in_example:?}"
+    );
 }

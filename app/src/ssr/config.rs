@@ -179,6 +179,15 @@ pub struct Settings {
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,
+    /// Apply the database migrations when a process starts (`serve`, `worker`, ...). Off
+    /// where a separate step migrates (the Helm chart's `migrate` hook Job): a process then
+    /// starts on whatever schema is there and `/readyz` answers 503 until it is current.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// Where `worker` answers `/healthz`, `/readyz` and `/metrics` (host:port), for probes and
+    /// scrapes; unset: the worker listens on no port.
+    #[arg(long, env = "WORKER_HTTP_ADDR")]
+    pub worker_http_addr: Option<SocketAddr>,
     /// Enable the local dev token issuer (local runs and tests only).
     #[arg(long, env = "DEV_ISSUER", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_issuer: bool,
@@ -189,9 +198,6 @@ pub struct Settings {
         default_value = ".data/dev-issuer-key.pem"
     )]
     pub dev_issuer_key_file: PathBuf,
-    /// 32-byte key encrypting secrets at rest (created when missing).
-    #[arg(long, env = "SECRET_KEY_FILE", default_value = ".data/secret.key")]
-    pub secret_key_file: PathBuf,
     /// Key sealing users' clouds.yaml at rest: 64 hex characters or base64 of 32 bytes.
     /// When unset, the key in CLOUDS_ENCRYPTION_KEY_FILE is used (created when missing).
     #[arg(long, env = "CLOUDS_ENCRYPTION_KEY", hide_env_values = true)]
@@ -210,7 +216,6 @@ pub struct Settings {
     /// The operator's clouds.yaml for catalog import (`sync-catalog`, admin "Import").
     #[arg(long, env = "SITE_CLOUDS_YAML")]
     pub site_clouds_yaml: Option<PathBuf>,
-    /// How long a Nova server may take to become ACTIVE before its task fails.
     /// Networks and `host:port` endpoints that OpenStack requests may reach besides public
     /// addresses (comma-separated, e.g. `keystone.site:5000,10.20.0.0/16`); loopback, private,
     /// link-local and CGNAT addresses are refused unless listed (see `egress`).
@@ -219,6 +224,7 @@ pub struct Settings {
     /// Honour `verify: false` in users' clouds.yaml (TLS without certificate checks).
     #[arg(long, env = "OPENSTACK_ALLOW_INSECURE_TLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub openstack_allow_insecure_tls: bool,
+    /// How long a Nova server may take to become ACTIVE before its task fails, seconds.
     #[arg(long, env = "VM_READY_TIMEOUT_SECS", default_value_t = 600)]
     pub vm_ready_timeout_secs: u64,
     /// Add a demo image and flavor when the catalog is empty.
@@ -303,7 +309,10 @@ pub struct Config {
     /// "Sign in with SLICES", when `OIDC_CLIENT_ID` and `SLICES_ISSUER` are set.
     pub oidc: Option<OidcConfig>,
     pub run_worker: bool,
-    pub secret_key_file: PathBuf,
+    /// `MIGRATE_ON_START`.
+    pub migrate_on_start: bool,
+    /// `WORKER_HTTP_ADDR`.
+    pub worker_http_addr: Option<SocketAddr>,
     pub seed_demo_catalog: bool,
     /// CLOUDS_ENCRYPTION_KEY, parsed (None: use `clouds_key_file`).
     pub clouds_key: Option<SecretBox>,
@@ -460,7 +469,8 @@ impl Settings {
             sessions: self.session_timeouts()?,
             oidc,
             run_worker: self.run_worker,
-            secret_key_file: self.secret_key_file.clone(),
+            migrate_on_start: self.migrate_on_start,
+            worker_http_addr: self.worker_http_addr,
             seed_demo_catalog: self.seed_demo_catalog,
             clouds_key,
             clouds_key_previous,

@@ -145,6 +145,7 @@ impl ListCache {
     /// Makes every kept page stale (and any fill in progress not kept).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        crate::ssr::metrics::list_cache_invalidated();
     }
 
     fn set_listening(&self, on: bool) {

@@ -13,6 +13,10 @@
 //! | `tasks_oldest_queued_age_seconds` | gauge | — (read at scrape time) |
 //! | `db_pool_connections` | gauge | `state` (idle, busy) |
 //! | `list_cache_requests_total` | counter | `result` (hit, miss) |
+//! | `list_cache_invalidations_total` | counter | — |
+//! | `backend_calls_total` | counter | `backend` (k8s, vm), `operation` (create, delete, observe), `outcome` (ok, error) |
+//! | `backend_call_duration_seconds` | histogram | `backend`, `operation` |
+//! | `keystone_tokens_total` | counter | `source` (cache, keystone) |
 //!
 //! The recorder is process-wide: installed once ([`install`]); every router of the process
 //! (the tests start several) renders the same registry.
@@ -36,6 +40,10 @@ pub const NAMES: &[&str] = &[
     "tasks_oldest_queued_age_seconds",
     "db_pool_connections",
     "list_cache_requests_total",
+    "list_cache_invalidations_total",
+    "backend_calls_total",
+    "backend_call_duration_seconds",
+    "keystone_tokens_total",
 ];
 
 /// The media type of the text exposition format.
@@ -96,6 +104,27 @@ pub fn task_finished(kind: &'static str, outcome: &'static str, seconds: f64) {
 pub fn list_cache(hit: bool) {
     metrics::counter!("list_cache_requests_total", "result" => if hit { "hit" } else { "miss" })
         .increment(1);
+}
+
+/// Every kept list page turned stale at once (a change notification or this process's write).
+pub fn list_cache_invalidated() {
+    metrics::counter!("list_cache_invalidations_total").increment(1);
+}
+
+/// One call of a compute backend (`backend`: the flavor type it serves) ended after `seconds`.
+/// A create or delete call lasts until the object is ready or gone.
+pub fn backend_call(backend: &'static str, operation: &'static str, ok: bool, seconds: f64) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("backend_calls_total", "backend" => backend, "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("backend_call_duration_seconds", "backend" => backend, "operation" => operation)
+        .record(seconds);
+}
+
+/// A Keystone token was needed: served from the token cache, or requested from Keystone.
+pub fn keystone_token(from_cache: bool) {
+    let source = if from_cache { "cache" } else { "keystone" };
+    metrics::counter!("keystone_tokens_total", "source" => source).increment(1);
 }
 
 /// The scrape: the gauges read now (queue depth and age, pool use), then everything as text.

@@ -9,8 +9,8 @@
 //! 2. the ports: [`backend`] (`ComputeBackend`, `Progress`, `CloudsSource`, their errors);
 //! 3. the adapters: [`backend::kubernetes`], [`backend::pod_feed`], [`backend::openstack`],
 //!    [`openstack`] (the OpenStack REST client), [`auth`] (JWKS), [`list_cache`], [`rows`],
-//!    [`queue`] and [`audit`] (Postgres), [`oidc`] (the OpenID provider), [`metrics`] (Prometheus), [`access`] (who may
-//!    do what: the one place that decides);
+//!    [`queue`], [`audit`] and [`singleton`] (Postgres), [`oidc`] (the OpenID provider),
+//!    [`metrics`] (Prometheus), [`access`] (who may do what: the one place that decides);
 //! 4. the services, taking exactly what they use: [`catalog`], [`catalog_import`],
 //!    [`clouds`], [`resources`], [`tasks`], [`worker`], [`accounts`];
 //! 5. the entry points, the only code that sees [`state::AppState`]: [`api`], [`server`],
@@ -44,6 +44,7 @@ pub mod rows;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod singleton;
 pub mod state;
 pub mod tasks;
 pub mod web_security;
@@ -53,6 +54,41 @@ use crate::error::AppError;
 
 /// The migrations at the workspace root, embedded; shared by the server and the tests.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrated {
+    /// The schema is now this build's (migrations applied, or there was nothing to do).
+    Current,
+    /// The database holds every migration of this build and newer ones (a newer release ran
+    /// `migrate`, and this one was rolled back to): left as it is. Migrations only add
+    /// (README, "Operations"), so the previous release runs on the newer schema.
+    Newer { applied: i64, this_build: i64 },
+}
+
+/// Applies this build's migrations ([`MIGRATOR`]), unless the database is ahead of it (a
+/// rollback: [`Migrated::Newer`]; sqlx would refuse, naming the newer migrations as missing).
+/// Errors: the database cannot be read, or a migration fails or was changed after it was
+/// applied.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<Migrated, sqlx::migrate::MigrateError> {
+    let this_build = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    // Before the first run `_sqlx_migrations` does not exist: nothing applied, run them all.
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let newest = applied.iter().copied().max().unwrap_or(0);
+    let ours_applied = MIGRATOR.iter().all(|m| applied.contains(&m.version));
+    if newest > this_build && ours_applied {
+        return Ok(Migrated::Newer {
+            applied: newest,
+            this_build,
+        });
+    }
+    MIGRATOR.run(pool).await?;
+    Ok(Migrated::Current)
+}
 
 /// Turns an unexpected error into an opaque 500: the chain is logged with a request id, and
 /// only the id reaches the client.

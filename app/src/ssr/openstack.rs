@@ -401,10 +401,17 @@ impl OpenStackClient {
 
     /// A token for `key`, from the cache while it has more than 5 minutes left.
     pub async fn token(&self, key: &TokenKey, cloud: &Cloud) -> Result<Token, OpenStackError> {
-        self.tokens
-            .try_get_with_by_ref(key, self.authenticate(cloud))
+        let fetched = std::sync::atomic::AtomicBool::new(false);
+        let token = self
+            .tokens
+            .try_get_with_by_ref(key, async {
+                fetched.store(true, Ordering::Relaxed);
+                self.authenticate(cloud).await
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        crate::ssr::metrics::keystone_token(!fetched.load(Ordering::Relaxed));
+        Ok(token)
     }
 
     /// Forgets a token (after a 401 from a service).

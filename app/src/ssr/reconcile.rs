@@ -15,10 +15,9 @@
 //!
 //! Resources with an unfinished task are left to that task. The database is read before the
 //! backend is observed, so an object made after the read is never taken for an orphan (its
-//! resource row was written before it). One process at a time reconciles: each pass holds a
-//! PostgreSQL advisory lock, taken with `pg_try_advisory_lock` (a process that does not get it
-//! skips the pass); every write is one statement guarded by the state it expects, and orphan
-//! deletes name the object's uid, so a pass that races a task or another process changes
+//! resource row was written before it). One process at a time reconciles: each pass holds the
+//! advisory lock of [`singleton::RECONCILE`] (a process that does not get it skips the
+//! pass); every write is one statement guarded by the state it expects, and orphan deletes name the object's uid, so a pass that races a task or another process changes
 //! nothing that moved on.
 
 use crate::error::AppError;
@@ -26,6 +25,7 @@ use crate::ids::{parse_id, IdKind};
 use crate::model::{AllocationState, FlavorType, OperationalState};
 use crate::ssr::backend::{Backends, ComputeBackend, ObjectHandle, Observed, ObservedHealth};
 use crate::ssr::list_cache::ListCache;
+use crate::ssr::singleton;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,8 +34,6 @@ use uuid::Uuid;
 
 /// How often Pods are compared (from the shared watch's memory: no API call while it is live).
 pub const PASS_EVERY: Duration = Duration::from_secs(2);
-/// The advisory lock key one reconciling process holds during a pass ("slices-r").
-const LOCK_KEY: i64 = 0x736c_6963_6573_2d72;
 
 /// The reconciler of one process.
 pub struct Reconciler {
@@ -121,23 +119,10 @@ impl Reconciler {
 
     /// One pass over every backend, if this process gets the reconcile lock.
     pub async fn pass(&mut self) -> Result<PassReport, AppError> {
-        let mut conn = self.pool.acquire().await?;
-        let locked =
-            sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, LOCK_KEY)
-                .fetch_one(&mut *conn)
-                .await?;
-        if !locked {
-            return Ok(PassReport::default());
-        }
-        let result = self.pass_locked().await;
-        let unlocked = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await;
-        if unlocked.is_err() {
-            // Closing the session releases its advisory locks.
-            drop(conn.detach());
-        }
-        result
+        let pool = self.pool.clone();
+        singleton::exclusive(&pool, singleton::RECONCILE, self.pass_locked())
+            .await?
+            .unwrap_or_else(|| Ok(PassReport::default()))
     }
 
     async fn pass_locked(&mut self) -> Result<PassReport, AppError> {
@@ -207,7 +192,15 @@ impl Reconciler {
         report: &mut PassReport,
         orphans_now: &mut HashSet<ObjectHandle>,
     ) -> Result<(), AppError> {
-        let observation = match backend.observe(owner).await {
+        let started = Instant::now();
+        let observed = backend.observe(owner).await;
+        crate::ssr::metrics::backend_call(
+            flavor_type.as_str(),
+            "observe",
+            observed.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        let observation = match observed {
             Ok(Some(observation)) => observation,
             Ok(None) => return Ok(()),
             Err(e) => {

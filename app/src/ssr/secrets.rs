@@ -1,4 +1,4 @@
-//! Encryption of secrets at rest (session tokens now; clouds.yaml credentials later).
+//! Encryption of secrets at rest: users' clouds.yaml files (`clouds`).
 //!
 //! XChaCha20-Poly1305 (RustCrypto `chacha20poly1305`, an AEAD with 192-bit random nonces, so
 //! random nonces never collide in practice). Sealed form: base64 (standard, padded) of
@@ -6,9 +6,10 @@
 //! the value to what it is for and whose it is (the AEAD's associated data, e.g.
 //! `clouds.yaml/<user id>`), so a sealed value copied into another user's row does not open
 //! there; version 1 (no associated data) is still opened by [`SecretBox::open_bound`], for
-//! values stored before, and sealed again as version 2 on the next write or key rotation. The key is 32 bytes read from
-//! `SECRET_KEY_FILE` (raw 32 bytes, or 64 hex characters); a missing file is created with a
-//! fresh random key and mode 0600. Rotation: see README ("Secrets and key rotation").
+//! values stored before, and sealed again as version 2 on the next write or key rotation.
+//! The key is 32 bytes: `CLOUDS_ENCRYPTION_KEY`, or read from `CLOUDS_ENCRYPTION_KEY_FILE` (raw
+//! 32 bytes, or 64 hex characters; a missing file is created with a fresh random key and mode
+//! 0600). Rotation: see README ("Secrets and key rotation").
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -65,7 +66,7 @@ impl SecretBox {
         let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let key = parse_key(&raw).with_context(|| {
             format!(
-                "SECRET_KEY_FILE {}: expected 32 raw bytes or 64 hex characters",
+                "key file {}: expected 32 raw bytes or 64 hex characters",
                 path.display()
             )
         })?;

@@ -10,6 +10,7 @@ use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::queue::bookkeeping_pool;
 use crate::ssr::rate_limits::{self, RateLimits};
 use crate::ssr::secrets::SecretBox;
+use crate::ssr::singleton;
 use crate::ssr::state::AppState;
 use crate::ssr::web_security::{self, SiteOrigin};
 use crate::{shell, App};
@@ -43,7 +44,6 @@ pub async fn assemble(
     pool: PgPool,
     leptos_options: LeptosOptions,
 ) -> anyhow::Result<AppState> {
-    let secrets = SecretBox::load_or_create(&config.secret_key_file)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("slices-blueprint/", env!("CARGO_PKG_VERSION")))
@@ -89,7 +89,6 @@ pub async fn assemble(
         pool,
         config: Arc::new(config),
         auth: Arc::new(auth),
-        secrets,
         backends,
         clouds_keys,
         openstack,
@@ -137,12 +136,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .migrate()
         .await
         .context("creating the session table")?;
-    tokio::spawn(
-        tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
-            store.clone(),
-            tokio::time::Duration::from_secs(300),
-        ),
-    );
+    tokio::spawn(delete_expired_sessions(state.pool.clone(), store.clone()));
     let sessions = SessionManagerLayer::new(store)
         .with_name("slices_session")
         .with_secure(state.config.public_url.starts_with("https://"))
@@ -169,9 +163,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
             web_security::refuse_cross_site,
         ));
     Ok(Router::new()
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+        .merge(probes())
         .nest(api::BASE, api::router())
         .merge(api::docs_router())
         .merge(api::dev_issuer_router())
@@ -191,6 +183,46 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone()))
+}
+
+/// How often expired dashboard sessions are deleted.
+const SESSION_CLEANUP_EVERY: Duration = Duration::from_secs(300);
+
+/// Deletes expired sessions now and every [`SESSION_CLEANUP_EVERY`], one process at a time
+/// ([`singleton::SESSION_CLEANUP`]).
+async fn delete_expired_sessions(pool: PgPool, store: PostgresStore) {
+    use tower_sessions::session_store::ExpiredDeletion as _;
+    let mut tick = tokio::time::interval(SESSION_CLEANUP_EVERY);
+    loop {
+        tick.tick().await;
+        match singleton::exclusive(&pool, singleton::SESSION_CLEANUP, store.delete_expired()).await
+        {
+            Ok(None | Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "deleting expired sessions failed"),
+            Err(e) => tracing::warn!(error = %e, "deleting expired sessions failed"),
+        }
+    }
+}
+
+/// `GET /healthz`, `/readyz` and `/metrics`: what probes and scrapers call.
+fn probes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+}
+
+/// The router of a `worker` process's `WORKER_HTTP_ADDR`: `/healthz`, `/readyz` and
+/// `/metrics` (the worker's own task and backend figures), nothing else; installs the
+/// Prometheus recorder.
+pub fn ops_router(state: &AppState) -> Router {
+    crate::ssr::metrics::install();
+    probes()
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state.clone())
 }
 
 /// How long a client may take to send a request's headers before its connection is closed

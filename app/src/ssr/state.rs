@@ -11,7 +11,6 @@ use crate::ssr::oidc::Oidc;
 use crate::ssr::openstack::OpenStackClient;
 use crate::ssr::queue::LocalWorker;
 use crate::ssr::resources::Resources;
-use crate::ssr::secrets::SecretBox;
 use crate::ssr::worker::Worker;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
@@ -25,7 +24,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
-    pub secrets: SecretBox,
     pub backends: Backends,
     /// Keys sealing users' clouds.yaml at rest.
     pub clouds_keys: CloudsKeys,

@@ -11,6 +11,7 @@ use crate::ssr::queue::{
 };
 use crate::ssr::reconcile::Reconciler;
 use crate::ssr::rows::load_record;
+use crate::ssr::singleton;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub struct Worker {
 const AUDIT_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Purges audit entries older than `days` now and every [`AUDIT_PURGE_EVERY`] until
-/// `shutdown` turns true. Several processes may run it: the purge is one idempotent DELETE.
+/// `shutdown` turns true; one process at a time purges ([`singleton::AUDIT_PURGE`]).
 async fn purge_audit_forever(
     pool: PgPool,
     days: u32,
@@ -73,13 +74,15 @@ async fn purge_audit_forever(
             _ = shutdown.changed() => return,
         }
         let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
-        match crate::ssr::audit::purge(&pool, before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
+        let purge = crate::ssr::audit::purge(&pool, before);
+        match singleton::exclusive(&pool, singleton::AUDIT_PURGE, purge).await {
+            Ok(None | Some(Ok(0))) => {}
+            Ok(Some(Ok(n))) => tracing::info!(
                 deleted = n,
                 days,
                 "purged audit entries past their retention"
             ),
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "purging old audit entries failed"),
             Err(e) => tracing::warn!(error = %e, "purging old audit entries failed"),
         }
     }
@@ -139,8 +142,11 @@ pub async fn run_worker(
     loop {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = tokio::time::Instant::now();
-            if let Err(e) = reap_expired(&worker.pool).await {
-                tracing::warn!(error = %e, "expiry sweep failed");
+            let sweep = reap_expired(&worker.pool);
+            match singleton::exclusive(&worker.pool, singleton::EXPIRY_SWEEP, sweep).await {
+                Ok(None | Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => tracing::warn!(error = %e, "expiry sweep failed"),
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
             }
         }
         claim_free_slots(&runner, &attached, &mut running).await;
@@ -373,6 +379,7 @@ async fn work(
             record.flavor_type.as_str()
         )));
     };
+    let started = std::time::Instant::now();
     let result = match task.kind {
         TaskKind::Create => {
             // No write before the backend starts: the claim (or the request that handed the
@@ -385,6 +392,12 @@ async fn work(
             backend.delete(record, progress).await.map(|()| None)
         }
     };
+    crate::ssr::metrics::backend_call(
+        record.flavor_type.as_str(),
+        task.kind.as_str(),
+        result.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
     match result {
         Ok(details) => Outcome::Finished {
             message: match task.kind {

@@ -202,7 +202,7 @@ pub struct TestApp {
     pub kubernetes: Option<Arc<KubernetesBackend>>,
     pub issuer: Issuer,
     pub http: reqwest::Client,
-    /// The folder of its key files (`secret.key`, `clouds.key`): a worker binary given the
+    /// The folder of its key file (`clouds.key`): a worker binary given the
     /// same `clouds.key` opens the clouds.yaml files this app sealed.
     pub key_dir: std::path::PathBuf,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -253,7 +253,6 @@ impl TestApp {
         let issuer = Issuer::start(&base).await;
         let dir = std::env::temp_dir().join(format!("sb-test-{}", uuid::Uuid::now_v7()));
         let timeout = options.pod_ready_timeout_secs.unwrap_or(60).to_string();
-        let key_file = dir.join("secret.key");
         let mut args = vec![
             "test".to_string(),
             "--database-url".into(),
@@ -268,8 +267,6 @@ impl TestApp {
             ADMIN.into(),
             "--pod-ready-timeout-secs".into(),
             timeout,
-            "--secret-key-file".into(),
-            key_file.display().to_string(),
             "--clouds-encryption-key-file".into(),
             dir.join("clouds.key").display().to_string(),
             "--vm-ready-timeout-secs".into(),
@@ -522,7 +519,6 @@ pub fn binary(pool: &PgPool) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_slices-blueprint"));
     command
         .env("DATABASE_URL", url)
-        .env("SECRET_KEY_FILE", dir.join("secret.key"))
         .env("CLOUDS_ENCRYPTION_KEY_FILE", dir.join("clouds.key"))
         .env("RUST_LOG", "warn")
         .env_remove("SLICES_ISSUER")
