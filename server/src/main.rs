@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use leptos::prelude::get_configuration;
 use std::time::Duration;
 
+mod telemetry;
+
 /// The static (musl) build of the image allocates with mimalloc: musl's own allocator takes a
 /// global lock, which serializes tokio's worker threads.
 #[cfg(target_env = "musl")]
@@ -85,34 +87,26 @@ enum DevTokenKind {
     },
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    // Logs and traces first, outside the runtime (the trace exporter's client has its own).
+    let telemetry = match telemetry::init(&cli.settings.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("slices-blueprint: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    telemetry.shutdown();
+    if let Err(e) = result {
         // One line, the whole chain; the configuration errors already name the variable.
         eprintln!("slices-blueprint: {e:#}");
         std::process::exit(2);
-    }
-}
-
-/// Logs go to stderr: stdout carries what a command prints for people and scripts
-/// (`sync-catalog --json`, `dev-token`, the start-up report).
-/// Logs to stderr, filtered by `RUST_LOG`, as text or (`LOG_FORMAT=json`) one JSON object per
-/// line carrying the current span's fields (task, resource, request ids).
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn,kube=warn".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        logs.json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        logs.init();
     }
 }
 
@@ -120,7 +114,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::DevToken { kind } => dev_token(&cli.settings, kind),
         Command::Migrate => {
-            init_tracing(&cli.settings.log_format);
             let config = cli.settings.validate(true)?;
             let pool = server::connect(&config).await?;
             match app::ssr::migrate(&pool)
@@ -138,7 +131,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker => {
-            init_tracing(&cli.settings.log_format);
             let state = build_state(cli.settings.validate(true)?).await?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -151,7 +143,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app::ssr::worker::run_worker(state.worker(), rx).await
         }
         Command::SyncCatalog { cloud, json } => {
-            init_tracing(&cli.settings.log_format);
             let state = build_state(cli.settings.validate(true)?).await?;
             let report = app::ssr::catalog_import::import_site_cloud(
                 &state.pool,
@@ -170,7 +161,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateCloudsKey => {
-            init_tracing(&cli.settings.log_format);
             let config = cli.settings.validate(true)?;
             let pool = connect(&config).await?;
             let keys = server::clouds_keys(&config, &pool).await?;
@@ -183,10 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve => {
-            init_tracing(&cli.settings.log_format);
-            serve(cli.settings.validate(true)?).await
-        }
+        Command::Serve => serve(cli.settings.validate(true)?).await,
     }
 }
 

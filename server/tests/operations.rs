@@ -456,3 +456,99 @@ fn the_operations_guide_and_env_example_list_every_setting() {
         ".env.example does not show {missing_in_example:?}"
     );
 }
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn spans_go_to_an_otlp_http_collector_when_an_endpoint_is_set(pool: PgPool) {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+    // A collector's OTLP/HTTP receiver on loopback: keeps what it is sent.
+    type Received = Arc<Mutex<Vec<(String, Bytes)>>>;
+    let received: Received = Arc::default();
+    let keep = received.clone();
+    let receiver = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let keep = keep.clone();
+            async move {
+                let kind = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                keep.lock().expect("lock").push((kind, body));
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let port = free_port();
+    let mut worker = KillOnDrop(
+        common::binary(&pool)
+            .args(["worker"])
+            .env("WORKER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("RUST_LOG", "info")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+            .env("OTEL_SERVICE_NAME", "slices-blueprint-otlp-test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the worker"),
+    );
+    let http = reqwest::Client::new();
+    let mut answered = false;
+    for _ in 0..120 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            answered = r.status().is_success();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(answered, "the worker never answered /healthz");
+    // SIGTERM: the process exports what it still holds before it exits.
+    let pid = worker.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = worker.0.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let batches = received.lock().expect("lock").clone();
+    assert!(!batches.is_empty(), "no OTLP request reached the collector");
+    let contains = |needle: &str| {
+        batches
+            .iter()
+            .any(|(_, body)| body.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    assert!(
+        batches
+            .iter()
+            .all(|(kind, _)| kind == "application/x-protobuf"),
+        "{:?}",
+        batches.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    // The resource names the service; the request span names its route.
+    assert!(contains("slices-blueprint-otlp-test"));
+    assert!(contains("/healthz"), "no span of the /healthz request");
+}

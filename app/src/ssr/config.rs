@@ -179,6 +179,10 @@ pub struct Settings {
     /// Run the task worker inside `serve`.
     #[arg(long, env = "RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_worker: bool,
+    /// Most connections this process opens to PostgreSQL (its pool's size). Mind the server's
+    /// `max_connections` (100 by default) over every replica.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
+    pub database_max_connections: u32,
     /// Apply the database migrations when a process starts (`serve`, `worker`, ...). Off
     /// where a separate step migrates (the Helm chart's `migrate` hook Job): a process then
     /// starts on whatever schema is there and `/readyz` answers 503 until it is current.
@@ -311,6 +315,8 @@ pub struct Config {
     pub run_worker: bool,
     /// `MIGRATE_ON_START`.
     pub migrate_on_start: bool,
+    /// `DATABASE_MAX_CONNECTIONS` (2..=1000).
+    pub database_max_connections: u32,
     /// `WORKER_HTTP_ADDR`.
     pub worker_http_addr: Option<SocketAddr>,
     pub seed_demo_catalog: bool,
@@ -470,6 +476,7 @@ impl Settings {
             oidc,
             run_worker: self.run_worker,
             migrate_on_start: self.migrate_on_start,
+            database_max_connections: self.database_max_connections,
             worker_http_addr: self.worker_http_addr,
             seed_demo_catalog: self.seed_demo_catalog,
             clouds_key,
@@ -637,6 +644,12 @@ impl Settings {
                     format!("{} is not a readable file", path.display()),
                 ));
             }
+        }
+        if !(2..=1000).contains(&self.database_max_connections) {
+            return Err(err(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be between 2 and 1000",
+            ));
         }
         if self.worker_concurrency == 0 || self.worker_concurrency > 256 {
             return Err(err("WORKER_CONCURRENCY", "must be between 1 and 256"));

@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn key_file_is_created_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("sb-key-{}", uuid::Uuid::now_v7()));
-        let path = dir.join("secret.key");
+        let path = dir.join("clouds.key");
         let first = SecretBox::load_or_create(&path).expect("create");
         let sealed = first.seal(b"x");
         let second = SecretBox::load_or_create(&path).expect("reload");

@@ -29,7 +29,7 @@ use tower_sessions_sqlx_store::PostgresStore;
 /// Connects to `DATABASE_URL`.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     sqlx::postgres::PgPoolOptions::new()
-        .max_connections(32)
+        .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(&config.database_url)
         .await
@@ -181,7 +181,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_IN_FLIGHT,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(request_spans())
         .with_state(state.clone()))
 }
 
@@ -204,6 +204,16 @@ async fn delete_expired_sessions(pool: PgPool, store: PostgresStore) {
     }
 }
 
+/// One `request` span per HTTP request (method, URI, version), at INFO so that the default
+/// filter keeps it: log lines inside a request carry it, and the OTLP export (when on) sends it
+/// as the request's root span. Its own events (request start, response) stay at DEBUG.
+fn request_spans() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+> {
+    tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+}
+
 /// `GET /healthz`, `/readyz` and `/metrics`: what probes and scrapers call.
 fn probes() -> Router<AppState> {
     Router::new()
@@ -222,6 +232,7 @@ pub fn ops_router(state: &AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(request_spans())
         .with_state(state.clone())
 }
 

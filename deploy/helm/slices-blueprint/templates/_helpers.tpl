@@ -125,13 +125,15 @@ Where DATABASE_URL comes from, as "<secret name>/<key>":
 {{- end }}
 {{- end }}
 
-{{/* Where the Secret's key files are mounted. */}}
+{{/* Where the Secret's key file and the site's clouds.yaml are mounted. */}}
 {{- define "slices-blueprint.keysDir" -}}/etc/slices-blueprint/keys{{- end }}
 {{- define "slices-blueprint.siteCloudsDir" -}}/etc/slices-blueprint/site-clouds{{- end }}
 
 {{/*
 Every setting of the ConfigMap, as a dict of variable name -> string. The migrate hook Job
 gets the same settings inline (it runs before the ConfigMap exists on install).
+DATABASE_MAX_CONNECTIONS is not among them: each Deployment and the Job set their own (see
+databaseEnv).
 */}}
 {{- define "slices-blueprint.settings" -}}
 {{- $v := .Values }}
@@ -158,7 +160,6 @@ gets the same settings inline (it runs before the ConfigMap exists on install).
   "RUN_WORKER" "false"
   "MIGRATE_ON_START" "false"
   "DEV_ISSUER" "false"
-  "SECRET_KEY_FILE" (printf "%s/secret.key" (include "slices-blueprint.keysDir" .))
   "CLOUDS_ENCRYPTION_KEY_FILE" (printf "%s/clouds-encryption-key" (include "slices-blueprint.keysDir" .))
 }}
 {{- with $v.auth.jwksUrl }}{{ $_ := set $s "SLICES_JWKS_URL" . }}{{ end }}
@@ -176,9 +177,19 @@ gets the same settings inline (it runs before the ConfigMap exists on install).
 {{- end }}
 
 {{/*
-Environment variables from Secrets and the downward API, shared by serve and worker.
-DATABASE_URL and OIDC_CLIENT_SECRET are read from the environment only (the key files are
-mounted instead, see keysVolume).
+DATABASE_MAX_CONNECTIONS of one component: the pool sizes differ per component while the
+ConfigMap is shared, so it is an env entry of each container (env wins over envFrom).
+Call with the pool size.
+*/}}
+{{- define "slices-blueprint.databaseEnv" -}}
+- name: DATABASE_MAX_CONNECTIONS
+  value: {{ . | toString | quote }}
+{{- end }}
+
+{{/*
+Environment variables from Secrets, shared by serve and worker. DATABASE_URL,
+OIDC_CLIENT_SECRET and CLOUDS_ENCRYPTION_KEY_PREVIOUS are read from the environment only; the
+clouds.yaml key is a mounted file instead (CLOUDS_ENCRYPTION_KEY_FILE, see volumes).
 */}}
 {{- define "slices-blueprint.secretEnv" -}}
 {{- $db := splitList "/" (include "slices-blueprint.databaseUrlSecret" .) -}}
@@ -226,7 +237,7 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Volumes of serve and worker: the key files, /tmp, and the site's clouds.yaml if any. */}}
+{{/* Volumes of serve and worker: the key file, /tmp, and the site's clouds.yaml if any. */}}
 {{- define "slices-blueprint.volumes" -}}
 - name: keys
   secret:
@@ -234,8 +245,6 @@ seccompProfile:
     # Readable by the pod's group (fsGroup 65532) only.
     defaultMode: 0440
     items:
-      - key: secret.key
-        path: secret.key
       - key: clouds-encryption-key
         path: clouds-encryption-key
 - name: tmp
