@@ -598,3 +598,123 @@ async fn concurrent_creates_all_settle_on_the_shared_pod_feed() {
         .delete(&namespace, &kube::api::DeleteParams::default())
         .await;
 }
+
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_pods_log_is_read_whole_tailed_and_followed_until_the_pod_goes(pool: PgPool) {
+    let app = TestApp::start(pool, Options::default()).await;
+    let (image, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let exp = experiment_id();
+    let token = app.issuer.experiment(&exp, ALICE);
+    let (s, created) = app
+        .post("/resources", &token, pod_request(&image, &flavor, "kme-a"))
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let task_id = created["tasks"][0]["id"].as_str().expect("task");
+    let id = created["resources"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let task = app.wait_task(task_id, &token, 60).await;
+    assert_eq!(task["status"].as_str(), Some("finished"), "{task}");
+    let logs = format!("/resources/{id}/logs");
+
+    // The whole log so far, as the kubelet tells it.
+    let (s, whole) = app.get(&logs, &token).await;
+    assert_eq!(s, 200, "{whole}");
+    let whole = whole.as_str().expect("text/plain").to_string();
+    assert!(
+        whole.starts_with("starting container main image nginx:alpine"),
+        "{whole}"
+    );
+    // The test kubelet writes a heartbeat every 2 s: wait for two, then ask for the last one.
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let (s, tail) = app.get(&format!("{logs}?tail_lines=1"), &token).await;
+    assert_eq!(s, 200, "{tail}");
+    let tail = tail.as_str().expect("text").trim_end().to_string();
+    assert!(
+        tail.starts_with("heartbeat ") && !tail.contains('\n'),
+        "{tail:?}"
+    );
+    let (_, stamped) = app
+        .get(&format!("{logs}?tail_lines=1&timestamps=true"), &token)
+        .await;
+    let stamped = stamped.as_str().expect("text").to_string();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamped.split(' ').next().unwrap_or_default()).is_ok(),
+        "{stamped:?}"
+    );
+
+    // Bad queries name their field; another experiment sees nothing.
+    for (query, field) in [
+        ("tail_lines=0", "tail_lines"),
+        ("since_seconds=0", "since_seconds"),
+        ("container=sidecar", "container"),
+        ("container=Not_A_Name", "container"),
+    ] {
+        let (s, err) = app.get(&format!("{logs}?{query}"), &token).await;
+        assert_eq!(
+            (s, err["field"].as_str()),
+            (422, Some(field)),
+            "{query}: {err}"
+        );
+    }
+    let (_, err) = app.get(&format!("{logs}?container=sidecar"), &token).await;
+    assert!(
+        err["message"].as_str().unwrap_or_default().contains("main")
+            || err.to_string().contains("main"),
+        "{err}"
+    );
+    let other = app.issuer.experiment(&experiment_id(), ALICE);
+    let (s, _) = app.get(&logs, &other).await;
+    assert_eq!(s, 404);
+
+    // Followed: server-sent events, one per line, new heartbeats as they come, and the end
+    // of the stream when the Pod is deleted.
+    let mut response = app
+        .http
+        .get(format!("{}{logs}?follow=true&tail_lines=1", app.api))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut seen = String::new();
+    let started = std::time::Instant::now();
+    while seen.matches("data: heartbeat").count() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no new heartbeats followed: {seen:?}"
+        );
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("read")
+            .expect("the stream is still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (s, _) = app.delete(&format!("/resources/{id}"), &token).await;
+    assert_eq!(s, 202);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the followed log outlived its Pod");
+    // Gone: no log to read any more (409 with the reason, not an error of ours).
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..60 {
+        last = app.get(&logs, &token).await;
+        if last.0 == 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.0, 409, "{}", last.1);
+}

@@ -181,6 +181,7 @@ pub fn router() -> Router<AppState> {
                 .delete(delete_resource),
         )
         .route("/resources/{id}/console", get(get_console_log))
+        .route("/resources/{id}/logs", get(get_pod_logs))
         .route(
             "/clouds-yaml",
             get(get_clouds_yaml)
@@ -511,6 +512,75 @@ async fn get_console_log(
         .map(Json)
 }
 
+/// Query of `GET /resources/{id}/logs` (the Kubernetes `pods/log` query, API reference
+/// "Read Log of the specified Pod").
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// The container (default: the Pod's only one).
+    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    pub container: Option<String>,
+    /// Only the last this many lines (1-100000; default: the whole log).
+    #[param(minimum = 1, maximum = 100000)]
+    pub tail_lines: Option<i64>,
+    /// Only lines of the last this many seconds (at least 1).
+    #[param(minimum = 1)]
+    pub since_seconds: Option<i64>,
+    /// Start each line with its RFC 3339 time (default false).
+    pub timestamps: Option<bool>,
+    /// Stream the log as `text/event-stream` (one `data:` event per line) until the
+    /// container ends or the client leaves (default false: the log so far as `text/plain`).
+    pub follow: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}/logs", tag = "resources",
+    params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix> of a Pod"), LogsQuery),
+    responses((status = 200, description = "the log: `text/plain`, or with `follow=true` `text/event-stream` (one event per line; an `error` event if reading stops early)",
+               content((String = "text/plain"), (String = "text/event-stream"))),
+              (status = 404), (status = 409, description = "not a Pod, no Pod, or its container has not started"),
+              (status = 422, description = "container, tail_lines or since_seconds wrong"),
+              (status = 502, description = "the Kubernetes API refused"), (status = 503, description = "the Kubernetes API does not answer")))]
+async fn get_pod_logs(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Response, AppError> {
+    use crate::ssr::backend::{LogOutput, LogQuery};
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    let query = LogQuery {
+        container: q.container,
+        tail_lines: q.tail_lines,
+        since_seconds: q.since_seconds,
+        timestamps: q.timestamps.unwrap_or(false),
+        follow: q.follow.unwrap_or(false),
+    };
+    Ok(
+        match resources::pod_logs(&s.resources(), &p, &id, &query).await? {
+            LogOutput::Text(text) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                )],
+                text,
+            )
+                .into_response(),
+            LogOutput::Lines(lines) => {
+                let events = lines.map(|line| {
+                    Ok::<_, std::convert::Infallible>(match line {
+                        Ok(line) => Event::default().data(line),
+                        Err(e) => Event::default().event("error").data(e.message),
+                    })
+                });
+                Sse::new(events)
+                    .keep_alive(KeepAlive::default())
+                    .into_response()
+            }
+        },
+    )
+}
+
 /// Query of `PUT /clouds-yaml`.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -815,6 +885,7 @@ impl Modify for CommonResponses {
           import_catalog,
           list_resources, create_resources, get_resource, extend_resource, delete_resource,
           get_console_log,
+          get_pod_logs,
           list_tasks, get_task,
           put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml,
           list_audit),

@@ -12,7 +12,7 @@ use crate::model::{
 };
 use crate::ssr::audit::{self, Actor, Event};
 use crate::ssr::auth::{Authenticator, Principal, TokenKind};
-use crate::ssr::backend::Backends;
+use crate::ssr::backend::{Backends, LogOutput, LogQuery, LogsError};
 use crate::ssr::config::Quota;
 use crate::ssr::list_cache::ListCache;
 use crate::ssr::names::{is_dns_label, unsafe_character};
@@ -1147,6 +1147,74 @@ pub async fn console_log(
         resource_id: resource.id,
         output,
         lines,
+    })
+}
+
+/// Most lines `tail_lines` may ask for.
+pub const MAX_LOG_TAIL_LINES: i64 = 100_000;
+
+/// The log of a Pod resource's container (`GET /resources/{id}/logs`), whole or followed.
+/// Errors: 404 unknown or not the caller's; 409 not a Pod, no Pod yet or any more, or the
+/// container has not started; 422 `container`, `tail_lines` or `since_seconds` wrong; 502 the
+/// Kubernetes API refused; 503 it does not answer.
+pub async fn pod_logs(
+    ctx: &Resources<'_>,
+    principal: &Principal,
+    id: &str,
+    query: &LogQuery,
+) -> Result<LogOutput, AppError> {
+    if query
+        .tail_lines
+        .is_some_and(|n| !(1..=MAX_LOG_TAIL_LINES).contains(&n))
+    {
+        return Err(AppError::invalid(
+            "tail_lines",
+            format!("must be between 1 and {MAX_LOG_TAIL_LINES}"),
+        ));
+    }
+    if query.since_seconds.is_some_and(|s| s < 1) {
+        return Err(AppError::invalid("since_seconds", "must be at least 1"));
+    }
+    if let Some(name) = &query.container {
+        if !is_dns_label(name) {
+            return Err(AppError::invalid(
+                "container",
+                "a container name: lowercase letters, digits and '-', at most 63",
+            ));
+        }
+    }
+    let uuid = path_id(IdKind::Resource, ctx.site, id)?;
+    let resource = fetch_resource(
+        ctx.pool,
+        ctx.site,
+        &crate::ssr::access::scope(principal),
+        uuid,
+    )
+    .await?;
+    let conflict = |message: String| AppError::Conflict {
+        field: "id".into(),
+        message,
+    };
+    if resource.flavor_type != FlavorType::K8s {
+        return Err(conflict(
+            "only Pods have logs; a VM's boot log is GET /resources/{id}/console".into(),
+        ));
+    }
+    if resource.details.pod_name.is_none() {
+        return Err(conflict(
+            "the resource has no Pod yet (or any more): no log to read".into(),
+        ));
+    }
+    let backend = ctx
+        .backends
+        .for_type(FlavorType::K8s)
+        .ok_or_else(|| AppError::Unavailable("this site has no Kubernetes backend".into()))?;
+    let record = load_record(ctx.pool, ctx.site, uuid).await?;
+    backend.logs(&record, query).await.map_err(|e| match e {
+        LogsError::Container(message) => AppError::invalid("container", message),
+        LogsError::NotAvailable(message) => conflict(message),
+        LogsError::Backend(e) if e.unreachable.is_some() => AppError::Unavailable(e.message),
+        LogsError::Backend(e) => AppError::Upstream(e.message),
     })
 }
 

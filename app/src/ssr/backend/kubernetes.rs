@@ -35,8 +35,8 @@
 
 use super::pod_feed::{FeedState, PodFeed};
 use super::{
-    BackendError, ComputeBackend, ObjectHandle, Observation, Observed, ObservedHealth, Progress,
-    ResourceRecord,
+    BackendError, ComputeBackend, LogOutput, LogQuery, LogsError, ObjectHandle, Observation,
+    Observed, ObservedHealth, Progress, ResourceRecord,
 };
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use k8s_openapi::api::core::v1::{
@@ -50,7 +50,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use std::collections::BTreeMap;
@@ -873,6 +873,39 @@ fn restarts_note(pod: &Pod) -> String {
 }
 
 /// The resource id a Pod of ours carries (annotation [`LABEL_RESOURCE`]).
+/// The container whose log is asked for: `asked`, which the Pod must have, or its only one.
+fn pick_container(pod: &Pod, asked: Option<&str>) -> Result<String, LogsError> {
+    let names: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter().map(|c| c.name.as_str()))
+        .collect();
+    match (asked, names.as_slice()) {
+        (Some(asked), _) if names.contains(&asked) => Ok(asked.to_string()),
+        (Some(asked), _) => Err(LogsError::Container(format!(
+            "the pod has no container `{asked}`; its containers: {}",
+            names.join(", ")
+        ))),
+        (None, [only]) => Ok((*only).to_string()),
+        (None, _) => Err(LogsError::Container(format!(
+            "the pod has several containers: name one of {}",
+            names.join(", ")
+        ))),
+    }
+}
+
+/// A refused log read: the kubelet's 400 (the container waits to start, or never ran) and a
+/// Pod gone meanwhile mean there is no log to read; the rest as [`map_error`].
+fn log_error(e: kube::Error) -> LogsError {
+    match &e {
+        kube::Error::Api(s) if s.code == 400 => LogsError::NotAvailable(s.message.clone()),
+        kube::Error::Api(s) if s.code == 404 => {
+            LogsError::NotAvailable("the pod no longer exists".into())
+        }
+        _ => LogsError::Backend(map_error("reading the log", e)),
+    }
+}
+
 fn owner_of(pod: &Pod) -> Option<&String> {
     pod.metadata
         .annotations
@@ -978,6 +1011,55 @@ impl ComputeBackend for KubernetesBackend {
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
             Err(e) => Err(map_error("deleting an orphaned pod", e)),
         }
+    }
+
+    /// `pods/log` of the resource's Pod (Kubernetes API reference, "Read Log of the specified
+    /// Pod"); a followed log is read on the watch client, so it never holds a connection the
+    /// next create would use.
+    async fn logs(
+        &self,
+        resource: &ResourceRecord,
+        query: &LogQuery,
+    ) -> Result<LogOutput, LogsError> {
+        use futures::{AsyncBufReadExt as _, StreamExt as _, TryStreamExt as _};
+        let namespace = self.namespace_of(resource);
+        let name = resource
+            .details
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| resource.friendly_name.clone());
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let pod = match pods.get_opt(&name).await {
+            Ok(Some(pod)) if owner_of(&pod) == Some(&resource.typed_id) => pod,
+            Ok(_) => return Err(LogsError::NotAvailable("the pod no longer exists".into())),
+            Err(e) => return Err(LogsError::Backend(map_error("reading the pod", e))),
+        };
+        let params = LogParams {
+            container: Some(pick_container(&pod, query.container.as_deref())?),
+            tail_lines: query.tail_lines,
+            since_seconds: query.since_seconds,
+            timestamps: query.timestamps,
+            follow: query.follow,
+            ..LogParams::default()
+        };
+        if !query.follow {
+            return pods
+                .logs(&name, &params)
+                .await
+                .map(LogOutput::Text)
+                .map_err(log_error);
+        }
+        let streamed: Api<Pod> = Api::namespaced(self.watch_client.clone(), &namespace);
+        let reader = streamed
+            .log_stream(&name, &params)
+            .await
+            .map_err(log_error)?;
+        Ok(LogOutput::Lines(
+            reader
+                .lines()
+                .map_err(|e| BackendError::retryable(format!("reading the log: {e}")))
+                .boxed(),
+        ))
     }
 
     fn health(&self) -> String {

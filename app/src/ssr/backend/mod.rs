@@ -124,6 +124,41 @@ pub trait CloudsSource: Send + Sync {
     async fn clouds_of(&self, user_id: &str) -> Result<(CloudsFile, String), String>;
 }
 
+/// What part of a container's log to read (the Kubernetes `pods/log` query, API reference
+/// "Read Log of the specified Pod").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// The container; `None`: the Pod's only one.
+    pub container: Option<String>,
+    /// Only the last this many lines.
+    pub tail_lines: Option<i64>,
+    /// Only lines of the last this many seconds.
+    pub since_seconds: Option<i64>,
+    /// Each line starts with its RFC 3339 time.
+    pub timestamps: bool,
+    /// Keep the log open and stream new lines until the container ends or the reader leaves.
+    pub follow: bool,
+}
+
+/// A log as read ([`LogQuery::follow`] false) or as a stream of lines (true; each without its
+/// line break).
+pub enum LogOutput {
+    Text(String),
+    Lines(futures::stream::BoxStream<'static, Result<String, BackendError>>),
+}
+
+/// Why a log cannot be read.
+#[derive(Debug, Clone)]
+pub enum LogsError {
+    /// The query must name a container, or names one the Pod does not have (the message lists
+    /// the Pod's containers).
+    Container(String),
+    /// There is no log (yet, or any more): the container waits to start, the Pod is gone, or
+    /// the object has none.
+    NotAvailable(String),
+    Backend(BackendError),
+}
+
 /// A place resources are provisioned. Implementations must be idempotent — a retried create
 /// adopts what an earlier attempt made, a delete of something already gone succeeds.
 #[async_trait::async_trait]
@@ -151,6 +186,18 @@ pub trait ComputeBackend: Send + Sync {
     ) -> Result<String, BackendError> {
         Err(BackendError::permanent(
             "this kind of resource has no console log",
+        ))
+    }
+
+    /// The log of one of the object's containers (a Pod's output), whole or followed. Backends
+    /// without one answer [`LogsError::NotAvailable`] saying so.
+    async fn logs(
+        &self,
+        _resource: &ResourceRecord,
+        _query: &LogQuery,
+    ) -> Result<LogOutput, LogsError> {
+        Err(LogsError::NotAvailable(
+            "only Pods have logs (a VM has its console log)".into(),
         ))
     }
 
