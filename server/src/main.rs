@@ -53,6 +53,16 @@ enum Command {
     /// Re-seal every stored clouds.yaml with CLOUDS_ENCRYPTION_KEY (after a rotation, with
     /// the old key in CLOUDS_ENCRYPTION_KEY_PREVIOUS).
     RotateCloudsKey,
+    /// GET a URL and exit 0 when it answers 2xx (1 otherwise), printing the status and body:
+    /// a readiness check from inside the image, which has no shell, curl or wget (the Helm
+    /// chart's `helm test` pods run it against /readyz).
+    Probe {
+        /// e.g. http://slices-blueprint:80/readyz
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
     /// Print a token signed by the dev issuer (DEV_ISSUER=true; local runs and tests only).
     DevToken {
         #[command(subcommand)]
@@ -113,6 +123,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::DevToken { kind } => dev_token(&cli.settings, kind),
+        Command::Probe { url, timeout_secs } => probe(&url, timeout_secs).await,
         Command::Migrate => {
             let config = cli.settings.validate(true)?;
             let pool = server::connect(&config).await?;
@@ -347,6 +358,25 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// `probe`: one GET of `url`; `Err` (exit 2 with the reason) when it answers anything but
+/// 2xx or not at all.
+async fn probe(url: &str, timeout_secs: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{} {}", status.as_u16(), body.trim_end());
+    anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+    Ok(())
 }
 
 fn dev_token(settings: &Settings, kind: DevTokenKind) -> anyhow::Result<()> {
