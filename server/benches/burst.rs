@@ -18,17 +18,19 @@
 //! k8s flavor and image.
 
 mod common;
+#[path = "common/pods.rs"]
+mod pods;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use app::ssr::backend::kubernetes::namespace_name;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 const PER_REQUEST: usize = 50;
 const DIRECT_CLIENTS: usize = 20;
@@ -38,71 +40,6 @@ fn env(name: &str) -> String {
         eprintln!("burst: {name} is not set (run bench/run)");
         std::process::exit(2)
     })
-}
-
-/// `(namespace, name)` of every Pod the watch has seen Running.
-type Running = Arc<Mutex<HashSet<(String, String)>>>;
-
-/// One watch of every Pod in the cluster for the whole bench; returns once it has listed.
-async fn observe(client: kube::Client) -> anyhow::Result<(Running, Arc<Notify>)> {
-    use futures::StreamExt as _;
-    let running: Running = Arc::default();
-    let changed = Arc::new(Notify::new());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (seen, notify) = (running.clone(), changed.clone());
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let events = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            let pod = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                let key = (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                );
-                seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
-                notify.notify_waiters();
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(60), ready_rx).await??;
-    Ok((running, changed))
-}
-
-/// Waits (at most `limit`) until the watch saw `n` Running Pods in `namespaces`.
-async fn all_running(
-    running: &Running,
-    changed: &Notify,
-    namespaces: &HashSet<String>,
-    n: usize,
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let notified = changed.notified();
-        let count = running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(ns, _)| namespaces.contains(ns))
-            .count();
-        if count >= n {
-            return Ok(());
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            anyhow::bail!("only {count} of {n} Pods Running after {limit:?}");
-        }
-    }
 }
 
 /// VmRSS / VmHWM of `pid` in KiB.
@@ -126,31 +63,6 @@ fn resources(image: &str, flavor: &str, tag: &str, n: usize) -> Value {
     json!({"expires_at": expires, "resources": list})
 }
 
-/// A k8s flavor and disk image of the bench's own (admin token): their ids.
-async fn seed_catalog(
-    http: &reqwest::Client,
-    api: &str,
-    admin: &str,
-) -> anyhow::Result<(String, String)> {
-    let tag = &app::ids::encode_suffix(uuid::Uuid::now_v7())[20..];
-    let flavor: Value = common::answer(
-        http.post(format!("{api}/flavors")).bearer_auth(admin).json(&json!({
-            "friendly_name": format!("burst-{tag}"), "flavor_type": "k8s", "vcpus": 1, "ram_mib": 64
-        })),
-        "POST /flavors",
-    )
-    .await?;
-    let image: Value = common::answer(
-        http.post(format!("{api}/disk-images")).bearer_auth(admin).json(&json!({
-            "friendly_name": format!("burst-{tag}"), "location": "nginx:alpine", "default_username": "root"
-        })),
-        "POST /disk-images",
-    )
-    .await?;
-    let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
-    Ok((id(&image), id(&flavor)))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let base = env("BENCH_BASE_URL");
@@ -164,9 +76,10 @@ async fn main() -> anyhow::Result<()> {
     let experiments = total.div_ceil(PER_REQUEST);
     let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
     let http = reqwest::Client::new();
-    let (image, flavor) = seed_catalog(&http, &api, &common::admin_token(&bin)?).await?;
+    let (image, flavor) =
+        pods::k8s_catalog(&http, &api, &common::admin_token(&bin)?, "burst").await?;
     let client = kube::Client::try_default().await?;
-    let (running, changed) = observe(client.clone()).await?;
+    let (running, changed) = pods::observe(client.clone()).await?;
     let run = &app::ids::encode_suffix(uuid::Uuid::now_v7())[20..];
     let mint = |i: usize| {
         common::dev_token(
@@ -194,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     anyhow::ensure!(answer["resources"].as_array().is_some_and(|r| r.len() == 1));
-    all_running(
+    pods::all_running(
         &running,
         &changed,
         &HashSet::from([warm_ns.clone()]),
@@ -250,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     while let Some(done) = creators.join_next().await {
         done??;
     }
-    all_running(
+    pods::all_running(
         &running,
         &changed,
         &HashSet::from([direct_ns.clone()]),
@@ -299,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         done??;
     }
     let accepted = start.elapsed();
-    all_running(
+    pods::all_running(
         &running,
         &changed,
         &namespaces,
@@ -378,27 +291,15 @@ async fn api_requests(client: &kube::Client) -> std::collections::BTreeMap<Strin
     let Ok(text) = client.request_text(request).await else {
         return counts;
     };
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let mut resource = label("resource");
+    for (labels, value) in prometheus::samples(&text, "apiserver_request_total") {
+        let label = |name: &str| labels.get(name).map_or("", String::as_str);
+        let mut resource = label("resource").to_string();
         let sub = label("subresource");
         if !sub.is_empty() {
             resource = format!("{resource}/{sub}");
         }
         let key = format!("{} {} {}", label("verb"), resource, label("code"));
-        *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        *counts.entry(key).or_insert(0.0) += value;
     }
     counts
 }

@@ -1,4 +1,6 @@
 //! Helpers shared by the benches (a folder module, so cargo does not take it for a bench).
+//! What only some benches use sits in files of its own beside this one (`pods.rs`, `wrk.rs`),
+//! included by path by those benches only, so none of them carries dead code.
 
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
@@ -47,6 +49,14 @@ pub async fn answer<T: DeserializeOwned>(
         .send()
         .await
         .with_context(|| format!("{what}: no answer"))?;
+    decode(response, what).await
+}
+
+/// The JSON body of `response` as `T`, or an error with the status and body unless 2xx.
+pub async fn decode<T: DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+) -> anyhow::Result<T> {
     let status = response.status();
     let text = response
         .text()
