@@ -226,14 +226,18 @@ async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_mi
     .await
     .expect("forget the newest migration");
     let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("sb-worker-{}.log", uuid::Uuid::now_v7()));
+    let log_file = std::fs::File::create(&log_path).expect("log file");
     let mut worker = KillOnDrop(
         common::binary(&pool)
             .args(["worker"])
             .env("MIGRATE_ON_START", "false")
             .env("WORKER_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,tower_http=debug")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("start the worker"),
     );
@@ -299,6 +303,33 @@ async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_mi
         .await
         .expect("text");
     assert!(sample(&metrics, "tasks_queued", &[]).is_some(), "{metrics}");
+    // Every answer carries an X-Request-Id (the client's own, or a new one), and the log lines
+    // of that request carry it as a field of their span.
+    let answered = http
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "req-ops-test-1")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(
+        answered
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-ops-test-1")
+    );
+    let fresh = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    let fresh_id = fresh
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(uuid::Uuid::parse_str(&fresh_id).is_ok(), "{fresh_id:?}");
     // Nothing but the probes on that port.
     let api = http
         .get(format!("{base}/api/v1/resources"))
@@ -322,6 +353,20 @@ async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_mi
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let logs = std::fs::read_to_string(&log_path).expect("the worker's log");
+    let _ = std::fs::remove_file(&log_path);
+    // (Leptos itself prints a warning about LEPTOS_OUTPUT_NAME outside cargo-leptos: skipped.)
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"] == "req-ops-test-1" && l["span"]["uri"] == "/healthz"),
+        "no log line of the request carries its id:\n{logs}"
+    );
 }
 
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
@@ -354,6 +399,26 @@ async fn a_periodic_job_runs_on_one_process_at_a_time_and_a_dead_holder_hands_it
     // Released when the run ended.
     let third = exclusive(&pool, EXPIRY_SWEEP, async { "third" }).await;
     assert_eq!(third.expect("database"), Some("third"));
+
+    // A job that is one transaction holds the same lock for that transaction only.
+    let mut first = pool.begin().await.expect("tx");
+    assert!(app::ssr::singleton::try_lock_in(&mut first, EXPIRY_SWEEP)
+        .await
+        .expect("db"));
+    assert_eq!(
+        exclusive(&pool, EXPIRY_SWEEP, async {}).await.expect("db"),
+        None
+    );
+    let mut second = pool.begin().await.expect("tx");
+    assert!(!app::ssr::singleton::try_lock_in(&mut second, EXPIRY_SWEEP)
+        .await
+        .expect("db"));
+    second.rollback().await.expect("rollback");
+    first.commit().await.expect("commit");
+    assert!(exclusive(&pool, EXPIRY_SWEEP, async {})
+        .await
+        .expect("db")
+        .is_some());
 
     // A process that dies mid-run: its database session ends, and with it the lock.
     let mut dying = sqlx::postgres::PgConnection::connect_with(&*pool.connect_options())

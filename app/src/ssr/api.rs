@@ -342,9 +342,13 @@ async fn list_resources(
         limit,
         offset: query.offset.unwrap_or(0),
     };
-    if let Some(page) = s.list_cache.get(&key) {
-        crate::ssr::metrics::list_cache(true);
-        return Ok(page_response(page));
+    // A kept page is served only once every change committed before this request has
+    // reached this process's cache (another replica's write included: `catch_up`).
+    if s.list_cache.get(&key).is_some() && s.list_cache.catch_up().await {
+        if let Some(page) = s.list_cache.get(&key) {
+            crate::ssr::metrics::list_cache(true);
+            return Ok(page_response(page));
+        }
     }
     crate::ssr::metrics::list_cache(false);
     // Recorded before the database is read: a change committed meanwhile voids this fill.

@@ -422,10 +422,15 @@ pub fn export(
 }
 
 /// Deletes the entries written before `before` (the retention): the only deletion the
-/// table's trigger lets through, because this transaction sets `slices.audit_purge`. Returns
-/// how many went.
+/// table's trigger lets through, because this transaction sets `slices.audit_purge`. One
+/// process at a time purges (`singleton::AUDIT_PURGE`, held by this transaction; 0 when
+/// another one is purging). Returns how many went.
 pub async fn purge(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
+    // One process at a time (another one purging now: nothing to do here).
+    if !crate::ssr::singleton::try_lock_in(&mut tx, crate::ssr::singleton::AUDIT_PURGE).await? {
+        return Ok(0);
+    }
     sqlx::query!("SELECT set_config('slices.audit_purge', 'on', true)")
         .fetch_one(&mut *tx)
         .await?;

@@ -17,6 +17,13 @@
 //!   sent meanwhile are lost) empties the cache and turns it off until it is back. A page
 //!   fill that began before an invalidation is not kept. Pages are also dropped after
 //!   [`MAX_AGE`] whatever happens, and at most [`MAX_ENTRIES`] are kept.
+//! - Several replicas: a write on another process reaches this one only through its
+//!   notification, which can arrive after the writer's client already asked this replica for
+//!   the list (20-40 ms late in the scale-out bench). So before a kept page is served,
+//!   [`ListCache::catch_up`] sends a notification of its own on [`SYNC_CHANNEL`] and waits for
+//!   it to come back: PostgreSQL delivers notifications in commit order, so every change
+//!   committed before the call has invalidated the cache by then. Concurrent hits share one
+//!   such round trip (one `pg_notify` in flight per process, [`coordinate`]).
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
@@ -28,6 +35,10 @@ use std::time::{Duration, Instant};
 
 /// The notification channel the triggers of migration `20261123000001_list_cache.sql` use.
 pub const CHANNEL: &str = "slices_resources_changed";
+/// The channel of [`ListCache::catch_up`]'s own notifications (payload `<cache tag>:<round>`).
+pub const SYNC_CHANNEL: &str = "slices_list_cache_sync";
+/// How long [`ListCache::catch_up`] waits for its notification before it gives up (a miss).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a page is served from memory, even without any notification.
 pub const MAX_AGE: Duration = Duration::from_secs(2);
 /// The most pages kept (about 80 KB each at 100 rows); past it the cache starts over.
@@ -61,13 +72,33 @@ struct Entry {
 }
 
 /// The page cache of one server process (one per application state).
-#[derive(Default)]
 pub struct ListCache {
     generation: AtomicU64,
     listening: AtomicBool,
     /// Writes in flight ([`ListCache::writing`]): while any is, pages are neither served nor kept.
     writers: AtomicU64,
     entries: Mutex<HashMap<ListKey, Entry>>,
+    /// Names this cache's own [`SYNC_CHANNEL`] notifications (other caches ignore them).
+    tag: String,
+    /// The newest of its sync rounds whose notification came back.
+    synced: tokio::sync::watch::Sender<u64>,
+    /// Where [`ListCache::catch_up`] asks [`coordinate`] for a round (set by
+    /// [`spawn_listener`]).
+    rounds: Mutex<Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<bool>>>>,
+}
+
+impl Default for ListCache {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::default(),
+            listening: AtomicBool::default(),
+            writers: AtomicU64::default(),
+            entries: Mutex::default(),
+            tag: crate::ids::encode_suffix(uuid::Uuid::now_v7()),
+            synced: tokio::sync::watch::Sender::new(0),
+            rounds: Mutex::default(),
+        }
+    }
 }
 
 /// A write in flight (from [`ListCache::writing`] until dropped, which the writer does right
@@ -163,6 +194,76 @@ impl ListCache {
     pub fn is_on(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
+
+    /// Waits until every change committed (in any process) before this call has reached this
+    /// cache: true then; false when that cannot be known within [`SYNC_TIMEOUT`] (no listener,
+    /// the database slow or gone), and the caller must read the database instead.
+    pub async fn catch_up(&self) -> bool {
+        let rounds = self
+            .rounds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(rounds) = rounds else { return false };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if rounds.send(done).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    /// A [`SYNC_CHANNEL`] payload came back: `<tag>:<round>`, ours or another cache's.
+    fn sync_arrived(&self, payload: &str) {
+        let Some((tag, round)) = payload.rsplit_once(':') else {
+            return;
+        };
+        if let (true, Ok(round)) = (tag == self.tag, round.parse::<u64>()) {
+            self.synced.send_if_modified(|seen| {
+                let newer = round > *seen;
+                if newer {
+                    *seen = round;
+                }
+                newer
+            });
+        }
+    }
+}
+
+/// Runs the sync rounds of [`ListCache::catch_up`]: takes every waiting caller, sends one
+/// notification on [`SYNC_CHANNEL`], answers them all when [`listen`] has seen it come back.
+/// Callers that ask meanwhile wait for the next round (theirs must start after they asked).
+async fn coordinate(
+    pool: PgPool,
+    cache: Weak<ListCache>,
+    mut asks: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<bool>>,
+) {
+    let mut round = 0u64;
+    while let Some(first) = asks.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = asks.try_recv() {
+            waiting.push(next);
+        }
+        let Some((tag, mut synced)) = cache
+            .upgrade()
+            .map(|c| (c.tag.clone(), c.synced.subscribe()))
+        else {
+            return;
+        };
+        round += 1;
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SYNC_CHANNEL)
+            .bind(format!("{tag}:{round}"))
+            .execute(&pool)
+            .await
+            .is_ok();
+        let back = sent
+            && tokio::time::timeout(SYNC_TIMEOUT, synced.wait_for(|seen| *seen >= round))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        for caller in waiting {
+            let _ = caller.send(back);
+        }
+    }
 }
 
 /// Listens on [`CHANNEL`] and invalidates `cache` on every notification, reconnecting after
@@ -175,7 +276,7 @@ pub async fn listen(pool: PgPool, cache: Weak<ListCache>) {
         }
         let connected = async {
             let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
+            listener.listen_all([CHANNEL, SYNC_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
@@ -200,6 +301,7 @@ pub async fn listen(pool: PgPool, cache: Weak<ListCache>) {
             let received = listener.try_recv().await;
             let Some(c) = cache.upgrade() else { return };
             match received {
+                Ok(Some(n)) if n.channel() == SYNC_CHANNEL => c.sync_arrived(n.payload()),
                 Ok(Some(_)) => c.invalidate(),
                 Ok(None) | Err(_) => {
                     tracing::debug!("list cache listener lost its connection; cache off");
@@ -211,9 +313,12 @@ pub async fn listen(pool: PgPool, cache: Weak<ListCache>) {
     }
 }
 
-/// Starts [`listen`] for `cache` on the runtime.
+/// Starts [`listen`] and [`coordinate`] for `cache` on the runtime.
 pub fn spawn_listener(pool: &PgPool, cache: &Arc<ListCache>) {
+    let (rounds, asks) = tokio::sync::mpsc::unbounded_channel();
+    *cache.rounds.lock().unwrap_or_else(|e| e.into_inner()) = Some(rounds);
     tokio::spawn(listen(pool.clone(), Arc::downgrade(cache)));
+    tokio::spawn(coordinate(pool.clone(), Arc::downgrade(cache), asks));
 }
 
 #[cfg(test)]
@@ -303,6 +408,26 @@ mod tests {
         assert_eq!(cache.begin_fill(), None);
         cache.set_listening(true);
         assert!(cache.get(&key(0)).is_none(), "nothing survives a reconnect");
+    }
+
+    #[test]
+    fn only_its_own_sync_notifications_count_and_never_backwards() {
+        let cache = ListCache::default();
+        let seen = || *cache.synced.borrow();
+        cache.sync_arrived("someone-else:7");
+        assert_eq!(seen(), 0);
+        cache.sync_arrived(&format!("{}:3", cache.tag));
+        assert_eq!(seen(), 3);
+        cache.sync_arrived(&format!("{}:2", cache.tag));
+        assert_eq!(seen(), 3, "an older round came back late");
+        cache.sync_arrived(&format!("{}:x", cache.tag));
+        cache.sync_arrived("no separator");
+        assert_eq!(seen(), 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_listener_it_cannot_catch_up() {
+        assert!(!ListCache::default().catch_up().await);
     }
 
     #[test]

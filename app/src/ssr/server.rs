@@ -162,7 +162,7 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
             site.clone(),
             web_security::refuse_cross_site,
         ));
-    Ok(Router::new()
+    let routes = Router::new()
         .merge(probes())
         .nest(api::BASE, api::router())
         .merge(api::docs_router())
@@ -180,9 +180,8 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_IN_FLIGHT,
-        ))
-        .layer(request_spans())
-        .with_state(state.clone()))
+        ));
+    Ok(request_spans(routes).with_state(state.clone()))
 }
 
 /// How often expired dashboard sessions are deleted.
@@ -192,7 +191,11 @@ const SESSION_CLEANUP_EVERY: Duration = Duration::from_secs(300);
 /// ([`singleton::SESSION_CLEANUP`]).
 async fn delete_expired_sessions(pool: PgPool, store: PostgresStore) {
     use tower_sessions::session_store::ExpiredDeletion as _;
-    let mut tick = tokio::time::interval(SESSION_CLEANUP_EVERY);
+    // The first run one period after start: a starting process has more urgent work.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + SESSION_CLEANUP_EVERY,
+        SESSION_CLEANUP_EVERY,
+    );
     loop {
         tick.tick().await;
         match singleton::exclusive(&pool, singleton::SESSION_CLEANUP, store.delete_expired()).await
@@ -204,14 +207,35 @@ async fn delete_expired_sessions(pool: PgPool, store: PostgresStore) {
     }
 }
 
-/// One `request` span per HTTP request (method, URI, version), at INFO so that the default
-/// filter keeps it: log lines inside a request carry it, and the OTLP export (when on) sends it
-/// as the request's root span. Its own events (request start, response) stay at DEBUG.
-fn request_spans() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-> {
-    tower_http::trace::TraceLayer::new_for_http()
-        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+/// The layers every request passes first: an `X-Request-Id` (the client's, or a new UUID v4),
+/// one `request` span carrying it (method, URI, `request_id`) at INFO so that the default
+/// filter keeps it — log lines inside a request carry its fields, and the OTLP export (when on)
+/// sends it as the request's root span — and the id copied onto the answer. The trace layer's
+/// own events (request start, response) stay at DEBUG.
+fn request_spans<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    router
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The `request` span of one HTTP request (see [`request_spans`]).
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %id,
+    )
 }
 
 /// `GET /healthz`, `/readyz` and `/metrics`: what probes and scrapers call.
@@ -227,13 +251,13 @@ fn probes() -> Router<AppState> {
 /// Prometheus recorder.
 pub fn ops_router(state: &AppState) -> Router {
     crate::ssr::metrics::install();
-    probes()
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+    request_spans(
+        probes().layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
-        ))
-        .layer(request_spans())
-        .with_state(state.clone())
+        )),
+    )
+    .with_state(state.clone())
 }
 
 /// How long a client may take to send a request's headers before its connection is closed

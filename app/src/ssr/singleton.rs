@@ -2,9 +2,11 @@
 //! (issue 14): the expiry sweep, the reconcile passes, the audit purge and the session
 //! clean-up.
 //!
-//! Each run of such a job holds a PostgreSQL session-level advisory lock
-//! (`pg_try_advisory_lock`, PostgreSQL manual §9.27.10 "Advisory Lock Functions") on one pooled
-//! connection for as long as it runs. A process that does not get the lock skips that run; it
+//! Each run of such a job holds a PostgreSQL advisory lock (PostgreSQL manual §9.27.10
+//! "Advisory Lock Functions") for as long as it runs: a job that is one transaction takes the
+//! transaction-level lock in it ([`try_lock_in`], `pg_try_advisory_xact_lock`: no connection
+//! besides its own); a longer one holds the session-level lock on a pooled connection of its
+//! own ([`exclusive`], `pg_try_advisory_lock`). A process that does not get the lock skips that run; it
 //! tries again at its next tick. Nobody holds a job between runs, so there is no leader to
 //! elect and nothing to hand over: when the process running a job dies, PostgreSQL ends its
 //! session and drops the lock with it, and the next tick of any other replica (at most one
@@ -48,6 +50,17 @@ pub const SESSION_CLEANUP: Job = Job {
     key: 0x736c_6963_6573_2d73,
     name: "session clean-up",
 };
+
+/// Takes `job`'s lock for the rest of the transaction `conn` is in, if no other process holds
+/// it: `Ok(false)` when one does (skip this run). Errors: the database could not be asked.
+pub async fn try_lock_in(conn: &mut sqlx::PgConnection, job: Job) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+        job.key
+    )
+    .fetch_one(conn)
+    .await
+}
 
 /// Runs `run` if no other process is running `job` now: `Ok(Some(output))`, or `Ok(None)`
 /// when another process holds the job's lock. Errors: the database could not be asked.

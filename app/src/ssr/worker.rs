@@ -74,15 +74,13 @@ async fn purge_audit_forever(
             _ = shutdown.changed() => return,
         }
         let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
-        let purge = crate::ssr::audit::purge(&pool, before);
-        match singleton::exclusive(&pool, singleton::AUDIT_PURGE, purge).await {
-            Ok(None | Some(Ok(0))) => {}
-            Ok(Some(Ok(n))) => tracing::info!(
+        match crate::ssr::audit::purge(&pool, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
                 deleted = n,
                 days,
                 "purged audit entries past their retention"
             ),
-            Ok(Some(Err(e))) => tracing::warn!(error = %e, "purging old audit entries failed"),
             Err(e) => tracing::warn!(error = %e, "purging old audit entries failed"),
         }
     }
@@ -142,11 +140,8 @@ pub async fn run_worker(
     loop {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = tokio::time::Instant::now();
-            let sweep = reap_expired(&worker.pool);
-            match singleton::exclusive(&worker.pool, singleton::EXPIRY_SWEEP, sweep).await {
-                Ok(None | Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => tracing::warn!(error = %e, "expiry sweep failed"),
-                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            if let Err(e) = reap_expired(&worker.pool).await {
+                tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
         claim_free_slots(&runner, &attached, &mut running).await;
@@ -244,9 +239,13 @@ async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mu
     }
 }
 
-/// Marks expired live resources `deleting` and enqueues their delete tasks.
+/// Marks expired live resources `deleting` and enqueues their delete tasks, unless another
+/// process is sweeping now ([`singleton::EXPIRY_SWEEP`], held by this transaction).
 pub async fn reap_expired(pool: &PgPool) -> Result<u64, crate::error::AppError> {
     let mut tx = pool.begin().await?;
+    if !singleton::try_lock_in(&mut tx, singleton::EXPIRY_SWEEP).await? {
+        return Ok(0);
+    }
     let due = sqlx::query_scalar!(
         r#"SELECT id FROM resources
            WHERE expires_at <= now() AND allocation_state IN ('requested', 'provisioning', 'provisioned')
