@@ -23,7 +23,7 @@
 //!   [`ListCache::catch_up`] sends a notification of its own on [`SYNC_CHANNEL`] and waits for
 //!   it to come back: PostgreSQL delivers notifications in commit order, so every change
 //!   committed before the call has invalidated the cache by then. Concurrent hits share one
-//!   such round trip (one `pg_notify` in flight per process, [`coordinate`]).
+//!   such round trip (one `pg_notify` in flight per process, `coordinate`).
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
@@ -82,7 +82,7 @@ pub struct ListCache {
     tag: String,
     /// The newest of its sync rounds whose notification came back.
     synced: tokio::sync::watch::Sender<u64>,
-    /// Where [`ListCache::catch_up`] asks [`coordinate`] for a round (set by
+    /// Where [`ListCache::catch_up`] asks `coordinate` for a round (set by
     /// [`spawn_listener`]).
     rounds: Mutex<Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<bool>>>>,
 }
@@ -196,7 +196,7 @@ impl ListCache {
     }
 
     /// Waits until every change committed (in any process) before this call has reached this
-    /// cache: true then; false when that cannot be known within [`SYNC_TIMEOUT`] (no listener,
+    /// cache: true then; false when that cannot be known within `SYNC_TIMEOUT` (no listener,
     /// the database slow or gone), and the caller must read the database instead.
     pub async fn catch_up(&self) -> bool {
         let rounds = self
@@ -313,7 +313,7 @@ pub async fn listen(pool: PgPool, cache: Weak<ListCache>) {
     }
 }
 
-/// Starts [`listen`] and [`coordinate`] for `cache` on the runtime.
+/// Starts [`listen`] and `coordinate` for `cache` on the runtime.
 pub fn spawn_listener(pool: &PgPool, cache: &Arc<ListCache>) {
     let (rounds, asks) = tokio::sync::mpsc::unbounded_channel();
     *cache.rounds.lock().unwrap_or_else(|e| e.into_inner()) = Some(rounds);
