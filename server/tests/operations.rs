@@ -197,6 +197,37 @@ async fn log_format_json_writes_one_json_object_per_line(pool: PgPool) {
 /// A child process killed when the test ends, passed or not.
 struct KillOnDrop(std::process::Child);
 
+impl KillOnDrop {
+    /// The status of the first answer of `url` (the process listens once it answers),
+    /// waiting up to 30 s.
+    async fn first_answer(http: &reqwest::Client, url: &str) -> Option<u16> {
+        for _ in 0..120 {
+            if let Ok(r) = http.get(url).send().await {
+                return Some(r.status().as_u16());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        None
+    }
+
+    /// SIGTERM, then the exit status (waiting up to 10 s; `None`: still running).
+    async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.0.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success());
+        for _ in 0..100 {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -243,14 +274,7 @@ async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_mi
     );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut health = None;
-    for _ in 0..120 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            health = Some(r.status().as_u16());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    let health = KillOnDrop::first_answer(&http, &format!("{base}/healthz")).await;
     assert_eq!(health, Some(200), "the worker never answered /healthz");
     let ready = http
         .get(format!("{base}/readyz"))
@@ -338,20 +362,7 @@ async fn a_worker_process_answers_probes_and_metrics_and_leaves_migrations_to_mi
         .expect("request");
     assert_eq!(api.status().as_u16(), 404);
     // SIGTERM stops it.
-    let pid = i32::try_from(worker.0.id()).expect("pid");
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill")
-        .success());
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(status) = worker.0.try_wait().expect("wait") {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let exited = worker.terminate().await;
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     let logs = std::fs::read_to_string(&log_path).expect("the worker's log");
     let _ = std::fs::remove_file(&log_path);
@@ -570,34 +581,10 @@ async fn spans_go_to_an_otlp_http_collector_when_an_endpoint_is_set(pool: PgPool
             .expect("start the worker"),
     );
     let http = reqwest::Client::new();
-    let mut answered = false;
-    for _ in 0..120 {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-        {
-            answered = r.status().is_success();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(answered, "the worker never answered /healthz");
+    let health = KillOnDrop::first_answer(&http, &format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!(health, Some(200), "the worker never answered /healthz");
     // SIGTERM: the process exports what it still holds before it exits.
-    let pid = worker.0.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(status) = worker.0.try_wait().expect("wait") {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let exited = worker.terminate().await;
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     let batches = received.lock().expect("lock").clone();
     assert!(!batches.is_empty(), "no OTLP request reached the collector");

@@ -208,7 +208,7 @@ async fn delete_expired_sessions(pool: PgPool, store: PostgresStore) {
 }
 
 /// The layers every request passes first: an `X-Request-Id` (the client's, or a new UUID v4),
-/// one `request` span carrying it (method, URI, `request_id`) at INFO so that the default
+/// one `request` span carrying it (method, path, `request_id`) at INFO so that the default
 /// filter keeps it — log lines inside a request carry its fields, and the OTLP export (when on)
 /// sends it as the request's root span — and the id copied onto the answer. The trace layer's
 /// own events (request start, response) stay at DEBUG.
@@ -233,7 +233,9 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
     tracing::info_span!(
         "request",
         method = %request.method(),
-        uri = %request.uri(),
+        // The path only: a query can carry credentials (the OIDC callback's `code` and
+        // `state`), and these fields reach every log line of the request and the traces.
+        uri = %request.uri().path(),
         request_id = %id,
     )
 }
