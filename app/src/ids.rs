@@ -22,6 +22,8 @@ pub enum IdKind {
     Resource,
     /// `task_…`: one asynchronous operation on a resource.
     Task,
+    /// `template_…`: a named, versioned set of resources with parameters.
+    Template,
 }
 
 impl IdKind {
@@ -32,6 +34,7 @@ impl IdKind {
             IdKind::Flavor => "flavor",
             IdKind::Resource => "resource",
             IdKind::Task => "task",
+            IdKind::Template => "template",
         }
     }
 }

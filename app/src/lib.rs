@@ -8,6 +8,9 @@
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod pod_options;
+pub mod spec_file;
+pub mod templates;
 pub mod ui;
 
 #[cfg(feature = "ssr")]

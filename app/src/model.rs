@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::pod_options::{EnvEntry, PodOptions, PortProtocol, PortSpec};
+
 #[cfg(feature = "ssr")]
 use utoipa::ToSchema;
 
@@ -363,6 +365,10 @@ pub struct BackendDetails {
     pub server_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// The Service exposing a Pod's `ports` (same name as the Pod; reachable in the
+    /// experiment's namespace as `<service_name>.<namespace>.svc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// A requested compute resource (`resource_<site>_<suffix>`): one Pod or one VM.
@@ -385,6 +391,9 @@ pub struct Resource {
     pub operational_state: OperationalState,
     pub status_message: String,
     pub details: BackendDetails,
+    /// Pods: `env`, `command`, `args`, `ports` as requested (absent when not set).
+    #[serde(flatten)]
+    pub pod: PodOptions,
     /// `ssh <default_username>@<ip>` once an address is known.
     pub ssh_command: Option<String>,
     /// The newest task of this resource.
@@ -416,6 +425,30 @@ pub struct ResourceSpec {
     /// cloud-init user data (VMs) or text handed to the Pod (annotation and `USERDATA` env).
     #[serde(default)]
     pub userdata: Option<String>,
+    /// Pods only: environment variables of the container (a VM given any: 422).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvEntry>,
+    /// Pods only: replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Pods only: replaces the image's cmd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Pods only: ports, each exposed by a ClusterIP Service named after the resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+}
+
+impl ResourceSpec {
+    /// The spec's Pod options as one value (as stored and carried to the Pod).
+    pub fn pod_options(&self) -> PodOptions {
+        PodOptions {
+            env: self.env.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            ports: self.ports.clone(),
+        }
+    }
 }
 
 /// A token carried in a request body, as the SLICES CLI sends it: `{"jwt": "<user token>"}`.

@@ -42,6 +42,8 @@ const LAYERS: &[(&str, u8, &str)] = &[
     ("tasks", 3, "services"),
     ("worker", 3, "services"),
     ("reconcile", 3, "services"),
+    ("templates", 3, "services"),
+    ("spec_files", 3, "services"),
     ("session", 4, "entry points"),
     ("state", 4, "entry points"),
     ("api", 4, "entry points"),

@@ -507,6 +507,7 @@ fn adapter_record(experiment: &str, name: &str, tags: &[&str]) -> ResourceRecord
         userdata: None,
         ssh_authorized_keys: Vec::new(),
         details: Default::default(),
+        pod: Default::default(),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum Right {
     ChangeCatalog,
     /// Read the audit log.
     ReadAudit,
+    /// Publish site templates and their versions.
+    PublishSiteTemplates,
     /// Store, read, test or delete one's own clouds.yaml.
     OwnCredentials,
 }
@@ -34,12 +36,12 @@ pub enum Right {
 pub fn require(principal: &Principal, right: Right) -> Result<(), AppError> {
     match right {
         Right::WriteResources => experiment_to_write(principal).map(|_| ()),
-        Right::ChangeCatalog | Right::ReadAudit => {
+        Right::ChangeCatalog | Right::ReadAudit | Right::PublishSiteTemplates => {
             if principal.is_admin {
                 Ok(())
             } else {
                 Err(AppError::Forbidden(
-                    "only site admins (ADMIN_USER_IDS) may do this (catalog changes, the audit log)"
+                    "only site admins (ADMIN_USER_IDS) may do this (catalog changes, site templates, the audit log)"
                         .into(),
                 ))
             }

@@ -12,6 +12,7 @@ use crate::ssr::list_cache::{ListKey, Page};
 use crate::ssr::resources::ListQuery;
 use crate::ssr::state::AppState;
 use crate::ssr::{catalog, catalog_import, clouds, resources, tasks};
+use crate::templates::{CreateTemplateRequest, InstantiateRequest, NewVersionRequest, Template};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
@@ -194,6 +195,16 @@ pub fn router() -> Router<AppState> {
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
         .route("/audit", get(list_audit))
+        .route("/templates", get(list_templates).post(create_template))
+        .route("/templates/{id}", get(get_template))
+        .route(
+            "/templates/{id}/versions",
+            axum::routing::post(add_template_version),
+        )
+        .route(
+            "/templates/{id}/instantiate",
+            axum::routing::post(instantiate_template),
+        )
         .route_layer(axum::middleware::from_fn(crate::ssr::metrics::http_metrics))
         .fallback(|| async { AppError::NotFound("no such API route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -537,6 +548,18 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
+impl From<LogsQuery> for crate::ssr::backend::LogQuery {
+    fn from(q: LogsQuery) -> Self {
+        Self {
+            container: q.container,
+            tail_lines: q.tail_lines,
+            since_seconds: q.since_seconds,
+            timestamps: q.timestamps.unwrap_or(false),
+            follow: q.follow.unwrap_or(false),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/resources/{id}/logs", tag = "resources",
     params(("id" = String, Path, pattern = "^resource_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "resource_<site>_<suffix> of a Pod"), LogsQuery),
     responses((status = 200, description = "the log: `text/plain`, or with `follow=true` `text/event-stream` (one event per line; an `error` event if reading stops early)",
@@ -550,39 +573,50 @@ async fn get_pod_logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, AppError> {
-    use crate::ssr::backend::{LogOutput, LogQuery};
+    let output = resources::pod_logs(&s.resources(), &p, &id, &q.into()).await?;
+    Ok(log_response(output, None))
+}
+
+/// A Pod log as an HTTP answer: `text/plain; charset=utf-8` (with `attachment` named
+/// `download` when given), or a followed log as `text/event-stream`, one `data:` event per
+/// line and an `error` event when reading stops early (HTML Living Standard, "Server-sent
+/// events"). Shared by the API and the dashboard's log routes.
+pub fn log_response(output: crate::ssr::backend::LogOutput, download: Option<&str>) -> Response {
+    use crate::ssr::backend::LogOutput;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
-    let query = LogQuery {
-        container: q.container,
-        tail_lines: q.tail_lines,
-        since_seconds: q.since_seconds,
-        timestamps: q.timestamps.unwrap_or(false),
-        follow: q.follow.unwrap_or(false),
-    };
-    Ok(
-        match resources::pod_logs(&s.resources(), &p, &id, &query).await? {
-            LogOutput::Text(text) => (
+    match output {
+        LogOutput::Text(text) => {
+            let mut response = (
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 )],
                 text,
             )
-                .into_response(),
-            LogOutput::Lines(lines) => {
-                let events = lines.map(|line| {
-                    Ok::<_, std::convert::Infallible>(match line {
-                        Ok(line) => Event::default().data(line),
-                        Err(e) => Event::default().event("error").data(e.message),
-                    })
-                });
-                Sse::new(events)
-                    .keep_alive(KeepAlive::default())
-                    .into_response()
+                .into_response();
+            let disposition = download.and_then(|name| {
+                HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")).ok()
+            });
+            if let Some(value) = disposition {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
             }
-        },
-    )
+            response
+        }
+        LogOutput::Lines(lines) => {
+            let events = lines.map(|line| {
+                Ok::<_, std::convert::Infallible>(match line {
+                    Ok(line) => Event::default().data(line),
+                    Err(e) => Event::default().event("error").data(e.message),
+                })
+            });
+            Sse::new(events)
+                .keep_alive(KeepAlive::default())
+                .into_response()
+        }
+    }
 }
 
 /// Query of `PUT /clouds-yaml`.
@@ -741,6 +775,79 @@ async fn import_catalog(
 /// The media type of a JSON-lines export (one JSON object per line).
 pub const NDJSON: &str = "application/x-ndjson";
 
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/templates", tag = "templates",
+    responses((status = 200, body = Vec<Template>, description = "The site's templates, your project's and your experiment's, each with its newest version (`latest`); built-in ones first.")))]
+async fn list_templates(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+) -> Result<Json<Vec<Template>>, AppError> {
+    crate::ssr::templates::list(&s.pool, s.site(), &p)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/templates/{id}", tag = "templates",
+    params(("id" = String, Path, pattern = "^template_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "template_<site>_<suffix>")),
+    responses((status = 200, body = Template, description = "With every version, newest first (`versions`)."),
+              (status = 404, description = "unknown, or another project's or experiment's")))]
+async fn get_template(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<Template>, AppError> {
+    crate::ssr::templates::get(&s.pool, s.site(), &p, &id)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/templates", tag = "templates",
+    request_body = CreateTemplateRequest,
+    responses((status = 201, body = Template, description = "Created with version 1."),
+              (status = 403, description = "site templates: not an admin; project and experiment templates: not an experiment token"),
+              (status = 409, description = "the owner has a template of this name (`field` = `name`)"),
+              (status = 422, description = "a field is wrong (`name`, `parameters[i].…`, `resources[i]`)")))]
+async fn create_template(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    ApiJson(request): ApiJson<CreateTemplateRequest>,
+) -> Result<(StatusCode, Json<Template>), AppError> {
+    let template = crate::ssr::templates::create(&s.pool, s.site(), &p, &request).await?;
+    Ok((StatusCode::CREATED, Json(template)))
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/templates/{id}/versions", tag = "templates",
+    params(("id" = String, Path, pattern = "^template_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "template_<site>_<suffix>")),
+    request_body = NewVersionRequest,
+    responses((status = 201, body = Template, description = "The template with its new version as `latest`; earlier versions are unchanged."),
+              (status = 403, description = "not the template's owner (site templates: admins)"), (status = 404),
+              (status = 422, description = "a field is wrong (`parameters[i].…`, `resources[i]`)")))]
+async fn add_template_version(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<NewVersionRequest>,
+) -> Result<(StatusCode, Json<Template>), AppError> {
+    let template = crate::ssr::templates::add_version(&s.pool, s.site(), &p, &id, &request).await?;
+    Ok((StatusCode::CREATED, Json(template)))
+}
+
+#[utoipa::path(post, path = "/apis/bi.slices.eu/v1alpha2/templates/{id}/instantiate", tag = "templates",
+    params(("id" = String, Path, pattern = "^template_[a-z0-9.-]+_[0-7][0-9a-hjkmnp-tv-z]{25}$", description = "template_<site>_<suffix>")),
+    request_body = InstantiateRequest,
+    responses((status = 202, body = CreateResourcesResponse, description = "As POST /resources: every resource of the rendered version and the task creating it (all or nothing)."),
+              (status = 403, description = "not an experiment token"), (status = 404),
+              (status = 409, description = "a name is taken by a live resource, or `request_id` was used with another body"),
+              (status = 422, description = "a parameter is wrong (`parameters.<name>`), `version` unknown, or a rendered resource is refused as POST /resources would (`resources[i].…`)")))]
+async fn instantiate_template(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<InstantiateRequest>,
+) -> Result<(StatusCode, Json<CreateResourcesResponse>), AppError> {
+    let created = crate::ssr::templates::instantiate(&s.resources(), &p, &id, &request).await?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
 #[utoipa::path(get, path = "/apis/bi.slices.eu/v1alpha2/audit", tag = "audit",
     params(AuditFilter),
     responses((status = 200, body = Vec<AuditEntry>,
@@ -892,14 +999,16 @@ impl Modify for CommonResponses {
           get_pod_logs,
           list_tasks, get_task,
           put_clouds_yaml, get_clouds_yaml, patch_clouds_yaml, delete_clouds_yaml, test_clouds_yaml,
-          list_audit),
+          list_audit,
+          list_templates, get_template, create_template, add_template_version, instantiate_template),
     modifiers(&BearerScheme, &CommonResponses),
     security(("bearer" = [])),
     tags((name = "catalog", description = "Disk images and flavors (writes: admins)"),
          (name = "resources", description = "VMs and pods of an experiment"),
          (name = "tasks", description = "Asynchronous operations"),
          (name = "clouds", description = "Your own OpenStack clouds.yaml, used for your VMs (stored encrypted; never sent back)"),
-         (name = "audit", description = "Who did what, when and from where (admins)"))
+         (name = "audit", description = "Who did what, when and from where (admins)"),
+         (name = "templates", description = "Named, versioned sets of resources with parameters (profiles); instantiate one to request them all"))
 )]
 pub struct ApiDoc;
 

@@ -234,6 +234,10 @@ pub struct Settings {
     /// Add a demo image and flavor when the catalog is empty.
     #[arg(long, env = "SEED_DEMO_CATALOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub seed_demo_catalog: bool,
+    /// Jump host for the dashboard's SSH commands and `ssh_config` (`ssh -J` syntax,
+    /// `[user@]host[:port]`; empty: VMs are reached directly).
+    #[arg(long, env = "SSH_PROXY_JUMP", default_value = "")]
+    pub ssh_proxy_jump: String,
 }
 
 /// Names of the token claims that carry SLICES concepts (see ../shared/slices-api.md,
@@ -320,6 +324,8 @@ pub struct Config {
     /// `WORKER_HTTP_ADDR`.
     pub worker_http_addr: Option<SocketAddr>,
     pub seed_demo_catalog: bool,
+    /// `SSH_PROXY_JUMP` (None: empty).
+    pub ssh_proxy_jump: Option<String>,
     /// CLOUDS_ENCRYPTION_KEY, parsed (None: use `clouds_key_file`).
     pub clouds_key: Option<SecretBox>,
     pub clouds_key_previous: Option<SecretBox>,
@@ -370,6 +376,26 @@ fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
+    /// `SSH_PROXY_JUMP`: `[user@]host[:port]` with no spaces or shell/ssh_config syntax
+    /// (it is written into commands and `ssh_config` files).
+    fn proxy_jump(&self) -> Result<Option<String>, ConfigError> {
+        let jump = self.ssh_proxy_jump.trim();
+        if jump.is_empty() {
+            return Ok(None);
+        }
+        let fine = jump.len() <= 255
+            && jump.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | ':' | '[' | ']')
+            });
+        if !fine {
+            return Err(err(
+                "SSH_PROXY_JUMP",
+                "expected [user@]host[:port] (letters, digits, . - _ @ : [ ])",
+            ));
+        }
+        Ok(Some(jump.to_string()))
+    }
+
     fn session_timeouts(&self) -> Result<SessionTimeouts, ConfigError> {
         if self.session_idle_secs < 5 {
             return Err(err("SESSION_IDLE_SECS", "at least 5 seconds"));
@@ -479,6 +505,7 @@ impl Settings {
             database_max_connections: self.database_max_connections,
             worker_http_addr: self.worker_http_addr,
             seed_demo_catalog: self.seed_demo_catalog,
+            ssh_proxy_jump: self.proxy_jump()?,
             clouds_key,
             clouds_key_previous,
             clouds_key_file: self.clouds_encryption_key_file.clone(),

@@ -45,8 +45,10 @@ pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod singleton;
+pub mod spec_files;
 pub mod state;
 pub mod tasks;
+pub mod templates;
 pub mod web_security;
 pub mod worker;
 

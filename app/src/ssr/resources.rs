@@ -7,7 +7,7 @@ use crate::error::AppError;
 use crate::ids::IdKind;
 use crate::model::{
     AllocationState, BackendDetails, CloudsYamlSummary, ConsoleLog, CreateResourcesRequest,
-    CreateResourcesResponse, DiskImage, Flavor, FlavorType, OperationalState, Resource,
+    CreateResourcesResponse, DiskImage, Flavor, FlavorType, OperationalState, PodOptions, Resource,
     ResourcePatch, ResourceSpec, Task, TaskKind, TaskStatus,
 };
 use crate::ssr::audit::{self, Actor, Event};
@@ -203,6 +203,7 @@ struct Planned {
     flavor_type: FlavorType,
     network_name: Option<String>,
     userdata: Option<String>,
+    pod: PodOptions,
     vcpus: i32,
     ram_mib: i32,
 }
@@ -286,6 +287,17 @@ impl<'a> Planner<'a> {
             check_image_cloud(clouds, &image, &f("disk_image_id"))?;
         }
         check_texts(spec, &f)?;
+        let pod = spec.pod_options();
+        match (flavor.flavor_type, pod.first_set()) {
+            (FlavorType::Vm, Some(option)) => {
+                return Err(AppError::invalid(
+                    f(option),
+                    "only Pods take `env`, `command`, `args` and `ports`; this resource's flavor is a VM",
+                ))
+            }
+            (FlavorType::K8s, _) => pod.check(&format!("resources[{i}]"))?,
+            (FlavorType::Vm, None) => {}
+        }
         Ok(Planned {
             id: Uuid::now_v7(),
             friendly_name: name,
@@ -294,6 +306,7 @@ impl<'a> Planner<'a> {
             flavor_type: flavor.flavor_type,
             network_name: spec.network_name.clone().filter(|n| !n.trim().is_empty()),
             userdata: spec.userdata.clone().filter(|u| !u.is_empty()),
+            pod,
             vcpus: flavor.vcpus,
             ram_mib: flavor.ram_mib,
         })
@@ -695,6 +708,7 @@ struct InsertedRow {
     operational_state: OperationalState,
     status_message: String,
     backend_details: Json<BackendDetails>,
+    pod_options: Json<PodOptions>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     location: String,
@@ -741,6 +755,10 @@ async fn store(
         .collect();
     let networks: Vec<Option<String>> = planned.iter().map(|p| p.network_name.clone()).collect();
     let userdata: Vec<Option<String>> = planned.iter().map(|p| p.userdata.clone()).collect();
+    let pod_options: Vec<String> = planned
+        .iter()
+        .map(|p| serde_json::to_string(&p.pod).map_err(internal))
+        .collect::<Result<_, _>>()?;
     let handed: Vec<bool> = (0..planned.len()).map(|i| i < reserved.len()).collect();
     let task_ids: Vec<Uuid> = planned.iter().map(|_| Uuid::now_v7()).collect();
     let worker_id = reserved.first().map(|r| r.worker_id().to_string());
@@ -753,16 +771,17 @@ async fn store(
                RETURNING id, ssh_authorized_keys),
            r AS (
                INSERT INTO resources (id, experiment_id, project_id, requested_by, friendly_name,
-                   disk_image_id, flavor_id, flavor_type, network_name, userdata,
+                   disk_image_id, flavor_id, flavor_type, network_name, userdata, pod_options,
                    request_id, expires_at, allocation_state, status_message)
                SELECT u.id, $2, $3, $4, u.friendly_name, u.disk_image_id, u.flavor_id,
-                      u.flavor_type, u.network_name, u.userdata, (SELECT id FROM q), $6,
+                      u.flavor_type, u.network_name, u.userdata, u.pod_options::jsonb,
+                      (SELECT id FROM q), $6,
                       CASE WHEN u.handed THEN 'provisioning' ELSE 'requested' END,
                       CASE WHEN u.handed THEN 'provisioning' ELSE 'waiting for a worker' END
                FROM UNNEST($1::uuid[], $7::text[], $8::uuid[], $9::uuid[], $10::text[],
-                           $11::text[], $12::text[], $13::bool[])
+                           $11::text[], $12::text[], $13::bool[], $20::text[])
                     AS u(id, friendly_name, disk_image_id, flavor_id, flavor_type, network_name,
-                         userdata, handed)
+                         userdata, handed, pod_options)
                RETURNING *),
            t AS (
                INSERT INTO tasks (id, resource_id, kind, status, message, attempts, locked_by,
@@ -786,6 +805,7 @@ async fn store(
                   r.operational_state AS "operational_state!: OperationalState",
                   r.status_message AS "status_message!",
                   r.backend_details AS "backend_details!: Json<BackendDetails>",
+                  r.pod_options AS "pod_options!: Json<PodOptions>",
                   r.created_at AS "created_at!: DateTime<Utc>",
                   r.updated_at AS "updated_at!: DateTime<Utc>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
@@ -822,7 +842,8 @@ async fn store(
         queue::LEASE.as_secs_f64(),
         Uuid::now_v7(),
         client.map(|c| c.0),
-        client.map(|c| c.1.as_slice())
+        client.map(|c| c.1.as_slice()),
+        &pod_options
     )
     .fetch_all(&mut *tx)
     .await
@@ -857,6 +878,7 @@ impl InsertedRow {
             userdata: self.userdata,
             ssh_authorized_keys: self.ssh_authorized_keys.clone(),
             backend_details: self.backend_details.clone(),
+            pod_options: self.pod_options.clone(),
             location: self.location,
             cluster_id: self.cluster_id,
             default_username: self.default_username.clone(),
@@ -884,6 +906,7 @@ impl InsertedRow {
             operational_state: self.operational_state,
             status_message: self.status_message,
             backend_details: self.backend_details,
+            pod_options: self.pod_options,
             created_at: self.created_at,
             updated_at: self.updated_at,
             default_username: self.default_username,

@@ -8,8 +8,8 @@
 use crate::error::AppError;
 use crate::ids::{format_id, IdKind};
 use crate::model::{
-    AllocationState, BackendDetails, FlavorType, OperationalState, Resource, Task, TaskKind,
-    TaskStatus,
+    AllocationState, BackendDetails, FlavorType, OperationalState, PodOptions, Resource, Task,
+    TaskKind, TaskStatus,
 };
 use crate::ssr::backend::ResourceRecord;
 use chrono::{DateTime, Utc};
@@ -43,6 +43,7 @@ pub(crate) struct ResourceRow {
     pub operational_state: OperationalState,
     pub status_message: String,
     pub backend_details: Json<BackendDetails>,
+    pub pod_options: Json<PodOptions>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The disk image's login user (for the `ssh` command of a VM).
@@ -80,6 +81,7 @@ impl ResourceRow {
             operational_state: self.operational_state,
             status_message: self.status_message,
             details,
+            pod: self.pod_options.0,
             ssh_command,
             last_task_id: self.last_task_id.map(|t| format_id(IdKind::Task, site, t)),
             created_at: self.created_at,
@@ -134,6 +136,7 @@ pub async fn select_resources(
                   r.allocation_state AS "allocation_state: AllocationState",
                   r.operational_state AS "operational_state: OperationalState",
                   r.status_message, r.backend_details AS "backend_details: Json<BackendDetails>",
+                  r.pod_options AS "pod_options: Json<PodOptions>",
                   r.created_at AS "created_at: DateTime<Utc>",
                   r.updated_at AS "updated_at: DateTime<Utc>",
                   i.default_username,
@@ -197,6 +200,7 @@ pub(crate) struct RecordRow {
     pub userdata: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
     pub backend_details: Json<BackendDetails>,
+    pub pod_options: Json<PodOptions>,
     pub location: String,
     pub cluster_id: String,
     pub default_username: String,
@@ -234,6 +238,7 @@ impl RecordRow {
             userdata: self.userdata,
             ssh_authorized_keys: self.ssh_authorized_keys,
             details: self.backend_details.0,
+            pod: self.pod_options.0,
         }
     }
 }
@@ -247,6 +252,7 @@ pub async fn load_record(pool: &PgPool, site: &str, id: Uuid) -> Result<Resource
                   r.allocation_state AS "allocation_state: AllocationState",
                   r.network_name, r.userdata, q.ssh_authorized_keys,
                   r.backend_details AS "backend_details: Json<BackendDetails>",
+                  r.pod_options AS "pod_options: Json<PodOptions>",
                   i.location, i.cluster_id, i.default_username, i.friendly_name AS image_name,
                   i.tags AS image_tags,
                   f.vcpus, f.ram_mib, f.disk_mb, f.friendly_name AS flavor_name,

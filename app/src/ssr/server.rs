@@ -74,6 +74,9 @@ pub async fn assemble(
     {
         tracing::info!("seeded a demo image and flavor (SEED_DEMO_CATALOG)");
     }
+    crate::ssr::templates::ensure_builtin(&pool)
+        .await
+        .context("writing the built-in templates")?;
     let bookkeeping = bookkeeping_pool(&pool);
     let oidc = match config.oidc.clone() {
         Some(oidc) => Some(Arc::new(

@@ -164,7 +164,7 @@ fn CloudsLoader() -> impl IntoView {
 
 /// Reads the picked file into the paste box (the browser reads it; nothing is sent yet).
 #[cfg(feature = "hydrate")]
-fn read_picked_file(ev: leptos::ev::Event, set_text: WriteSignal<String>) {
+pub(crate) fn read_picked_file(ev: leptos::ev::Event, set_text: WriteSignal<String>) {
     use wasm_bindgen::JsCast as _;
     let Some(input) = ev
         .target()
@@ -185,7 +185,7 @@ fn read_picked_file(ev: leptos::ev::Event, set_text: WriteSignal<String>) {
 }
 
 #[cfg(not(feature = "hydrate"))]
-fn read_picked_file(_ev: leptos::ev::Event, _set_text: WriteSignal<String>) {}
+pub(crate) fn read_picked_file(_ev: leptos::ev::Event, _set_text: WriteSignal<String>) {}
 
 /// The upload form (an island: the file picker fills the paste box, errors name the field
 /// and line without a reload; a stored file reloads the page, which shows the new summary).

@@ -14,7 +14,11 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clouds;
+pub mod experiment;
+pub mod pod_log;
 pub mod resources;
+pub mod spec_import;
+pub mod templates;
 
 use crate::error::AppError;
 use crate::model::Viewer;
@@ -76,7 +80,11 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/catalog") view=catalog::CatalogPage ssr=SsrMode::Async />
                     <Route path=path!("/resources") view=resources::ResourcesPage ssr=SsrMode::Async />
                     <Route path=path!("/resources/new") view=resources::RequestPage ssr=SsrMode::Async />
+                    <Route path=path!("/resources/import") view=spec_import::ImportPage ssr=SsrMode::Async />
                     <Route path=path!("/resources/:id") view=resources::ResourceDetailPage ssr=SsrMode::Async />
+                    <Route path=path!("/experiment") view=experiment::ExperimentPage ssr=SsrMode::Async />
+                    <Route path=path!("/templates") view=templates::TemplatesPage ssr=SsrMode::Async />
+                    <Route path=path!("/templates/:id") view=templates::TemplatePage ssr=SsrMode::Async />
                     <Route path=path!("/clouds") view=clouds::CloudsPage ssr=SsrMode::Async />
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async />
                     <Route path=path!("/admin/audit") view=audit::AuditPage ssr=SsrMode::Async />
@@ -100,6 +108,12 @@ fn Nav(sign_out: ServerAction<auth::SignOut>) -> impl IntoView {
                             <nav class="nav">
                                 <A href="/resources" attr:data-testid="nav-resources">
                                     "Resources"
+                                </A>
+                                <A href="/experiment" attr:data-testid="nav-experiment">
+                                    "Experiment"
+                                </A>
+                                <A href="/templates" attr:data-testid="nav-templates">
+                                    "Templates"
                                 </A>
                                 <A href="/resources/new" attr:data-testid="nav-new">
                                     "Request"
@@ -203,7 +217,12 @@ pub fn field_message(error: &AppError, field: &str) -> Option<String> {
     let at = error.field()?;
     let base = at.rsplit('.').next().unwrap_or(at);
     let base = base.split('[').next().unwrap_or(base);
-    (base == field).then(|| error.message())
+    // `resources[0].env[2].name` is about the `env` field of a one-resource form.
+    let option = at
+        .strip_prefix("resources[")
+        .and_then(|rest| rest.split_once("].").map(|(_, rest)| rest))
+        .map(|rest| rest.split(['.', '[']).next().unwrap_or(rest));
+    (base == field || option == Some(field)).then(|| error.message())
 }
 
 /// Renders the error of the last submission when it names `field`.

@@ -54,8 +54,13 @@ pub async fn request_resource(
     network_name: String,
     ssh_authorized_keys: String,
     userdata: String,
+    #[server(default)] env: String,
+    #[server(default)] command: String,
+    #[server(default)] args: String,
+    #[server(default)] ports: String,
 ) -> Result<String, AppError> {
     use crate::model::{CreateResourcesRequest, ResourceSpec};
+    use crate::pod_options::{parse_env_lines, parse_port_lines, split_words};
     let (state, auth) = crate::ssr::session::require().await?;
     let Some(experiment) = auth.experiment.as_ref() else {
         return Err(AppError::Forbidden(
@@ -71,6 +76,10 @@ pub async fn request_resource(
             flavor_id,
             network_name: Some(network_name.trim().to_string()).filter(|n| !n.is_empty()),
             userdata: Some(userdata).filter(|u| !u.trim().is_empty()),
+            env: parse_env_lines(&env).map_err(|m| AppError::invalid("env", m))?,
+            command: split_words(&command).map_err(|m| AppError::invalid("command", m))?,
+            args: split_words(&args).map_err(|m| AppError::invalid("args", m))?,
+            ports: parse_port_lines(&ports).map_err(|m| AppError::invalid("ports", m))?,
         }],
         ssh_authorized_keys: ssh_authorized_keys
             .lines()
@@ -155,7 +164,7 @@ pub async fn request_options() -> Result<(Vec<DiskImage>, Vec<Flavor>), AppError
     super::catalog::list_catalog().await
 }
 
-fn state_class(r: &ComputeResource) -> &'static str {
+pub(crate) fn state_class(r: &ComputeResource) -> &'static str {
     use crate::model::{AllocationState as A, OperationalState as O};
     match (r.allocation_state, r.operational_state) {
         (A::Failed, _) | (_, O::Error) => "state state-bad",
@@ -179,7 +188,13 @@ fn ResourcesList(viewer: Viewer) -> impl IntoView {
     view! {
         <div class="page-head">
             <h1>"Resources"</h1>
-            {can_write.then(|| view! { <A href="/resources/new" attr:class="button primary">"Request a resource"</A> })}
+            {can_write.then(|| view! {
+                <span>
+                    <A href="/resources/import" attr:class="button" attr:data-testid="import-link">"Import a spec file"</A>
+                    " "
+                    <A href="/resources/new" attr:class="button primary">"Request a resource"</A>
+                </span>
+            })}
         </div>
         {viewer.experiment.clone().map(|e| view! {
             <p class="hint">
@@ -246,7 +261,7 @@ fn ResourcesTable(initial: Vec<ComputeResource>, can_write: bool) -> impl IntoVi
 }
 
 /// Whether a resource still holds (or is getting) its Pod or server.
-fn is_live(r: &ComputeResource) -> bool {
+pub(crate) fn is_live(r: &ComputeResource) -> bool {
     use crate::model::AllocationState as A;
     matches!(
         r.allocation_state,
@@ -488,7 +503,32 @@ fn RequestFields(
                 <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
                     placeholder="#cloud-config" spellcheck="false"></textarea>
                 <FieldError result field="userdata" />
-                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "network_name", "ssh_authorized_keys", "userdata"] />
+                <details class="pod-options" data-testid="req-pod-options">
+                    <summary>"Pod options (pods only)"</summary>
+                    <label for="env">"Environment (NAME=value, one per line)"</label>
+                    <textarea id="env" name="env" rows="3" data-testid="req-env" spellcheck="false"
+                        placeholder="KME_ID=alice"></textarea>
+                    <FieldError result field="env" />
+                    <div class="grid2">
+                        <div>
+                            <label for="command">"Command (replaces the image's entrypoint)"</label>
+                            <input id="command" name="command" data-testid="req-command" autocomplete="off"
+                                spellcheck="false" placeholder="/usr/bin/kme" />
+                            <FieldError result field="command" />
+                        </div>
+                        <div>
+                            <label for="args">"Arguments"</label>
+                            <input id="args" name="args" data-testid="req-args" autocomplete="off"
+                                spellcheck="false" placeholder="--port 8443" />
+                            <FieldError result field="args" />
+                        </div>
+                    </div>
+                    <label for="ports">"Ports (name:port or name:port/UDP, one per line; exposed by a Service named after the pod)"</label>
+                    <textarea id="ports" name="ports" rows="2" data-testid="req-ports" spellcheck="false"
+                        placeholder="etsi014:8443"></textarea>
+                    <FieldError result field="ports" />
+                </details>
+                <FormError result fields=&["disk_image_id", "flavor_id", "friendly_name", "expires_at", "network_name", "ssh_authorized_keys", "userdata", "env", "command", "args", "ports"] />
                 <button type="submit" class="primary" data-testid="req-submit" disabled=move || action.pending().get()>
                     {move || if action.pending().get() { "Requesting…" } else { "Request" }}
                 </button>
@@ -513,6 +553,13 @@ fn ResourceDetail() -> impl IntoView {
     // `?console=1` (the console panel's form): the VM's console log is read for this render.
     let query = leptos_router::hooks::use_query_map();
     let console_asked = move || query.with_untracked(|q| q.get("console").is_some());
+    // `?logs=1&tail=N` (the log panel's form): a Pod's last N lines are read for this render.
+    let logs_asked = move || query.with_untracked(|q| q.get("logs").is_some());
+    let tail = move || {
+        query
+            .with_untracked(|q| q.get("tail").and_then(|t| t.parse::<i64>().ok()))
+            .unwrap_or(super::pod_log::DEFAULT_TAIL)
+    };
     view! {
         <p><A href="/resources">"← Resources"</A></p>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
@@ -528,9 +575,14 @@ fn ResourceDetail() -> impl IntoView {
                                 true => Some(console_log(id.clone()).await),
                                 false => None,
                             };
-                            Some(view! { <ConsolePanel log /> })
+                            view! { <ConsolePanel log /> }.into_any()
                         } else {
-                            None
+                            let tail = tail();
+                            let log = match logs_asked() {
+                                true => Some(super::pod_log::pod_log(id.clone(), tail).await),
+                                false => None,
+                            };
+                            view! { <super::pod_log::PodLogPanel id=id.clone() tail log /> }.into_any()
                         };
                         view! { <ResourceDetailLive id resource tasks /> {console} }.into_any()
                     }
@@ -580,6 +632,7 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                                 <dt>"Namespace"</dt><dd><code data-testid="detail-namespace">{d.namespace.clone().unwrap_or_default()}</code></dd>
                                 <dt>"Pod"</dt><dd><code data-testid="detail-pod-name">{d.pod_name.clone().unwrap_or_default()}</code></dd>
                                 <dt>"Node"</dt><dd>{d.node_name.clone().unwrap_or_default()}</dd>
+                                <PodOptionFacts pod=r.pod.clone() service=d.service_name.clone() />
                             }.into_any()
                         }}
                         <dt>"IP"</dt><dd><code data-testid="detail-ip">{d.pod_ip.clone().or_else(|| d.addresses.first().cloned()).unwrap_or_default()}</code></dd>
@@ -619,6 +672,45 @@ fn ResourceDetailLive(id: String, resource: ComputeResource, tasks: Vec<Task>) -
                 </section>
             }
         }}
+    }
+}
+
+/// A Pod's `env`, `command`/`args`, `ports` and Service as facts of its detail page (nothing
+/// for options not set).
+#[component]
+fn PodOptionFacts(pod: crate::model::PodOptions, service: Option<String>) -> impl IntoView {
+    let words = |list: &[String]| {
+        list.iter()
+            .map(|w| {
+                shlex::try_quote(w)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| w.clone())
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let command = (!pod.command.is_empty()).then(|| words(&pod.command));
+    let args = (!pod.args.is_empty()).then(|| words(&pod.args));
+    let env = (!pod.env.is_empty()).then(|| {
+        pod.env
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let ports = (!pod.ports.is_empty()).then(|| {
+        pod.ports
+            .iter()
+            .map(|p| format!("{} {}/{}", p.name, p.port, p.protocol.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    view! {
+        {command.map(|c| view! { <dt>"Command"</dt><dd><code data-testid="detail-command">{c}</code></dd> })}
+        {args.map(|a| view! { <dt>"Args"</dt><dd><code data-testid="detail-args">{a}</code></dd> })}
+        {env.map(|e| view! { <dt>"Environment"</dt><dd><pre class="env" data-testid="detail-env">{e}</pre></dd> })}
+        {ports.map(|p| view! { <dt>"Ports"</dt><dd data-testid="detail-ports">{p}</dd> })}
+        {service.map(|s| view! { <dt>"Service"</dt><dd><code data-testid="detail-service">{s}</code></dd> })}
     }
 }
 

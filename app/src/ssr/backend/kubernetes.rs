@@ -10,9 +10,12 @@
 //!   `slices.eu/experiment-id`, `slices.eu/project-id`) make ownership queryable; label values
 //!   are limited to 63 characters of `[A-Za-z0-9._-]`, so the full ids are also kept in
 //!   annotations of the same names.
-//! - SSH keys and userdata: until pods get richer options they are carried as annotations
-//!   (`slices.eu/ssh-authorized-keys`, newline-separated; `slices.eu/userdata`) and as the
-//!   container's `SSH_AUTHORIZED_KEYS` / `USERDATA` environment variables.
+//! - SSH keys and userdata are carried as annotations (`slices.eu/ssh-authorized-keys`,
+//!   newline-separated; `slices.eu/userdata`) and as the container's `SSH_AUTHORIZED_KEYS` /
+//!   `USERDATA` environment variables; the request's Pod options follow: `env` after those,
+//!   `command`/`args`, `ports` as container ports exposed by a ClusterIP Service of the same
+//!   name owned by the Pod ([`service_manifest`]), and a scratch `emptyDir` sized by the
+//!   flavor's `disk_mb` at [`SCRATCH_PATH`].
 //! - Hardening (Kubernetes "Pod Security Standards", `restricted` profile): every container runs
 //!   without privilege escalation, with all capabilities dropped, the `RuntimeDefault` seccomp
 //!   profile and as non-root, and without a service-account token. An image tagged
@@ -40,15 +43,16 @@ use super::{
 };
 use crate::model::{AllocationState, BackendDetails, OperationalState};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, Namespace, Pod, PodSecurityContext, PodSpec, ResourceQuota,
-    ResourceQuotaSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, Namespace, Pod,
+    PodSecurityContext, PodSpec, ResourceQuota, ResourceQuotaSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::wait::await_condition;
@@ -514,22 +518,10 @@ pub fn pod_manifest(resource: &ResourceRecord, namespace: &str) -> Pod {
     if let Some(user) = &resource.requested_by {
         annotations.insert(ANNOTATION_REQUESTED_BY.to_string(), user.clone());
     }
-    let mut env = vec![
-        env_var("SLICES_RESOURCE_ID", &resource.typed_id),
-        env_var("SLICES_EXPERIMENT_ID", &resource.experiment_id),
-        env_var("SSH_AUTHORIZED_KEYS", &ssh_keys),
-    ];
     if let Some(userdata) = &resource.userdata {
         annotations.insert(ANNOTATION_USERDATA.to_string(), userdata.clone());
-        env.push(env_var("USERDATA", userdata));
     }
-    let quantities = BTreeMap::from([
-        ("cpu".to_string(), Quantity(resource.vcpus.to_string())),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Mi", resource.ram_mib)),
-        ),
-    ]);
+    let (volumes, mounts) = scratch_volume(resource.disk_mb);
     Pod {
         metadata: ObjectMeta {
             name: Some(resource.friendly_name.clone()),
@@ -539,18 +531,7 @@ pub fn pod_manifest(resource: &ResourceRecord, namespace: &str) -> Pod {
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "main".into(),
-                image: Some(resource.image_location.clone()),
-                env: Some(env),
-                resources: Some(ResourceRequirements {
-                    requests: Some(quantities.clone()),
-                    limits: Some(quantities),
-                    ..ResourceRequirements::default()
-                }),
-                security_context: Some(container_security(needs_root(resource))),
-                ..Container::default()
-            }],
+            containers: vec![main_container(resource, &ssh_keys, mounts)],
             restart_policy: Some("Always".into()),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
@@ -562,10 +543,149 @@ pub fn pod_manifest(resource: &ResourceRecord, namespace: &str) -> Pod {
                 ..PodSecurityContext::default()
             }),
             enable_service_links: Some(false),
+            volumes,
             ..PodSpec::default()
         }),
         status: None,
     }
+}
+
+/// The Pod's one container `main`: the site's environment (`SLICES_RESOURCE_ID`,
+/// `SLICES_EXPERIMENT_ID`, `SSH_AUTHORIZED_KEYS`, `USERDATA`) then the request's `env`,
+/// `command`/`args`, `ports`, the flavor's CPU and memory as requests = limits, the scratch
+/// mount and the hardened security context.
+fn main_container(
+    resource: &ResourceRecord,
+    ssh_keys: &str,
+    mounts: Option<Vec<VolumeMount>>,
+) -> Container {
+    let mut env = vec![
+        env_var("SLICES_RESOURCE_ID", &resource.typed_id),
+        env_var("SLICES_EXPERIMENT_ID", &resource.experiment_id),
+        env_var("SSH_AUTHORIZED_KEYS", ssh_keys),
+    ];
+    if let Some(userdata) = &resource.userdata {
+        env.push(env_var("USERDATA", userdata));
+    }
+    env.extend(resource.pod.env.iter().map(|e| env_var(&e.name, &e.value)));
+    let ports: Vec<ContainerPort> = resource
+        .pod
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            name: Some(p.name.clone()),
+            container_port: p.port as i32,
+            protocol: Some(p.protocol.as_str().into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    let words = |list: &Vec<String>| Some(list.clone()).filter(|l| !l.is_empty());
+    let quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity(resource.vcpus.to_string())),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Mi", resource.ram_mib)),
+        ),
+    ]);
+    Container {
+        name: "main".into(),
+        image: Some(resource.image_location.clone()),
+        command: words(&resource.pod.command),
+        args: words(&resource.pod.args),
+        ports: Some(ports).filter(|p| !p.is_empty()),
+        volume_mounts: mounts,
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities.clone()),
+            limits: Some(quantities),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security(needs_root(resource))),
+        ..Container::default()
+    }
+}
+
+/// Where a Pod's scratch volume is mounted.
+pub const SCRATCH_PATH: &str = "/scratch";
+
+/// The scratch volume of a flavor with `disk_mb` > 0: an `emptyDir` of that size
+/// (`sizeLimit: <disk_mb>M`, decimal megabytes as the flavor counts them) mounted at
+/// [`SCRATCH_PATH`]; it lives as long as the Pod.
+fn scratch_volume(disk_mb: i32) -> (Option<Vec<Volume>>, Option<Vec<VolumeMount>>) {
+    if disk_mb <= 0 {
+        return (None, None);
+    }
+    let volume = Volume {
+        name: "scratch".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity(format!("{disk_mb}M"))),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "scratch".into(),
+        mount_path: SCRATCH_PATH.into(),
+        ..VolumeMount::default()
+    };
+    (Some(vec![volume]), Some(vec![mount]))
+}
+
+/// The Service exposing a Pod's `ports` (None without ports): ClusterIP, named after the
+/// resource (= the Pod), selecting the Pod by its `slices.eu/resource-id` label, one port per
+/// container port (same number, targeted by name), and owned by the Pod (`ownerReferences`
+/// with the Pod's uid), so Kubernetes' garbage collector deletes it with the Pod (Kubernetes
+/// docs, "Owners and Dependents").
+pub fn service_manifest(
+    resource: &ResourceRecord,
+    namespace: &str,
+    pod_uid: &str,
+) -> Option<Service> {
+    if resource.pod.ports.is_empty() {
+        return None;
+    }
+    let selector = BTreeMap::from([(LABEL_RESOURCE.to_string(), label_value(&resource.typed_id))]);
+    let mut labels = selector.clone();
+    labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    let ports = resource
+        .pod
+        .ports
+        .iter()
+        .map(|p| ServicePort {
+            name: Some(p.name.clone()),
+            port: p.port as i32,
+            protocol: Some(p.protocol.as_str().into()),
+            target_port: Some(IntOrString::String(p.name.clone())),
+            ..ServicePort::default()
+        })
+        .collect();
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(resource.friendly_name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                LABEL_RESOURCE.to_string(),
+                resource.typed_id.clone(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: resource.friendly_name.clone(),
+                uid: pod_uid.to_string(),
+                block_owner_deletion: None,
+                controller: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
@@ -758,6 +878,46 @@ impl KubernetesBackend {
         }
     }
 
+    /// Creates the Service of a Pod with `ports` (its name; None without ports), or adopts
+    /// the one an earlier attempt made for this resource. A Service of that name left by
+    /// another resource (its Pod being deleted, the garbage collector not done yet) is a
+    /// retryable error.
+    async fn expose(
+        &self,
+        resource: &ResourceRecord,
+        namespace: &str,
+        pod: &Pod,
+    ) -> Result<Option<String>, BackendError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let Some(manifest) = service_manifest(resource, namespace, uid) else {
+            return Ok(None);
+        };
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let name = resource.friendly_name.as_str();
+        match services.create(&PostParams::default(), &manifest).await {
+            Ok(_) => Ok(Some(name.to_string())),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = services
+                    .get(name)
+                    .await
+                    .map_err(|e| map_error("reading the service", e))?;
+                let ours = existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LABEL_RESOURCE))
+                    == Some(&resource.typed_id);
+                if !ours {
+                    return Err(BackendError::retryable(format!(
+                        "service name `{name}` is still held by another resource's service in {namespace}"
+                    )));
+                }
+                Ok(Some(name.to_string()))
+            }
+            Err(e) => Err(map_error("creating the service", e)),
+        }
+    }
+
     /// Waits (at most `POD_READY_TIMEOUT_SECS`) until the Pod is no longer pending: through
     /// the shared feed when it is live, else a watch of this Pod.
     async fn wait_running(
@@ -930,6 +1090,7 @@ impl ComputeBackend for KubernetesBackend {
             .subscribe(&namespace, &resource.friendly_name)
             .await;
         let mut current = self.create_pod(&pods, resource, &namespace).await?;
+        let service = self.expose(resource, &namespace, &current).await?;
         // Kept while the Pod starts (up to 8 waiting creates per worker slot): without the
         // server-side apply bookkeeping, which the wait does not read.
         current.metadata.managed_fields = None;
@@ -942,6 +1103,7 @@ impl ComputeBackend for KubernetesBackend {
                 Some(&BackendDetails {
                     namespace: Some(namespace.clone()),
                     pod_name: Some(resource.friendly_name.clone()),
+                    service_name: service.clone(),
                     ..BackendDetails::default()
                 }),
             )
@@ -950,7 +1112,10 @@ impl ComputeBackend for KubernetesBackend {
         progress.waiting().await;
         let pod = self.wait_running(feed, &pods, &namespace, current).await?;
         // No "running" report: the task's outcome, written next, says `ready` at 100 %.
-        Ok(details_of(&pod, &namespace))
+        Ok(BackendDetails {
+            service_name: service,
+            ..details_of(&pod, &namespace)
+        })
     }
 
     async fn observe(&self, _owner: Option<&str>) -> Result<Option<Observation>, BackendError> {
@@ -1397,8 +1562,11 @@ mod tests {
             userdata: Some("#cloud-config\n".into()),
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA a".into(), "ssh-rsa BBBB b".into()],
             details: BackendDetails::default(),
+            pod: crate::model::PodOptions::default(),
         };
+        assert!(service_manifest(&r, "slices-exp-s-1", "uid-1").is_none());
         let pod = pod_manifest(&r, "slices-exp-s-1");
+        assert!(pod.spec.as_ref().is_some_and(|s| s.volumes.is_none()));
         let spec = pod.spec.expect("spec");
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("nginx:alpine"));
@@ -1415,5 +1583,81 @@ mod tests {
         let ann = pod.metadata.annotations.expect("annotations");
         assert_eq!(ann[ANNOTATION_SSH], "ssh-ed25519 AAAA a\nssh-rsa BBBB b");
         assert_eq!(ann[ANNOTATION_USERDATA], "#cloud-config\n");
+    }
+
+    #[test]
+    fn options_reach_the_container_and_the_service() {
+        use crate::model::{EnvEntry, PodOptions, PortProtocol, PortSpec};
+        let r = ResourceRecord {
+            id: uuid::Uuid::nil(),
+            typed_id: "resource_s_00000000000000000000000001".into(),
+            experiment_id: "exp_s_1".into(),
+            project_id: "proj_s_1".into(),
+            requested_by: None,
+            friendly_name: "kme-a".into(),
+            flavor_type: crate::model::FlavorType::K8s,
+            allocation_state: AllocationState::Requested,
+            image_location: "kme:1".into(),
+            image_name: "kme".into(),
+            image_tags: Vec::new(),
+            image_cluster_id: "default".into(),
+            default_username: "root".into(),
+            vcpus: 1,
+            ram_mib: 256,
+            disk_mb: 1024,
+            flavor_name: "k8s.small".into(),
+            flavor_source_id: None,
+            network_name: None,
+            userdata: None,
+            ssh_authorized_keys: Vec::new(),
+            details: BackendDetails::default(),
+            pod: PodOptions {
+                env: vec![EnvEntry {
+                    name: "PEER".into(),
+                    value: "kme-b".into(),
+                }],
+                command: vec!["/kme".into()],
+                args: vec!["--id".into(), "a".into()],
+                ports: vec![PortSpec {
+                    name: "etsi014".into(),
+                    port: 8443,
+                    protocol: PortProtocol::TCP,
+                }],
+            },
+        };
+        let spec = pod_manifest(&r, "ns").spec.expect("spec");
+        let c = &spec.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["/kme".to_string()][..]));
+        assert_eq!(c.args.as_ref().map(Vec::len), Some(2));
+        let env = c.env.as_ref().expect("env");
+        assert!(env
+            .iter()
+            .any(|e| e.name == "PEER" && e.value.as_deref() == Some("kme-b")));
+        let port = &c.ports.as_ref().expect("ports")[0];
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("etsi014"), 8443)
+        );
+        let scratch = &spec.volumes.as_ref().expect("volumes")[0];
+        let size = scratch
+            .empty_dir
+            .as_ref()
+            .and_then(|e| e.size_limit.clone());
+        assert_eq!(size, Some(Quantity("1024M".into())));
+        assert_eq!(
+            c.volume_mounts.as_ref().expect("mounts")[0].mount_path,
+            SCRATCH_PATH
+        );
+
+        let service = service_manifest(&r, "ns", "uid-1").expect("service");
+        assert_eq!(service.metadata.name.as_deref(), Some("kme-a"));
+        let owner = &service.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Pod", "uid-1"));
+        let spec = service.spec.expect("spec");
+        assert_eq!(
+            spec.selector.expect("selector")[LABEL_RESOURCE],
+            label_value(&r.typed_id)
+        );
+        assert_eq!(spec.ports.expect("ports")[0].port, 8443);
     }
 }

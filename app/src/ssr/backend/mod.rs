@@ -88,6 +88,8 @@ pub struct ResourceRecord {
     pub userdata: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
     pub details: BackendDetails,
+    /// A Pod's container options (empty for VMs: the API refuses them there).
+    pub pod: crate::model::PodOptions,
 }
 
 /// Where a running task reports what it is doing. The queue's implementation writes to the
