@@ -321,7 +321,7 @@ mod tests {
     fn bad_options_name_the_field() {
         let field = |o: PodOptions| {
             o.check("resources[1]")
-                .unwrap_err()
+                .expect_err("an error")
                 .field()
                 .map(String::from)
         };
@@ -364,15 +364,17 @@ mod tests {
 
     #[test]
     fn form_lines_parse() {
-        let env = parse_env_lines("A=1\n\nB= two = 2\n").unwrap();
+        let env = parse_env_lines("A=1\n\nB= two = 2\n").expect("ok");
         assert_eq!(env[1].name, "B");
         assert_eq!(env[1].value, " two = 2");
-        assert!(parse_env_lines("novalue").unwrap_err().contains("line 1"));
-        let ports = parse_port_lines("kms:8443\nsync:9000/udp").unwrap();
+        assert!(parse_env_lines("novalue")
+            .expect_err("an error")
+            .contains("line 1"));
+        let ports = parse_port_lines("kms:8443\nsync:9000/udp").expect("ok");
         assert_eq!(ports[1].protocol, PortProtocol::UDP);
         assert!(parse_port_lines("kms:x").is_err());
         assert_eq!(
-            split_words("kme --id 'a b'").unwrap(),
+            split_words("kme --id 'a b'").expect("ok"),
             vec!["kme", "--id", "a b"]
         );
     }

@@ -633,7 +633,7 @@ mod tests {
     fn renders_counts_numbers_and_conditions() {
         check_definition(&params(), &resources()).expect("definition");
         let given: Map<String, Value> =
-            serde_json::from_value(json!({"image": "kme:1", "port": "9443"})).unwrap();
+            serde_json::from_value(json!({"image": "kme:1", "port": "9443"})).expect("ok");
         let values = fill_parameters(&params(), &given).expect("values");
         let out = render(&resources(), &values).expect("render");
         assert_eq!(out.len(), 2, "two KMEs, no SAE host without its flavor");
@@ -643,7 +643,11 @@ mod tests {
         assert_eq!(out[0].image_parameter.as_deref(), Some("image"));
         let mut given = given;
         given.insert("sae".into(), json!("vm.small"));
-        let out = render(&resources(), &fill_parameters(&params(), &given).unwrap()).unwrap();
+        let out = render(
+            &resources(),
+            &fill_parameters(&params(), &given).expect("ok"),
+        )
+        .expect("ok");
         assert_eq!(out.len(), 3);
         assert_eq!(out[2].resource.flavor, "vm.small");
         assert_eq!(out[2].flavor_parameter.as_deref(), Some("sae"));
@@ -652,9 +656,9 @@ mod tests {
     #[test]
     fn parameters_are_checked_by_name() {
         let field = |given: Value| {
-            let given: Map<String, Value> = serde_json::from_value(given).unwrap();
+            let given: Map<String, Value> = serde_json::from_value(given).expect("ok");
             fill_parameters(&params(), &given)
-                .unwrap_err()
+                .expect_err("an error")
                 .field()
                 .map(String::from)
         };
@@ -677,7 +681,7 @@ mod tests {
     fn definitions_are_checked() {
         let err = |p: Vec<TemplateParameter>, r: Vec<Value>| {
             check_definition(&p, &r)
-                .unwrap_err()
+                .expect_err("an error")
                 .field()
                 .map(String::from)
         };

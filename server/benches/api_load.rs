@@ -143,8 +143,7 @@ async fn request_resources(
                     friendly_name: format!("bench-{:03}", batch * 10 + i),
                     disk_image_id: image_id.to_string(),
                     flavor_id: flavor_id.to_string(),
-                    network_name: None,
-                    userdata: None,
+                    ..ResourceSpec::default()
                 })
                 .collect(),
             ssh_authorized_keys: Vec::new(),

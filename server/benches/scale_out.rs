@@ -208,8 +208,7 @@ fn create_request(
                 friendly_name: format!("{name}-{i:03}"),
                 disk_image_id: image.to_string(),
                 flavor_id: flavor.to_string(),
-                network_name: None,
-                userdata: None,
+                ..ResourceSpec::default()
             })
             .collect(),
         ssh_authorized_keys: Vec::new(),

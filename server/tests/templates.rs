@@ -253,13 +253,9 @@ async fn pod_options_are_checked_and_refused_on_vms(pool: PgPool) {
     );
 }
 
-fn pods_api(
-    namespace: &str,
-) -> impl std::future::Future<Output = kube::Api<k8s_openapi::api::core::v1::Pod>> + '_ {
-    async move {
-        let client = kube::Client::try_default().await.expect("client");
-        kube::Api::namespaced(client, namespace)
-    }
+async fn pods_api(namespace: &str) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+    let client = kube::Client::try_default().await.expect("client");
+    kube::Api::namespaced(client, namespace)
 }
 
 #[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
@@ -386,4 +382,129 @@ async fn the_qkd_link_runs_two_wired_kmes_with_their_services(pool: PgPool) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(services.get_opt("link-kme-b").await.expect("get").is_some());
+}
+
+#[ignore = "needs Kubernetes: scripts/test runs it with --include-ignored"]
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn spec_files_logs_and_ssh_config_through_the_dashboard(pool: PgPool) {
+    let app = TestApp::start(pool.clone(), Options::default()).await;
+    let (_, flavor) = app.k8s_catalog("nginx:alpine").await;
+    let (_, flavor) = app
+        .get(&format!("/flavors/{flavor}"), &app.issuer.user(ALICE))
+        .await;
+    let flavor_name = flavor["friendly_name"].as_str().expect("name").to_string();
+    let exp = experiment_id();
+    let mut browser = common::Browser::new(&app);
+    assert_eq!(
+        browser
+            .sign_in(&app.issuer.user(ALICE), &app.issuer.experiment(&exp, ALICE))
+            .await,
+        200
+    );
+
+    // Not signed in: the downloads are 401.
+    let (s, _, _) = common::Browser::new(&app)
+        .get("/experiment/spec.json")
+        .await;
+    assert_eq!(s, 401);
+
+    // A spec file with one bad entry: checked entry by entry; importing it creates nothing.
+    let spec = json!({"resources": [
+        {"friendly_name": "imp-a", "site_id": "tld-city-bp1", "flavor": flavor_name, "disk_image": "test image",
+         "env": [{"name": "ROLE", "value": "alice"}], "ports": [{"name": "http", "port": 8080}]},
+        {"friendly_name": "imp-b", "flavor": "no-such-flavor", "disk_image": "test image"},
+        {"friendly_name": "imp-c", "flavor": flavor_name, "disk_image": "test image", "cloudinit_file": "./init.yaml"},
+        {"friendly_name": "imp-d", "site_id": "other-site", "flavor": flavor_name, "disk_image": "test image"},
+    ]})
+    .to_string();
+    let (s, checks) = browser.call("spec-check", &[("spec", &spec)]).await;
+    assert_eq!(s, 200, "{checks}");
+    let errors: Vec<Option<&str>> = checks
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["error"].as_str())
+        .collect();
+    assert_eq!(errors[0], None, "{checks}");
+    assert!(
+        errors[1].is_some_and(|e| e.contains("no flavor `no-such-flavor`")),
+        "{checks}"
+    );
+    assert!(
+        errors[2].is_some_and(|e| e.contains("userdata")),
+        "{checks}"
+    );
+    assert!(
+        errors[3].is_some_and(|e| e.contains("other-site")),
+        "{checks}"
+    );
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let (s, err) = browser
+        .call("spec-import", &[("spec", &spec), ("expires_at", &expires)])
+        .await;
+    assert_eq!(s, 422, "{err}");
+    assert_eq!(err["Invalid"]["field"], "resources[1]", "{err}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0);
+    let (s, bad) = browser
+        .call("spec-check", &[("spec", "{\"resources\": 3}")])
+        .await;
+    assert_eq!(
+        (s, bad["Invalid"]["field"].as_str()),
+        (422, Some("spec")),
+        "{bad}"
+    );
+
+    // The good entry alone: requested, running, its log readable and the export round-trips.
+    let good =
+        json!({"resources": [serde_json::from_str::<Value>(&spec).expect("json")["resources"][0]]})
+            .to_string();
+    let (s, count) = browser
+        .call("spec-import", &[("spec", &good), ("expires_at", &expires)])
+        .await;
+    assert!(s == 200 || s == 302, "{s} {count}");
+    let token = app.issuer.experiment(&exp, ALICE);
+    let (_, list) = app.get("/resources", &token).await;
+    let a = &list.as_array().expect("list")[0];
+    let task = app
+        .wait_task(a["last_task_id"].as_str().expect("task"), &token, 60)
+        .await;
+    assert_eq!(task["status"], "finished", "{task}");
+    let (s, kind, log) = browser
+        .get(&format!(
+            "/resources/{}/log?tail_lines=5",
+            a["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (200, "text/plain; charset=utf-8"),
+        "{log}"
+    );
+    assert!(log.contains("starting container main"), "{log}");
+    let (s, _, exported) = browser.get("/experiment/spec.json").await;
+    assert_eq!(s, 200);
+    let exported: Value = serde_json::from_str(&exported).expect("spec json");
+    let entry = &exported["resources"][0];
+    assert_eq!(
+        (entry["friendly_name"].as_str(), entry["flavor"].as_str()),
+        (Some("imp-a"), Some(flavor_name.as_str()))
+    );
+    assert_eq!(entry["env"][0]["value"], "alice");
+    assert_eq!(entry["ports"][0]["port"], 8080);
+    let (s, _, config) = browser.get("/experiment/ssh_config").await;
+    assert_eq!(s, 200);
+    assert!(
+        config.starts_with("# ssh_config for the VMs of"),
+        "{config}"
+    );
+    assert!(
+        !config.contains("Host imp-a"),
+        "pods get no ssh_config entry: {config}"
+    );
 }

@@ -282,10 +282,6 @@ impl<'a> Planner<'a> {
                 }
             )));
         }
-        if flavor.flavor_type == FlavorType::Vm {
-            let clouds = self.user_clouds().await?;
-            check_image_cloud(clouds, &image, &f("disk_image_id"))?;
-        }
         check_texts(spec, &f)?;
         let pod = spec.pod_options();
         match (flavor.flavor_type, pod.first_set()) {
@@ -297,6 +293,10 @@ impl<'a> Planner<'a> {
             }
             (FlavorType::K8s, _) => pod.check(&format!("resources[{i}]"))?,
             (FlavorType::Vm, None) => {}
+        }
+        if flavor.flavor_type == FlavorType::Vm {
+            let clouds = self.user_clouds().await?;
+            check_image_cloud(clouds, &image, &f("disk_image_id"))?;
         }
         Ok(Planned {
             id: Uuid::now_v7(),

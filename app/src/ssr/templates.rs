@@ -625,10 +625,10 @@ mod tests {
             Ok("image_s_3")
         );
         assert!(pick("dup", it(), "disk image")
-            .unwrap_err()
+            .expect_err("an error")
             .contains("give the id"));
         assert!(pick("nope", it(), "disk image")
-            .unwrap_err()
+            .expect_err("an error")
             .contains("no disk image"));
     }
 }

@@ -43,54 +43,75 @@ pub async fn console_log(id: String) -> Result<crate::model::ConsoleLog, AppErro
 /// Lines of console output the detail page shows.
 pub const CONSOLE_LINES: u32 = 200;
 
+/// The request form's fields (named `form[<field>]` in the HTML form); the Pod options are
+/// text: `NAME=value` lines, shell words, `name:port[/protocol]` lines.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RequestForm {
+    pub disk_image_id: String,
+    pub flavor_id: String,
+    pub friendly_name: String,
+    pub expires_at: String,
+    #[serde(default)]
+    pub network_name: String,
+    #[serde(default)]
+    pub ssh_authorized_keys: String,
+    #[serde(default)]
+    pub userdata: String,
+    #[serde(default)]
+    pub env: String,
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub args: String,
+    #[serde(default)]
+    pub ports: String,
+}
+
+impl RequestForm {
+    /// The `POST /resources` body it stands for; the text fields' own mistakes are 422s
+    /// naming the field (`env`: "line 2: expected NAME=value").
+    pub fn request(self) -> Result<crate::model::CreateResourcesRequest, AppError> {
+        use crate::model::{CreateResourcesRequest, ResourceSpec};
+        use crate::pod_options::{parse_env_lines, parse_port_lines, split_words};
+        Ok(CreateResourcesRequest {
+            expires_at: parse_expiry(&self.expires_at)?,
+            resources: vec![ResourceSpec {
+                friendly_name: self.friendly_name,
+                disk_image_id: self.disk_image_id,
+                flavor_id: self.flavor_id,
+                network_name: Some(self.network_name.trim().to_string()).filter(|n| !n.is_empty()),
+                userdata: Some(self.userdata).filter(|u| !u.trim().is_empty()),
+                env: parse_env_lines(&self.env).map_err(|m| AppError::invalid("env", m))?,
+                command: split_words(&self.command).map_err(|m| AppError::invalid("command", m))?,
+                args: split_words(&self.args).map_err(|m| AppError::invalid("args", m))?,
+                ports: parse_port_lines(&self.ports).map_err(|m| AppError::invalid("ports", m))?,
+            }],
+            ssh_authorized_keys: self
+                .ssh_authorized_keys
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            // The session's user requests it: no user token travels (the session proved who
+            // it is).
+            tokens: Vec::new(),
+            request_id: None,
+        })
+    }
+}
+
 /// Requests one resource, exactly as `POST /resources` would with the session's
 /// experiment token and the user token in `tokens`.
 #[server(endpoint = "request-resource")]
-pub async fn request_resource(
-    disk_image_id: String,
-    flavor_id: String,
-    friendly_name: String,
-    expires_at: String,
-    network_name: String,
-    ssh_authorized_keys: String,
-    userdata: String,
-    #[server(default)] env: String,
-    #[server(default)] command: String,
-    #[server(default)] args: String,
-    #[server(default)] ports: String,
-) -> Result<String, AppError> {
-    use crate::model::{CreateResourcesRequest, ResourceSpec};
-    use crate::pod_options::{parse_env_lines, parse_port_lines, split_words};
+pub async fn request_resource(form: RequestForm) -> Result<String, AppError> {
     let (state, auth) = crate::ssr::session::require().await?;
     let Some(experiment) = auth.experiment.as_ref() else {
         return Err(AppError::Forbidden(
             "requesting resources needs an experiment: attach one on your account page (/account) with an experiment token".into(),
         ));
     };
-    let expires_at = parse_expiry(&expires_at)?;
-    let request = CreateResourcesRequest {
-        expires_at,
-        resources: vec![ResourceSpec {
-            friendly_name,
-            disk_image_id,
-            flavor_id,
-            network_name: Some(network_name.trim().to_string()).filter(|n| !n.is_empty()),
-            userdata: Some(userdata).filter(|u| !u.trim().is_empty()),
-            env: parse_env_lines(&env).map_err(|m| AppError::invalid("env", m))?,
-            command: split_words(&command).map_err(|m| AppError::invalid("command", m))?,
-            args: split_words(&args).map_err(|m| AppError::invalid("args", m))?,
-            ports: parse_port_lines(&ports).map_err(|m| AppError::invalid("ports", m))?,
-        }],
-        ssh_authorized_keys: ssh_authorized_keys
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-        // The session's user requests it: no user token travels (the session proved who it is).
-        tokens: Vec::new(),
-        request_id: None,
-    };
+    let request = form.request()?;
     let created =
         crate::ssr::resources::create_resources(&state.resources(), experiment, &request).await?;
     leptos_axum::redirect("/resources");
@@ -461,7 +482,7 @@ fn RequestFields(
                 <div class="grid2">
                     <div>
                         <label for="disk_image_id">"Disk image"</label>
-                        <select id="disk_image_id" name="disk_image_id" data-testid="req-image" required>
+                        <select id="disk_image_id" name="form[disk_image_id]" data-testid="req-image" required>
                             {images.into_iter().map(|i| view! {
                                 <option value=i.id.clone()>{format!("{} ({})", i.friendly_name, i.location)}</option>
                             }).collect_view()}
@@ -470,7 +491,7 @@ fn RequestFields(
                     </div>
                     <div>
                         <label for="flavor_id">"Flavor"</label>
-                        <select id="flavor_id" name="flavor_id" data-testid="req-flavor" required>
+                        <select id="flavor_id" name="form[flavor_id]" data-testid="req-flavor" required>
                             {flavors.into_iter().map(|f| view! {
                                 <option value=f.id.clone()>{format!("{} — {}: {} vCPU, {} MiB", f.friendly_name, f.flavor_type.as_str(), f.vcpus, f.ram_mib)}</option>
                             }).collect_view()}
@@ -479,52 +500,52 @@ fn RequestFields(
                     </div>
                     <div>
                         <label for="friendly_name">"Name"</label>
-                        <input id="friendly_name" name="friendly_name" data-testid="req-name" required maxlength="63"
+                        <input id="friendly_name" name="form[friendly_name]" data-testid="req-name" required maxlength="63"
                             placeholder="qkd-alice" autocomplete="off" />
                         <p class="hint small">"Pods: lowercase letters, digits and -, e.g. qkd-alice."</p>
                         <FieldError result field="friendly_name" />
                     </div>
                     <div>
                         <label for="expires_at">"Expires at (UTC)"</label>
-                        <input id="expires_at" name="expires_at" type="datetime-local" data-testid="req-expires"
+                        <input id="expires_at" name="form[expires_at]" type="datetime-local" data-testid="req-expires"
                             value=default_expiry max=max_expiry required />
                         <FieldError result field="expires_at" />
                     </div>
                 </div>
                 <label for="network_name">"Network (VMs; empty: the project's only network)"</label>
-                <input id="network_name" name="network_name" data-testid="req-network" autocomplete="off"
+                <input id="network_name" name="form[network_name]" data-testid="req-network" autocomplete="off"
                     placeholder="private" />
                 <FieldError result field="network_name" />
                 <label for="ssh_authorized_keys">"SSH public keys (one per line)"</label>
-                <textarea id="ssh_authorized_keys" name="ssh_authorized_keys" rows="3" data-testid="req-ssh-keys"
+                <textarea id="ssh_authorized_keys" name="form[ssh_authorized_keys]" rows="3" data-testid="req-ssh-keys"
                     placeholder="ssh-ed25519 AAAA… you@laptop" spellcheck="false"></textarea>
                 <FieldError result field="ssh_authorized_keys" />
                 <label for="userdata">"User data (cloud-init for VMs; handed to pods as USERDATA)"</label>
-                <textarea id="userdata" name="userdata" rows="5" data-testid="req-userdata"
+                <textarea id="userdata" name="form[userdata]" rows="5" data-testid="req-userdata"
                     placeholder="#cloud-config" spellcheck="false"></textarea>
                 <FieldError result field="userdata" />
                 <details class="pod-options" data-testid="req-pod-options">
                     <summary>"Pod options (pods only)"</summary>
                     <label for="env">"Environment (NAME=value, one per line)"</label>
-                    <textarea id="env" name="env" rows="3" data-testid="req-env" spellcheck="false"
+                    <textarea id="env" name="form[env]" rows="3" data-testid="req-env" spellcheck="false"
                         placeholder="KME_ID=alice"></textarea>
                     <FieldError result field="env" />
                     <div class="grid2">
                         <div>
                             <label for="command">"Command (replaces the image's entrypoint)"</label>
-                            <input id="command" name="command" data-testid="req-command" autocomplete="off"
+                            <input id="command" name="form[command]" data-testid="req-command" autocomplete="off"
                                 spellcheck="false" placeholder="/usr/bin/kme" />
                             <FieldError result field="command" />
                         </div>
                         <div>
                             <label for="args">"Arguments"</label>
-                            <input id="args" name="args" data-testid="req-args" autocomplete="off"
+                            <input id="args" name="form[args]" data-testid="req-args" autocomplete="off"
                                 spellcheck="false" placeholder="--port 8443" />
                             <FieldError result field="args" />
                         </div>
                     </div>
                     <label for="ports">"Ports (name:port or name:port/UDP, one per line; exposed by a Service named after the pod)"</label>
-                    <textarea id="ports" name="ports" rows="2" data-testid="req-ports" spellcheck="false"
+                    <textarea id="ports" name="form[ports]" rows="2" data-testid="req-ports" spellcheck="false"
                         placeholder="etsi014:8443"></textarea>
                     <FieldError result field="ports" />
                 </details>

@@ -616,6 +616,23 @@ impl<'a> Browser<'a> {
         )
     }
 
+    /// `GET path` of the dashboard with the session cookie: status, content type, body text.
+    pub async fn get(&self, path: &str) -> (u16, String, String) {
+        let mut request = self.http.get(format!("{}{path}", self.app.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("Cookie", format!("slices_session={cookie}"));
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (status, kind, response.text().await.expect("body"))
+    }
+
     pub async fn viewer(&mut self) -> Value {
         let (s, body) = self.call("viewer", &[]).await;
         assert_eq!(s, 200, "{body}");
