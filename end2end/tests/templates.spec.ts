@@ -65,6 +65,21 @@ test.describe('templates, the experiment picture and pod logs', () => {
     console.log(`QKD link: Launch to both KMEs green in the picture: ${Date.now() - launched} ms`);
     await expect(picture.locator(`g.edge[data-from="${prefix}-kme-a"][data-to="${prefix}-kme-b"]`)).toHaveCount(1);
     await shot(page, 'experiment-picture');
+    // Page weight of the experiment page as the browser fetched it (document + every
+    // resource, bytes over the wire and decoded).
+    const weight = await page.evaluate(() => {
+      const entries = [
+        ...performance.getEntriesByType('navigation'),
+        ...performance.getEntriesByType('resource'),
+      ] as PerformanceResourceTiming[];
+      return {
+        requests: entries.length,
+        transfer: entries.reduce((n, e) => n + e.transferSize, 0),
+        decoded: entries.reduce((n, e) => n + e.decodedBodySize, 0),
+      };
+    });
+    console.log(`experiment page weight: ${weight.requests} requests, ${weight.transfer} bytes transferred, ${weight.decoded} bytes decoded`);
+    expect(weight.transfer).toBeGreaterThan(0);
 
     // A node opens its detail: options, Service, and the log (tail, then followed).
     await picture.locator(`a.node[data-name="${prefix}-kme-a"]`).click();
@@ -96,6 +111,14 @@ test.describe('templates, the experiment picture and pod logs', () => {
     expect(kmeA?.flavor).toBe(catalog.flavor.friendly_name);
     expect(kmeA?.disk_image).toBe(catalog.image.friendly_name);
     expect(kmeA?.ports?.length).toBe(2);
+
+    // ... and as a template of this experiment, which the gallery then lists.
+    await waitHydrated(page);
+    await page.getByTestId('save-template-name').fill(`saved ${prefix}`);
+    await page.getByTestId('save-template').click();
+    await expect(page.getByTestId('save-template-done')).toBeVisible();
+    await page.goto('/templates');
+    await expect(page.locator(`[data-testid="template-card"][data-name="saved ${prefix}"]`)).toBeVisible();
   });
 
   test('a spec file with a bad entry is checked entry by entry and nothing is requested', async ({ page }) => {

@@ -362,14 +362,7 @@ async fn the_qkd_link_runs_two_wired_kmes_with_their_services(pool: PgPool) {
     }
 
     // Deleting a KME takes its Service with it (the garbage collector follows the owner).
-    let (s, deleted) = app
-        .delete(
-            &format!("/resources/{}", resources[0]["id"].as_str().expect("id")),
-            &token,
-        )
-        .await;
-    assert_eq!(s, 202, "{deleted}");
-    app.wait_task(deleted["id"].as_str().expect("task"), &token, 60)
+    app.delete_and_wait(resources[0]["id"].as_str().expect("id"), &token, 60)
         .await;
     let client = kube::Client::try_default().await.expect("client");
     let services = kube::Api::<Service>::namespaced(client, &namespace);
@@ -497,6 +490,37 @@ async fn spec_files_logs_and_ssh_config_through_the_dashboard(pool: PgPool) {
     );
     assert_eq!(entry["env"][0]["value"], "alice");
     assert_eq!(entry["ports"][0]["port"], 8080);
+    // "Save as template": the running resources become version 1 of a new template.
+    let (s, id) = browser
+        .call(
+            "save-as-template",
+            &[("name", "from imp"), ("scope", "experiment")],
+        )
+        .await;
+    assert_eq!(s, 200, "{id}");
+    let (s, saved) = app
+        .get(&format!("/templates/{}", id.as_str().expect("id")), &token)
+        .await;
+    assert_eq!(s, 200, "{saved}");
+    assert_eq!(
+        saved["latest"]["resources"][0]["friendly_name"], "imp-a",
+        "{saved}"
+    );
+    assert_eq!(
+        saved["latest"]["resources"][0]["env"][0]["value"], "alice",
+        "{saved}"
+    );
+    let (s, again) = browser
+        .call(
+            "save-as-template",
+            &[("name", "from imp"), ("scope", "experiment")],
+        )
+        .await;
+    assert_eq!(
+        (s, again["Conflict"]["field"].as_str()),
+        (409, Some("name")),
+        "{again}"
+    );
     let (s, _, config) = browser.get("/experiment/ssh_config").await;
     assert_eq!(s, 200);
     assert!(

@@ -1,6 +1,7 @@
 //! An experiment in and out of files: the SLICES CLI's spec file ([`crate::spec_file`])
-//! imported (checked entry by entry, then requested as one `POST /resources`) and exported,
-//! and an `ssh_config` for the experiment's VMs (through `SSH_PROXY_JUMP` when set).
+//! imported (checked entry by entry, then requested as one `POST /resources`) and exported
+//! (also as a new template: "save as template"), and an `ssh_config` for the experiment's
+//! VMs (through `SSH_PROXY_JUMP` when set).
 
 use crate::error::AppError;
 use crate::model::{
@@ -204,6 +205,43 @@ pub async fn export(
             })
             .collect(),
     })
+}
+
+/// "Save as template": the live resources `principal` sees as version 1 of a new template
+/// in `scope` (no parameters; images and flavors by name, as the export writes them).
+/// Errors as `POST /templates` (422 for an experiment with no live resource: `resources`).
+pub async fn save_as_template(
+    pool: &PgPool,
+    site: &str,
+    principal: &Principal,
+    name: &str,
+    scope: crate::templates::TemplateScope,
+) -> Result<crate::templates::Template, AppError> {
+    let spec = export(pool, site, principal).await?;
+    let resources = spec
+        .resources
+        .into_iter()
+        .map(|entry| {
+            let mut value = serde_json::to_value(entry).map_err(crate::ssr::internal)?;
+            if let Some(object) = value.as_object_mut() {
+                object.remove("site_id");
+            }
+            Ok(value)
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    let request = crate::templates::CreateTemplateRequest {
+        name: name.to_string(),
+        description: format!(
+            "Saved from experiment {} ({} resources).",
+            principal.experiment_id.as_deref().unwrap_or("?"),
+            resources.len()
+        ),
+        scope,
+        parameters: Vec::new(),
+        resources,
+        notes: "saved from a running experiment".into(),
+    };
+    crate::ssr::templates::create(pool, site, principal, &request).await
 }
 
 /// An `ssh_config` with one `Host` per live VM that has an address (`Host` = its name,

@@ -33,6 +33,30 @@ pub fn with_jump(command: &str, jump: Option<&str>) -> String {
     }
 }
 
+/// Saves the experiment's live resources as a new template (`experiment` or `project`
+/// scope) and answers its id.
+#[server(endpoint = "save-as-template")]
+pub async fn save_as_template(name: String, scope: String) -> Result<String, AppError> {
+    let (state, auth) = crate::ssr::session::require().await?;
+    let Some(experiment) = auth.experiment.as_ref() else {
+        return Err(AppError::Forbidden(
+            "saving a template needs an attached experiment".into(),
+        ));
+    };
+    let scope = scope
+        .parse::<crate::templates::TemplateScope>()
+        .map_err(|_| AppError::invalid("scope", "experiment or project"))?;
+    let template = crate::ssr::spec_files::save_as_template(
+        &state.pool,
+        state.site(),
+        experiment,
+        name.trim(),
+        scope,
+    )
+    .await?;
+    Ok(template.id)
+}
+
 /// `/experiment`.
 #[component]
 pub fn ExperimentPage() -> impl IntoView {
@@ -73,6 +97,7 @@ fn Experiment(viewer: Viewer) -> impl IntoView {
                                 <a href="/experiment/spec.json" class="button" download data-testid="export-spec">"Export as spec file"</a>
                             </p>
                             <p class="hint small">"The spec file is the SLICES CLI's resource spec (flavor and image by name): request the same nodes again with it, here or with the CLI."</p>
+                            <SaveAsTemplate />
                         </section>
                     }.into_any(),
                 }
@@ -121,6 +146,31 @@ fn LivePicture(initial: Vec<ComputeResource>, jump: Option<String>) -> impl Into
                 </ul>
             </section>
         </Show>
+    }
+}
+
+/// "Save as template": a name and who may use it; the new template's page is linked.
+#[island(lazy)]
+fn SaveAsTemplate() -> impl IntoView {
+    super::island_hydrated();
+    let save = ServerAction::<SaveAsTemplate>::new();
+    let result = Signal::derive(move || save.value().get());
+    view! {
+        <ActionForm action=save attr:class="inline-choices">
+            <label for="template-name">"Save as template "</label>
+            <input id="template-name" name="name" required maxlength="64" placeholder="my QKD setup"
+                autocomplete="off" data-testid="save-template-name" />
+            <select name="scope" aria-label="Who may use it" data-testid="save-template-scope">
+                <option value="experiment">"this experiment"</option>
+                <option value="project">"my project"</option>
+            </select>
+            <button type="submit" data-testid="save-template" disabled=move || save.pending().get()>"Save"</button>
+        </ActionForm>
+        <super::FieldError result field="name" />
+        <super::FormError result fields=&["name"] />
+        {move || save.value().get().and_then(Result::ok).map(|id| view! {
+            <p class="ok small" data-testid="save-template-done">"Saved: " <a href=format!("/templates/{id}")>"open the template"</a></p>
+        })}
     }
 }
 

@@ -86,13 +86,7 @@ impl RequestForm {
                 args: split_words(&self.args).map_err(|m| AppError::invalid("args", m))?,
                 ports: parse_port_lines(&self.ports).map_err(|m| AppError::invalid("ports", m))?,
             }],
-            ssh_authorized_keys: self
-                .ssh_authorized_keys
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
+            ssh_authorized_keys: key_lines(&self.ssh_authorized_keys),
             // The session's user requests it: no user token travels (the session proved who
             // it is).
             tokens: Vec::new(),
@@ -120,6 +114,15 @@ pub async fn request_resource(form: RequestForm) -> Result<String, AppError> {
         .first()
         .map(|r| r.id.clone())
         .unwrap_or_default())
+}
+
+/// The non-empty lines of an SSH keys text area, trimmed (one public key per line).
+pub fn key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// `YYYY-MM-DDTHH:MM[:SS]` (an `<input type="datetime-local">`, read as UTC) or RFC 3339.

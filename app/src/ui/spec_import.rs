@@ -32,12 +32,7 @@ pub async fn import_spec(
         ));
     };
     let parsed = crate::ssr::spec_files::parse(&spec)?;
-    let keys = ssh_authorized_keys
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let keys = super::resources::key_lines(&ssh_authorized_keys);
     let expires_at = super::resources::parse_expiry(&expires_at)?;
     let created =
         crate::ssr::spec_files::import(&state.resources(), experiment, &parsed, expires_at, keys)

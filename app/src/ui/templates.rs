@@ -71,12 +71,7 @@ pub async fn launch_template(
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect(),
         expires_at: super::resources::parse_expiry(&expires_at)?,
-        ssh_authorized_keys: ssh_authorized_keys
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
+        ssh_authorized_keys: super::resources::key_lines(&ssh_authorized_keys),
         tokens: Vec::new(),
         request_id: None,
     };

@@ -469,6 +469,18 @@ impl TestApp {
         )
     }
 
+    /// `DELETE /resources/{id}` (202) and its delete task waited for (at most `secs`); the
+    /// test fails unless the task finished.
+    pub async fn delete_and_wait(&self, id: &str, token: &str, secs: u64) -> Value {
+        let (s, deleted) = self.delete(&format!("/resources/{id}"), token).await;
+        assert_eq!(s, 202, "{deleted}");
+        let task = self
+            .wait_task(deleted["id"].as_str().expect("task"), token, secs)
+            .await;
+        assert_eq!(task["status"], "finished", "{task}");
+        task
+    }
+
     /// Polls a task until it is `finished` or `failed` (at most `secs`).
     pub async fn wait_task(&self, task_id: &str, token: &str, secs: u64) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
