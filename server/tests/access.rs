@@ -59,6 +59,16 @@ async fn every_principal_kind_gets_what_the_access_model_says_on_every_route(poo
         json!({ "friendly_name": "", "flavor_type": "k8s", "vcpus": 1, "ram_mib": 64 });
     let no_resources = json!({ "expires_at": in_an_hour(), "resources": [] });
     let past = json!({ "expires_at": "2001-01-01T00:00:00Z" });
+    let (_, templates) = app
+        .get("/templates", tokens[5].as_deref().unwrap_or_default())
+        .await;
+    let qkd = templates[0]["id"]
+        .as_str()
+        .expect("the built-in template")
+        .to_string();
+    let bad_template = json!({ "name": "", "parameters": [], "resources": [] });
+    let no_version = json!({ "parameters": [], "resources": [] });
+    let no_parameters = json!({ "expires_at": in_an_hour(), "parameters": {} });
     // (method, path, body, status for each of WHO)
     let matrix: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
         (
@@ -169,6 +179,44 @@ async fn every_principal_kind_gets_what_the_access_model_says_on_every_route(poo
             "/clouds-yaml".into(),
             None,
             [401, 404, 404, 404, 404, 404],
+        ),
+        (
+            Method::GET,
+            format!("/resources/{r}/logs"),
+            None,
+            [401, 409, 404, 404, 404, 409],
+        ),
+        (
+            Method::GET,
+            "/templates".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/templates/{qkd}"),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        // Experiment templates: experiments publish, users do not.
+        (
+            Method::POST,
+            "/templates".into(),
+            Some(bad_template),
+            [401, 403, 403, 422, 422, 422],
+        ),
+        // The built-in site template: only admins publish its versions.
+        (
+            Method::POST,
+            format!("/templates/{qkd}/versions"),
+            Some(no_version),
+            [401, 403, 422, 422, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("/templates/{qkd}/instantiate"),
+            Some(no_parameters),
+            [401, 403, 403, 422, 422, 422],
         ),
         // Last: the one write that goes through.
         (

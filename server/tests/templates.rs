@@ -69,6 +69,28 @@ async fn templates_are_published_versioned_and_scoped(pool: PgPool) {
         "{params:?}"
     );
 
+    // The OpenAPI document describes the five template operations.
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.api))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    for (path, method) in [
+        ("/templates", "get"),
+        ("/templates", "post"),
+        ("/templates/{id}", "get"),
+        ("/templates/{id}/versions", "post"),
+        ("/templates/{id}/instantiate", "post"),
+    ] {
+        let op = &doc["paths"][format!("/apis/bi.slices.eu/v1alpha2{path}")][method];
+        assert_eq!(op["tags"][0], "templates", "{method} {path}: {op}");
+    }
+    assert!(doc["components"]["schemas"]["InstantiateRequest"].is_object());
+
     // An experiment's own template: version 1, then version 2; version 1 stays as it was.
     let (s, mine) = app.post("/templates", &alice, my_template("web")).await;
     assert_eq!(s, 201, "{mine}");

@@ -244,6 +244,8 @@ pub async fn create(
     principal: &Principal,
     request: &CreateTemplateRequest,
 ) -> Result<Template, AppError> {
+    // Who may publish here comes first: a caller without the right learns nothing more.
+    let (project, experiment) = owner_for(principal, request.scope)?;
     let name = request.name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_NAME
@@ -257,7 +259,6 @@ pub async fn create(
     if request.description.len() > 4000 {
         return Err(AppError::invalid("description", "at most 4000 bytes"));
     }
-    let (project, experiment) = owner_for(principal, request.scope)?;
     check_definition(&request.parameters, &request.resources)?;
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
