@@ -504,15 +504,7 @@ async fn resource_requests_are_validated_field_by_field(pool: PgPool) {
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
 async fn openapi_and_docs_are_served_offline(pool: PgPool) {
     let app = TestApp::start(pool, api_only()).await;
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.api))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let doc = app.openapi().await;
     assert!(
         doc["paths"]["/apis/bi.slices.eu/v1alpha2/resources"]["post"].is_object(),
         "{doc}"

@@ -70,15 +70,7 @@ async fn templates_are_published_versioned_and_scoped(pool: PgPool) {
     );
 
     // The OpenAPI document describes the five template operations.
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.api))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let doc = app.openapi().await;
     for (path, method) in [
         ("/templates", "get"),
         ("/templates", "post"),

@@ -469,6 +469,18 @@ impl TestApp {
         )
     }
 
+    /// The OpenAPI document the API serves (`<base>/openapi.json`).
+    pub async fn openapi(&self) -> Value {
+        self.http
+            .get(format!("{}/openapi.json", self.api))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// `DELETE /resources/{id}` (202) and its delete task waited for (at most `secs`); the
     /// test fails unless the task finished.
     pub async fn delete_and_wait(&self, id: &str, token: &str, secs: u64) -> Value {
