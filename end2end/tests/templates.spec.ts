@@ -80,6 +80,9 @@ test.describe('templates, the experiment picture and pod logs', () => {
     });
     console.log(`experiment page weight: ${weight.requests} requests, ${weight.transfer} bytes transferred, ${weight.decoded} bytes decoded`);
     expect(weight.transfer).toBeGreaterThan(0);
+    // The bundle travels compressed.
+    const wasm = await page.request.get('/pkg/slices-blueprint.wasm', { headers: { 'Accept-Encoding': 'gzip' } });
+    expect(wasm.headers()['content-encoding']).toBe('gzip');
 
     // A node opens its detail: options, Service, and the log (tail, then followed).
     await picture.locator(`a.node[data-name="${prefix}-kme-a"]`).click();

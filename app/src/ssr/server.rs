@@ -159,6 +159,9 @@ pub async fn router(state: &AppState) -> anyhow::Result<Router> {
         .leptos_routes(state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .merge(crate::ssr::dashboard_routes::router())
+        // Pages, wasm, JS and CSS gzip-compressed when the browser accepts it (tower-http's
+        // default predicate: bodies over 32 bytes, never images or event streams).
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         .layer(sessions)
         .layer(axum::middleware::from_fn(web_security::server_fn_status))
         .layer(from_fn_with_state(
