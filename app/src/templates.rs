@@ -96,7 +96,6 @@ pub struct TemplateParameter {
     pub description: String,
     /// Used when the instantiation does not give the parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "ssr", schema(value_type = Option<Object>))]
     pub default: Option<Value>,
     /// May be left empty (`""`); otherwise a parameter without default must be given.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -105,13 +104,26 @@ pub struct TemplateParameter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
     /// `integer`: bounds (inclusive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub min: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max: Option<i64>,
     /// `string`: longest value, characters (default and limit 255).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_length: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
+    #[cfg_attr(feature = "ssr", schema(minimum = 0, maximum = 255))]
+    pub max_length: Option<i64>,
     /// `disk_image`/`flavor`: only entries of this flavor type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flavor_type: Option<crate::model::FlavorType>,
@@ -167,6 +179,22 @@ impl From<TemplatePort> for PortSpec {
             protocol: p.protocol,
         }
     }
+}
+
+/// An optional whole number as JSON Schema's `integer` allows it: `64` or `64.0` (some JSON
+/// writers send integers so); `null` is `None`.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}")))
 }
 
 /// A whole number ≥ 0 as a JSON number or as text (`"8443"`).
@@ -229,7 +257,16 @@ pub struct Template {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplateRequest {
-    /// 1-64 characters, unique within its scope and owner.
+    /// 1-64 characters, not only spaces, no control or bidirectional formatting characters;
+    /// unique within its scope and owner.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            min_length = 1,
+            max_length = 64,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -264,8 +301,9 @@ pub struct NewVersionRequest {
 #[cfg_attr(feature = "ssr", derive(ToSchema))]
 pub struct InstantiateRequest {
     /// Default: the newest version.
-    #[serde(default)]
-    pub version: Option<i32>,
+    #[serde(default, deserialize_with = "whole")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<i32>, minimum = 1))]
+    pub version: Option<i64>,
     /// Parameter values by name; missing ones take their defaults.
     #[serde(default)]
     #[cfg_attr(feature = "ssr", schema(value_type = Object))]
@@ -367,6 +405,9 @@ fn check_parameters(parameters: &[TemplateParameter]) -> Result<(), AppError> {
                 "a choice needs at least one choice",
             ));
         }
+        if p.max_length.is_some_and(|l| !(0..=255).contains(&l)) {
+            return Err(AppError::invalid(f("max_length"), "between 0 and 255"));
+        }
         if let (Some(min), Some(max)) = (p.min, p.max) {
             if min > max {
                 return Err(AppError::invalid(f("min"), "greater than `max`"));
@@ -424,7 +465,7 @@ pub fn coerce(p: &TemplateParameter, given: &Value) -> Result<Value, String> {
             let Value::String(s) = given else {
                 return Err("a string".into());
             };
-            let limit = p.max_length.unwrap_or(255).min(255) as usize;
+            let limit = p.max_length.unwrap_or(255).clamp(0, 255) as usize;
             if s.chars().count() > limit {
                 return Err(format!("at most {limit} characters"));
             }
@@ -675,6 +716,17 @@ mod tests {
             field(json!({"image": 5})).as_deref(),
             Some("parameters.image")
         );
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        let p: TemplateParameter = serde_json::from_value(
+            json!({"name": "n", "type": "integer", "min": 2.0, "max": null}),
+        )
+        .expect("parameter");
+        assert_eq!((p.min, p.max), (Some(2), None));
+        let bad = serde_json::from_value::<TemplateParameter>(json!({"name": "n", "min": 2.5}));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -488,7 +488,7 @@ pub async fn preview(
     site: &str,
     principal: &Principal,
     id: &str,
-    version: Option<i32>,
+    version: Option<i64>,
     parameters: &serde_json::Map<String, Value>,
 ) -> Result<Vec<ResourceSpec>, AppError> {
     let template = get(pool, site, principal, id).await?;
@@ -499,13 +499,13 @@ pub async fn preview(
     specs(&catalog, &rendered)
 }
 
-fn pick_version(template: &Template, version: Option<i32>) -> Result<&TemplateVersion, AppError> {
+fn pick_version(template: &Template, version: Option<i64>) -> Result<&TemplateVersion, AppError> {
     match version {
         None => Ok(&template.latest),
         Some(n) => template
             .versions
             .iter()
-            .find(|v| v.version == n)
+            .find(|v| i64::from(v.version) == n)
             .ok_or_else(|| {
                 AppError::invalid(
                     "version",
