@@ -15,13 +15,20 @@ use utoipa::ToSchema;
 /// send integers): the schema says `integer`, and JSON Schema counts `64.0` as one.
 fn int32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    let whole = n.as_i64().or_else(|| {
+    whole_number(&n)
+        .and_then(|v| i32::try_from(v).ok())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a whole number within i32, got {n}"))
+        })
+}
+
+/// `n` as a whole number when it is one: `64` or `64.0` (JSON Schema's `integer` counts both),
+/// within ±9·10¹⁵ for the float spelling (where an f64 still holds every whole number).
+pub(crate) fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
         n.as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() <= 2_147_483_648.0)
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
             .map(|f| f as i64)
-    });
-    whole.and_then(|v| i32::try_from(v).ok()).ok_or_else(|| {
-        serde::de::Error::custom(format!("expected a whole number within i32, got {n}"))
     })
 }
 

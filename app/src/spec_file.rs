@@ -6,7 +6,7 @@
 //! browser upload cannot read `cloudinit_file`, a path on the CLI user's machine) and the Pod
 //! options `env`, `command`, `args`, `ports`.
 
-use crate::pod_options::{EnvEntry, PortSpec};
+use crate::pod_options::PodOptions;
 use serde::{Deserialize, Serialize};
 
 /// A spec file.
@@ -31,14 +31,9 @@ pub struct SpecEntry {
     pub cloudinit_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userdata: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvEntry>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PortSpec>,
+    /// `env`, `command`, `args`, `ports` (Pods only), at the entry's top level.
+    #[serde(flatten)]
+    pub pod: PodOptions,
 }
 
 /// An entry as the import preview shows it: what it resolves to, or why it cannot be

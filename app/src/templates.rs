@@ -187,12 +187,7 @@ fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };
-    n.as_i64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        })
+    crate::model::whole_number(&n)
         .map(Some)
         .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}")))
 }

@@ -1538,7 +1538,10 @@ async fn the_qkd_link_puts_its_sae_hosts_on_vms(pool: PgPool) {
     let full = site_yaml(&path);
     let options = Options {
         no_kubernetes: false,
-        ..vm_options(&path, &[])
+        ..vm_options(
+            &path,
+            &["--ssh-proxy-jump", "jump@bastion.example.org:2222"],
+        )
     };
     let app = TestApp::start(pool, options).await;
     let (token, alice, sae_image, sae_flavor) = vm_ready_user(&app, &full, "ostest").await;
@@ -1606,6 +1609,31 @@ async fn the_qkd_link_puts_its_sae_hosts_on_vms(pool: PgPool) {
             "{user_data}"
         );
     }
+    // The dashboard's ssh_config: one Host per VM (not the pods), through the jump host.
+    let mut browser = common::Browser::new(&app);
+    assert_eq!(browser.sign_in(&alice, &token).await, 200);
+    let (s, _, config) = browser.get("/experiment/ssh_config").await;
+    assert_eq!(s, 200, "{config}");
+    for sae in [&resources[2], &resources[3]] {
+        let (_, sae) = app
+            .get(
+                &format!("/resources/{}", sae["id"].as_str().expect("id")),
+                &token,
+            )
+            .await;
+        let ip = sae["details"]["addresses"][0].as_str().expect("address");
+        let name = sae["friendly_name"].as_str().expect("name");
+        let entry = format!("Host {name}\n    HostName {ip}\n");
+        assert!(config.contains(&entry), "{entry:?} not in {config}");
+    }
+    assert_eq!(
+        config
+            .matches("ProxyJump jump@bastion.example.org:2222")
+            .count(),
+        2,
+        "{config}"
+    );
+    assert!(!config.contains("kme-"), "pods are no SSH hosts: {config}");
     for r in resources {
         app.delete_and_wait(r["id"].as_str().expect("id"), &token, 180)
             .await;

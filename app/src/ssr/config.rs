@@ -804,6 +804,18 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_host_is_kept_as_written() {
+        let mut s = valid();
+        s.ssh_proxy_jump = " jump@bastion.example.org:2222 ".into();
+        assert_eq!(
+            s.proxy_jump().expect("valid").as_deref(),
+            Some("jump@bastion.example.org:2222")
+        );
+        s.ssh_proxy_jump = String::new();
+        assert_eq!(s.proxy_jump().expect("empty"), None);
+    }
+
+    #[test]
     fn admin_ids_accept_both_forms() {
         let csv = parse_admin_ids(" a, b ,,c").expect("csv");
         assert_eq!(csv.len(), 3);
@@ -841,6 +853,10 @@ mod tests {
                 "K8S_NAMESPACE_PREFIX",
             ),
             (|s| s.worker_concurrency = 0, "WORKER_CONCURRENCY"),
+            (
+                |s| s.ssh_proxy_jump = "bastion; rm -rf ~".into(),
+                "SSH_PROXY_JUMP",
+            ),
             (|s| s.admin_user_ids = "[1,".into(), "ADMIN_USER_IDS"),
             (
                 |s| s.clouds_encryption_key = Some("short".into()),

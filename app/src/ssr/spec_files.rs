@@ -98,12 +98,7 @@ fn resolve(
     }
     let disk_image_id = catalog.image(&entry.disk_image)?;
     let (flavor_id, kind) = catalog.flavor(&entry.flavor)?;
-    let pod = PodOptions {
-        env: entry.env.clone(),
-        command: entry.command.clone(),
-        args: entry.args.clone(),
-        ports: entry.ports.clone(),
-    };
+    let pod = entry.pod.clone();
     match (kind, pod.first_set()) {
         (FlavorType::Vm, Some(option)) => {
             return Err(format!(
@@ -188,20 +183,14 @@ pub async fn export(
     Ok(SpecFile {
         resources: rows
             .into_iter()
-            .map(|r| {
-                let pod = r.pod_options.0;
-                SpecEntry {
-                    friendly_name: r.friendly_name,
-                    site_id: Some(site.to_string()),
-                    flavor: r.flavor,
-                    disk_image: r.image,
-                    cloudinit_file: None,
-                    userdata: r.userdata,
-                    env: pod.env,
-                    command: pod.command,
-                    args: pod.args,
-                    ports: pod.ports,
-                }
+            .map(|r| SpecEntry {
+                friendly_name: r.friendly_name,
+                site_id: Some(site.to_string()),
+                flavor: r.flavor,
+                disk_image: r.image,
+                cloudinit_file: None,
+                userdata: r.userdata,
+                pod: r.pod_options.0,
             })
             .collect(),
     })

@@ -116,6 +116,15 @@ pub async fn request_resource(form: RequestForm) -> Result<String, AppError> {
         .unwrap_or_default())
 }
 
+/// The expiry a form starts with: one day, or the experiment's end if sooner (UTC, minute
+/// precision, as an `<input type="datetime-local">` value).
+pub fn default_expiry(experiment: &crate::model::ExperimentInfo) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(1))
+        .min(experiment.max_expires_at)
+        .format("%Y-%m-%dT%H:%M")
+        .to_string()
+}
+
 /// The non-empty lines of an SSH keys text area, trimmed (one public key per line).
 pub fn key_lines(text: &str) -> Vec<String> {
     text.lines()
@@ -440,11 +449,7 @@ fn RequestForm(viewer: Viewer) -> impl IntoView {
         }
         .into_any();
     };
-    // Default expiry: one day, or the experiment's end if sooner (UTC, minute precision).
-    let default_expiry = (chrono::Utc::now() + chrono::Duration::days(1))
-        .min(experiment.max_expires_at)
-        .format("%Y-%m-%dT%H:%M")
-        .to_string();
+    let default_expiry = default_expiry(&experiment);
     let max_expiry = experiment
         .max_expires_at
         .format("%Y-%m-%dT%H:%M")

@@ -49,12 +49,10 @@ pub fn ImportPage() -> impl IntoView {
 
 #[component]
 fn Import(viewer: Viewer) -> impl IntoView {
-    let expiry = viewer.experiment.as_ref().map(|e| {
-        (chrono::Utc::now() + chrono::Duration::days(1))
-            .min(e.max_expires_at)
-            .format("%Y-%m-%dT%H:%M")
-            .to_string()
-    });
+    let expiry = viewer
+        .experiment
+        .as_ref()
+        .map(super::resources::default_expiry);
     view! {
         <h1>"Import a spec file"</h1>
         <p class="hint">"The SLICES CLI's resource spec ("<code>"slices bi create-from-file"</code>"): "

@@ -170,12 +170,10 @@ fn TemplateLaunch(viewer: Viewer) -> impl IntoView {
             }
         },
     );
-    let expiry = viewer.experiment.as_ref().map(|e| {
-        (chrono::Utc::now() + chrono::Duration::days(1))
-            .min(e.max_expires_at)
-            .format("%Y-%m-%dT%H:%M")
-            .to_string()
-    });
+    let expiry = viewer
+        .experiment
+        .as_ref()
+        .map(super::resources::default_expiry);
     view! {
         <p><A href="/templates">"← Templates"</A></p>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
