@@ -539,10 +539,11 @@ async fn the_kubernetes_adapter_runs_with_a_fake_progress() {
     backend.delete(&record, &progress).await.expect("delete");
     let calls = progress.calls.lock().expect("lock").clone();
     let steps: Vec<i16> = calls.iter().map(|(c, _)| *c).collect();
-    // The create reports its Pod made (its outcome then says ready), the delete its steps.
-    assert_eq!(steps, vec![50, 50, 100], "{calls:?}");
-    assert_eq!(calls[0].1, "pod created; waiting for it to run");
-    assert_eq!(calls[2].1, "pod deleted");
+    // The Pod ran within STAGE_AFTER: the create wrote no step of its own (its outcome says
+    // ready); the delete reports its two.
+    assert_eq!(steps, vec![50, 100], "{calls:?}");
+    assert_eq!(calls[0].1, "pod deletion requested; waiting for it to go");
+    assert_eq!(calls[1].1, "pod deleted");
     // The create said when it only waited (the worker gives its slot back then).
     assert_eq!(
         progress.waiting.load(std::sync::atomic::Ordering::Relaxed),

@@ -466,3 +466,82 @@ async fn one_heartbeat_renews_the_leases_a_worker_holds_and_reports_deletions(po
     .expect("leases");
     assert!(shortest > 25.0, "lease left: {shortest} s");
 }
+
+/// Finished creates handed to one `Finisher` at the same time are ended together: each task
+/// `finished` at 100 % and its resource `provisioned`/`ready` with its own details, and a task
+/// the worker no longer holds is left alone (its caller hears "not held").
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn finished_creates_end_together_each_with_its_details_guarded_by_the_lease(pool: PgPool) {
+    use app::model::BackendDetails;
+    use app::ssr::queue::{record_outcome, Finisher, Outcome};
+    let app = TestApp::without_worker(pool.clone()).await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let names = ["f-0", "f-1", "f-2", "f-3"];
+    let (s, created) = app
+        .post(
+            "/resources",
+            &token,
+            common::resources_request(&image, &flavor, &names),
+        )
+        .await;
+    assert_eq!(s, 202, "{created}");
+    let claimed = app::ssr::queue::claim_many(&pool, "worker-a", usize::MAX, 4)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    // The last one's lease was taken over by another worker.
+    sqlx::query("UPDATE tasks SET locked_by = 'worker-b' WHERE id = $1")
+        .bind(claimed[3].id)
+        .execute(&pool)
+        .await
+        .expect("take over");
+    let cache = std::sync::Arc::new(app::ssr::list_cache::ListCache::default());
+    let (finisher, writer) = Finisher::start(pool.clone(), cache.clone(), "worker-a".into());
+    let budget = std::time::Duration::from_secs(60);
+    let outcomes = claimed.iter().map(|task| {
+        let outcome = Outcome::Finished {
+            message: "ready".into(),
+            details: Some(BackendDetails {
+                pod_name: Some(format!("pod-of-{}", task.resource_id)),
+                ..BackendDetails::default()
+            }),
+        };
+        record_outcome(&pool, &cache, Some(&finisher), "worker-a", task, outcome, budget)
+    });
+    for written in futures::future::join_all(outcomes).await {
+        written.expect("outcome");
+    }
+    drop(finisher);
+    writer.await.expect("the writer ends with its last Finisher");
+    for (i, task) in claimed.iter().enumerate() {
+        let (status, completed, allocation, operational, details): (
+            String,
+            i16,
+            String,
+            String,
+            serde_json::Value,
+        ) = sqlx::query_as(
+            "SELECT t.status, t.completed, r.allocation_state, r.operational_state, \
+                    r.backend_details \
+             FROM tasks t JOIN resources r ON r.id = t.resource_id WHERE t.id = $1",
+        )
+        .bind(task.id)
+        .fetch_one(&pool)
+        .await
+        .expect("read back");
+        if i < 3 {
+            assert_eq!(
+                (status.as_str(), completed, allocation.as_str(), operational.as_str()),
+                ("finished", 100, "provisioned", "ready")
+            );
+            assert_eq!(details["pod_name"], format!("pod-of-{}", task.resource_id));
+        } else {
+            assert_eq!(
+                (status.as_str(), allocation.as_str()),
+                ("running", "provisioning"),
+                "a task another worker holds is not ended"
+            );
+        }
+    }
+}

@@ -29,6 +29,13 @@ const REAP_EVERY: Duration = Duration::from_secs(2);
 pub const WAITING_PER_SLOT: usize = 8;
 /// Most tasks claimed by one statement ([`queue::claim_many`]).
 const CLAIM_BATCH: usize = 32;
+/// Free slots worth a claim at once. With fewer, a claim waits until [`CLAIM_GAP`] has passed
+/// since the last one: during a burst, slots come free one by one (each create gives its
+/// slot back once its Pod is made), and a claim ranks every runnable task, so claiming for
+/// each freed slot made the claim query PostgreSQL's main work.
+const CLAIM_MIN: usize = 8;
+/// The shortest time between two claims for fewer than [`CLAIM_MIN`] slots.
+const CLAIM_GAP: Duration = Duration::from_millis(25);
 
 /// What the worker works with (taken from the application state by its entry point).
 #[derive(Clone)]
@@ -112,11 +119,17 @@ pub async fn run_worker(
             .clone()
             .renew_forever(worker.bookkeeping.clone(), worker_id.clone()),
     );
+    let (finisher, finishing) = queue::Finisher::start(
+        worker.pool.clone(),
+        worker.list_cache.clone(),
+        worker_id.clone(),
+    );
     let runner = Runner {
         worker: &worker,
         worker_id: &worker_id,
         waiting: &waiting,
         leases: &leases,
+        finisher,
     };
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
     let reconciler = Reconciler::new(
@@ -137,6 +150,7 @@ pub async fn run_worker(
     }
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
+    let mut claims = ClaimPacer::default();
     loop {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = tokio::time::Instant::now();
@@ -144,8 +158,13 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        claim_free_slots(&runner, &attached, &mut running).await;
+        let deferred = claims.next(attached.slots.available_permits(), tokio::time::Instant::now());
+        if deferred.is_none() {
+            claim_free_slots(&runner, &attached, &mut running).await;
+        }
+        let claim_due = deferred.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
+            _ = tokio::time::sleep_until(claim_due), if deferred.is_some() => {}
             n = listener.recv() => {
                 if let Err(e) = n {
                     tracing::warn!(error = %e, "task notification listener failed; reconnecting");
@@ -167,6 +186,11 @@ pub async fn run_worker(
     running.abort_all();
     heartbeat.abort();
     while running.join_next().await.is_some() {}
+    // The writer ends with the last outcome handed to it (before the release below).
+    drop(runner);
+    if let Err(e) = finishing.await {
+        tracing::warn!(error = %e, "the outcome writer ended abnormally");
+    }
     let released = queue::release(&worker.pool, &worker_id).await?;
     tracing::info!(released, "task worker stopped");
     Ok(())
@@ -179,6 +203,8 @@ struct Runner<'a> {
     /// Places of tasks that only wait ([`TaskSlot`]).
     waiting: &'a Arc<Semaphore>,
     leases: &'a Arc<Leases>,
+    /// Ends finished creates together ([`queue::Finisher`]).
+    finisher: queue::Finisher,
 }
 
 impl Runner<'_> {
@@ -195,9 +221,38 @@ impl Runner<'_> {
         let lease = self.leases.register(task.id);
         let worker = self.worker.clone();
         let worker_id = self.worker_id.to_string();
+        let finisher = self.finisher.clone();
         running.spawn(async move {
-            run_task(&worker, &worker_id, task, record, slot, lease).await;
+            run_task(&worker, &worker_id, &finisher, task, record, slot, lease).await;
         });
+    }
+}
+
+/// When the worker loop claims: at once while [`CLAIM_MIN`] slots are free or the last claim
+/// is [`CLAIM_GAP`] old, else at the end of that gap (slots freed meanwhile join that claim).
+struct ClaimPacer {
+    last: tokio::time::Instant,
+}
+
+impl Default for ClaimPacer {
+    fn default() -> Self {
+        Self {
+            last: tokio::time::Instant::now() - CLAIM_GAP,
+        }
+    }
+}
+
+impl ClaimPacer {
+    /// At `now`, with `free` slots: `None` to claim now (recorded as the last claim; with no
+    /// free slot there is nothing to claim), `Some(t)` to wait until `t`.
+    fn next(&mut self, free: usize, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if free > 0 && free < CLAIM_MIN && now < self.last + CLAIM_GAP {
+            return Some(self.last + CLAIM_GAP);
+        }
+        if free > 0 {
+            self.last = now;
+        }
+        None
     }
 }
 
@@ -275,6 +330,7 @@ pub async fn reap_expired(pool: &PgPool) -> Result<u64, crate::error::AppError> 
 async fn run_task(
     worker: &Worker,
     worker_id: &str,
+    finisher: &queue::Finisher,
     task: Claimed,
     record: Option<ResourceRecord>,
     slot: TaskSlot,
@@ -320,6 +376,7 @@ async fn run_task(
     if let Err(e) = queue::record_outcome(
         &worker.pool,
         &worker.list_cache,
+        Some(finisher),
         worker_id,
         &task,
         outcome,
@@ -514,5 +571,26 @@ impl Leases {
                 tx.send_if_modified(|current| std::mem::replace(current, state) != state);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClaimPacer, CLAIM_GAP, CLAIM_MIN};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn few_free_slots_wait_for_the_gap_many_claim_at_once() {
+        let start = Instant::now();
+        let mut pacer = ClaimPacer::default();
+        assert_eq!(pacer.next(1, start), None, "the first claim is never held back");
+        let soon = start + Duration::from_millis(5);
+        assert_eq!(pacer.next(1, soon), Some(start + CLAIM_GAP));
+        assert_eq!(pacer.next(0, soon), None, "no free slot: nothing to wait for");
+        assert_eq!(pacer.next(CLAIM_MIN, soon), None, "enough slots claim at once");
+        let later = soon + CLAIM_GAP;
+        assert_eq!(pacer.next(2, later - Duration::from_millis(1)), Some(soon + CLAIM_GAP));
+        assert_eq!(pacer.next(2, later), None);
     }
 }

@@ -87,6 +87,11 @@ const BLOCKED_EGRESS: [&str; 5] = [
     "100.64.0.0/10",
     "169.254.0.0/16",
 ];
+/// How long a create waits for its Pod to run before it records "pod created; waiting for it
+/// to run" (with the namespace and Pod name) on its task and resource. Most Pods run sooner,
+/// and their create writes nothing until its outcome: during a burst of 1,000 creates that
+/// step was a thousand statements PostgreSQL ran while the API server wanted the CPU.
+pub const STAGE_AFTER: Duration = Duration::from_secs(1);
 /// How long a delete may take before it is retried.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -1094,23 +1099,33 @@ impl ComputeBackend for KubernetesBackend {
         // Kept while the Pod starts (up to 8 waiting creates per worker slot): without the
         // server-side apply bookkeeping, which the wait does not read.
         current.metadata.managed_fields = None;
-        progress
-            .stage(
-                50,
-                AllocationState::Provisioning,
-                OperationalState::Booting,
-                "pod created; waiting for it to run",
-                Some(&BackendDetails {
+        // From here on the Pod's events tell the rest: the worker may use the slot.
+        progress.waiting().await;
+        let wait = self.wait_running(feed, &pods, &namespace, current);
+        let mut wait = std::pin::pin!(wait);
+        // A Pod that runs within STAGE_AFTER needs no step of its own: the outcome, written
+        // next, says `ready` at 100 %. One that takes longer shows where it is.
+        let pod = tokio::select! {
+            pod = &mut wait => pod?,
+            () = tokio::time::sleep(STAGE_AFTER) => {
+                let made = BackendDetails {
                     namespace: Some(namespace.clone()),
                     pod_name: Some(resource.friendly_name.clone()),
                     service_name: service.clone(),
                     ..BackendDetails::default()
-                }),
-            )
-            .await;
-        // From here on the Pod's events tell the rest: the worker may use the slot.
-        progress.waiting().await;
-        let pod = self.wait_running(feed, &pods, &namespace, current).await?;
+                };
+                progress
+                    .stage(
+                        50,
+                        AllocationState::Provisioning,
+                        OperationalState::Booting,
+                        "pod created; waiting for it to run",
+                        Some(&made),
+                    )
+                    .await;
+                wait.await?
+            }
+        };
         // No "running" report: the task's outcome, written next, says `ready` at 100 %.
         Ok(BackendDetails {
             service_name: service,
