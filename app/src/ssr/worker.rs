@@ -230,28 +230,24 @@ impl Runner<'_> {
 
 /// When the worker loop claims: at once while [`CLAIM_MIN`] slots are free or the last claim
 /// is [`CLAIM_GAP`] old, else at the end of that gap (slots freed meanwhile join that claim).
+#[derive(Default)]
 struct ClaimPacer {
-    last: tokio::time::Instant,
-}
-
-impl Default for ClaimPacer {
-    fn default() -> Self {
-        Self {
-            last: tokio::time::Instant::now() - CLAIM_GAP,
-        }
-    }
+    last: Option<tokio::time::Instant>,
 }
 
 impl ClaimPacer {
     /// At `now`, with `free` slots: `None` to claim now (recorded as the last claim; with no
     /// free slot there is nothing to claim), `Some(t)` to wait until `t`.
     fn next(&mut self, free: usize, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        if free > 0 && free < CLAIM_MIN && now < self.last + CLAIM_GAP {
-            return Some(self.last + CLAIM_GAP);
+        if free == 0 {
+            return None;
         }
-        if free > 0 {
-            self.last = now;
+        if let Some(due) = self.last.map(|last| last + CLAIM_GAP) {
+            if free < CLAIM_MIN && now < due {
+                return Some(due);
+            }
         }
+        self.last = Some(now);
         None
     }
 }
