@@ -467,13 +467,15 @@ async fn one_heartbeat_renews_the_leases_a_worker_holds_and_reports_deletions(po
     assert!(shortest > 25.0, "lease left: {shortest} s");
 }
 
-/// Finished creates handed to one `Finisher` at the same time are ended together: each task
-/// `finished` at 100 % and its resource `provisioned`/`ready` with its own details, and a task
-/// the worker no longer holds is left alone (its caller hears "not held").
+/// Writes handed to one `TaskWriter` at the same time go out together: progress steps (the
+/// resource always, the task only for its holder), then outcomes — each task `finished` at
+/// 100 % and its resource `provisioned`/`ready` with its own details — and a task the worker
+/// no longer holds is not ended (its caller hears "not held").
 #[sqlx::test(migrator = "app::ssr::MIGRATOR")]
-async fn finished_creates_end_together_each_with_its_details_guarded_by_the_lease(pool: PgPool) {
-    use app::model::BackendDetails;
-    use app::ssr::queue::{record_outcome, Finisher, Outcome};
+async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(pool: PgPool) {
+    use app::model::{AllocationState, BackendDetails, OperationalState};
+    use app::ssr::backend::Progress as _;
+    use app::ssr::queue::{record_outcome, Outcome, PgProgress, TaskWriter};
     let app = TestApp::without_worker(pool.clone()).await;
     let (image, flavor) = app.k8s_catalog("busybox").await;
     let token = app.issuer.experiment(&experiment_id(), ALICE);
@@ -497,7 +499,56 @@ async fn finished_creates_end_together_each_with_its_details_guarded_by_the_leas
         .await
         .expect("take over");
     let cache = std::sync::Arc::new(app::ssr::list_cache::ListCache::default());
-    let (finisher, writer) = Finisher::start(pool.clone(), cache.clone(), "worker-a".into());
+    let (writer, writing) = TaskWriter::start(
+        pool.clone(),
+        pool.clone(),
+        cache.clone(),
+        "worker-a".into(),
+    );
+    let read = |task: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i16, String, String, String, serde_json::Value)>(
+                "SELECT t.status, t.completed, t.message, r.allocation_state,                         r.operational_state, r.backend_details                  FROM tasks t JOIN resources r ON r.id = t.resource_id WHERE t.id = $1",
+            )
+            .bind(task)
+            .fetch_one(&pool)
+            .await
+            .expect("read back")
+        }
+    };
+
+    let steps = claimed.iter().map(|task| {
+        let progress = PgProgress::new(pool.clone(), task.id, task.resource_id, "worker-a")
+            .with_writer(writer.clone());
+        async move {
+            let details = BackendDetails {
+                namespace: Some("ns-steps".into()),
+                ..BackendDetails::default()
+            };
+            progress
+                .stage(
+                    50,
+                    AllocationState::Provisioning,
+                    OperationalState::Booting,
+                    "pod created; waiting for it to run",
+                    Some(&details),
+                )
+                .await;
+        }
+    });
+    futures::future::join_all(steps).await;
+    for (i, task) in claimed.iter().enumerate() {
+        let (_, completed, message, allocation, operational, details) = read(task.id).await;
+        assert_eq!((allocation.as_str(), operational.as_str()), ("provisioning", "booting"));
+        assert_eq!(details["namespace"], "ns-steps", "every resource gets its step");
+        if i < 3 {
+            assert_eq!((completed, message.as_str()), (50, "pod created; waiting for it to run"));
+        } else {
+            assert_eq!(completed, 0, "the step of a task held elsewhere skips the task");
+        }
+    }
+
     let budget = std::time::Duration::from_secs(60);
     let outcomes = claimed.iter().map(|task| {
         let outcome = Outcome::Finished {
@@ -507,29 +558,15 @@ async fn finished_creates_end_together_each_with_its_details_guarded_by_the_leas
                 ..BackendDetails::default()
             }),
         };
-        record_outcome(&pool, &cache, Some(&finisher), "worker-a", task, outcome, budget)
+        record_outcome(&pool, &cache, Some(&writer), "worker-a", task, outcome, budget)
     });
     for written in futures::future::join_all(outcomes).await {
         written.expect("outcome");
     }
-    drop(finisher);
-    writer.await.expect("the writer ends with its last Finisher");
+    drop(writer);
+    writing.await.expect("the writer ends with its last handle");
     for (i, task) in claimed.iter().enumerate() {
-        let (status, completed, allocation, operational, details): (
-            String,
-            i16,
-            String,
-            String,
-            serde_json::Value,
-        ) = sqlx::query_as(
-            "SELECT t.status, t.completed, r.allocation_state, r.operational_state, \
-                    r.backend_details \
-             FROM tasks t JOIN resources r ON r.id = t.resource_id WHERE t.id = $1",
-        )
-        .bind(task.id)
-        .fetch_one(&pool)
-        .await
-        .expect("read back");
+        let (status, completed, _, allocation, operational, details) = read(task.id).await;
         if i < 3 {
             assert_eq!(
                 (status.as_str(), completed, allocation.as_str(), operational.as_str()),

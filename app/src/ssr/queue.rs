@@ -397,6 +397,8 @@ pub struct PgProgress {
     resource_id: Uuid,
     worker_id: String,
     slot: Option<Arc<TaskSlot>>,
+    /// Where steps go when given (else each is its own statement).
+    writer: Option<TaskWriter>,
 }
 
 /// The worker slot a running task holds, which it trades for a waiting place (a permit of a
@@ -463,7 +465,14 @@ impl PgProgress {
             resource_id,
             worker_id: worker_id.to_string(),
             slot: None,
+            writer: None,
         }
+    }
+
+    /// The same, its steps written together with other tasks' ([`TaskWriter`]).
+    pub fn with_writer(mut self, writer: TaskWriter) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     /// The same, holding the task's worker slot (given back on [`Progress::waiting`]).
@@ -539,6 +548,19 @@ impl Progress for PgProgress {
         message: &str,
         details: Option<&BackendDetails>,
     ) {
+        if let Some(writer) = &self.writer {
+            let step = WriteKind::Stage {
+                resource_id: self.resource_id,
+                completed,
+                allocation,
+                operational,
+                message: message.to_string(),
+                details: details.and_then(|d| serde_json::to_string(d).ok()),
+            };
+            if writer.write(self.task_id, step).await.is_some() {
+                return;
+            }
+        }
         self.write_state(completed, allocation, operational, message, details)
             .await;
     }
@@ -575,100 +597,146 @@ impl Outcome {
     }
 }
 
-/// Most finished creates one [`Finisher`] statement ends.
-const FINISH_BATCH: usize = 64;
+/// Most writes one [`TaskWriter`] statement carries.
+const WRITE_BATCH: usize = 128;
+/// A write handed to a [`TaskWriter`] less than this after its last statement waits
+/// [`LINGER`] for others: it is busy (a burst), and one statement for many rows costs about
+/// what one for a single row does.
+const BUSY_WITHIN: Duration = Duration::from_millis(100);
+/// How long a write waits for others while its [`TaskWriter`] is busy.
+const LINGER: Duration = Duration::from_millis(50);
 
-/// Ends a worker's finished creates together: each create that finishes hands its outcome
-/// to one writer, which ends every outcome waiting at that moment (up to [`FINISH_BATCH`]) in
-/// one statement — the tasks `finished`, their resources `provisioned`/`ready` with what the
-/// backend made, each guarded by the lease as in [`record_outcome`]. A single statement is
-/// atomic (PostgreSQL commits it as one transaction) and commits with the server's
-/// `synchronous_commit`, like every outcome. Alone, a create's outcome is written at once,
-/// as before; in a burst of 1,000 Pods the outcomes of those that ran meanwhile share one
-/// statement and one flush instead of a transaction of four round trips each.
+/// Writes a worker's frequent per-task rows together: the outcomes of finished creates (the
+/// tasks `finished`, their resources `provisioned`/`ready` with what the backend made) and
+/// progress steps ([`PgProgress::stage`]), each guarded by the lease as when written alone.
+/// Every write waiting at a moment (up to [`WRITE_BATCH`]) goes into one statement per kind;
+/// a statement is atomic (PostgreSQL commits it as one transaction). Outcomes commit with the
+/// server's `synchronous_commit` through the request pool, steps without the flush through
+/// the bookkeeping pool, as before. A lone write goes out at once; while the writer is busy
+/// ([`BUSY_WITHIN`]) a write waits [`LINGER`] for others: in a burst of 1,000 Pods the
+/// outcomes and steps of the creates that ended meanwhile share one statement and one flush,
+/// instead of a statement (an outcome: a transaction of four round trips) each.
 #[derive(Clone)]
-pub struct Finisher {
-    tx: mpsc::UnboundedSender<Finish>,
+pub struct TaskWriter {
+    tx: mpsc::UnboundedSender<Write>,
 }
 
-/// One finished create waiting for the writer, and where its answer goes: `Some(held)`
-/// (whether this worker still held the task), `None` when the batch could not be written.
-struct Finish {
+/// One write waiting for the writer, and where its answer goes: `Some(held)` (whether this
+/// worker still held the task), `None` when the statement failed.
+struct Write {
     task_id: Uuid,
-    message: String,
-    details: Option<String>,
+    what: WriteKind,
     done: tokio::sync::oneshot::Sender<Option<bool>>,
 }
 
-impl Finisher {
-    /// Starts the writer of `worker_id`'s outcomes; it ends once every clone of the
-    /// returned [`Finisher`] is dropped.
+enum WriteKind {
+    /// A create's outcome: its message and backend details (JSON).
+    Finish {
+        message: String,
+        details: Option<String>,
+    },
+    /// A progress step ([`PgProgress::stage`]) of the task on `resource_id`.
+    Stage {
+        resource_id: Uuid,
+        completed: i16,
+        allocation: AllocationState,
+        operational: OperationalState,
+        message: String,
+        details: Option<String>,
+    },
+}
+
+impl TaskWriter {
+    /// Starts the writer of `worker_id`'s rows: outcomes through `pool`, steps through
+    /// `bookkeeping` ([`bookkeeping_pool`]). It ends once every clone of the returned
+    /// [`TaskWriter`] is dropped.
     pub fn start(
         pool: PgPool,
+        bookkeeping: PgPool,
         list_cache: Arc<ListCache>,
         worker_id: String,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Finish>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
         let writer = tokio::spawn(async move {
+            let mut last: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
+                if last.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
+                    tokio::time::sleep(LINGER).await;
+                }
                 let mut batch = vec![first];
-                while batch.len() < FINISH_BATCH {
+                while batch.len() < WRITE_BATCH {
                     match rx.try_recv() {
                         Ok(next) => batch.push(next),
                         Err(_) => break,
                     }
                 }
-                let ended = {
-                    let _writing = list_cache.writing();
-                    finish_creates(&pool, &worker_id, &batch).await
-                };
-                let ended = match ended {
-                    Ok(ids) => Some(ids),
-                    Err(e) => {
-                        tracing::warn!(error = %e, tasks = batch.len(), "ending finished creates together failed; each is written alone");
-                        None
-                    }
-                };
-                for finish in batch {
-                    let held = ended.as_ref().map(|ids| ids.contains(&finish.task_id));
-                    let _ = finish.done.send(held);
+                let (finishes, stages): (Vec<Write>, Vec<Write>) = batch
+                    .into_iter()
+                    .partition(|w| matches!(w.what, WriteKind::Finish { .. }));
+                // A task's step is older than its outcome: steps first.
+                if !stages.is_empty() {
+                    let written = write_stages(&bookkeeping, &worker_id, &stages).await;
+                    answer(stages, written, "recording progress steps together failed");
                 }
+                if !finishes.is_empty() {
+                    let written = {
+                        let _writing = list_cache.writing();
+                        finish_creates(&pool, &worker_id, &finishes).await
+                    };
+                    answer(finishes, written, "ending finished creates together failed; each is written alone");
+                }
+                last = Some(tokio::time::Instant::now());
             }
         });
         (Self { tx }, writer)
     }
 
-    /// Ends the finished create `task` with `message` and `details` in the writer's next
-    /// statement: `Some(held)` once written, `None` when it could not be (the caller writes
-    /// it alone).
-    async fn finish(
-        &self,
-        task: &Claimed,
-        message: &str,
-        details: Option<&BackendDetails>,
-    ) -> Option<bool> {
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let finish = Finish {
-            task_id: task.id,
-            message: message.to_string(),
-            details: details.and_then(|d| serde_json::to_string(d).ok()),
-            done,
-        };
-        self.tx.send(finish).ok()?;
-        answer.await.ok().flatten()
+    /// Hands `what` (for `task_id`) to the writer and waits for its statement: `Some(held)`
+    /// once written, `None` when it could not be.
+    async fn write(&self, task_id: Uuid, what: WriteKind) -> Option<bool> {
+        let (done, answered) = tokio::sync::oneshot::channel();
+        self.tx.send(Write { task_id, what, done }).ok()?;
+        answered.await.ok().flatten()
     }
 }
 
-/// The statement behind [`Finisher`]: answers the ids of the tasks it ended (those
+/// Tells each write of `batch` whether its task was among `written` (or `None` for all when
+/// the statement failed, logged with `failure`).
+fn answer(batch: Vec<Write>, written: Result<Vec<Uuid>, sqlx::Error>, failure: &str) {
+    let written = match written {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            tracing::warn!(error = %e, rows = batch.len(), "{failure}");
+            None
+        }
+    };
+    for write in batch {
+        let held = written.as_ref().map(|ids| ids.contains(&write.task_id));
+        let _ = write.done.send(held);
+    }
+}
+
+/// The outcome statement of a [`TaskWriter`]: answers the ids of the tasks it ended (those
 /// `worker_id` still held).
 async fn finish_creates(
     pool: &PgPool,
     worker_id: &str,
-    batch: &[Finish],
+    batch: &[Write],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = batch.iter().map(|f| f.task_id).collect();
-    let messages: Vec<String> = batch.iter().map(|f| f.message.clone()).collect();
-    let details: Vec<Option<String>> = batch.iter().map(|f| f.details.clone()).collect();
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
+    let mut details: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    for write in batch {
+        if let WriteKind::Finish {
+            message,
+            details: d,
+        } = &write.what
+        {
+            ids.push(write.task_id);
+            messages.push(message.clone());
+            details.push(d.clone());
+        }
+    }
     sqlx::query_scalar!(
         r#"WITH done AS (
                SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[])
@@ -696,16 +764,80 @@ async fn finish_creates(
     .await
 }
 
+/// The step statement of a [`TaskWriter`]: each resource always, each task only while
+/// `worker_id` holds it (as [`PgProgress::stage`] alone); answers the tasks it wrote.
+async fn write_stages(
+    pool: &PgPool,
+    worker_id: &str,
+    batch: &[Write],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let n = batch.len();
+    let (mut tasks, mut resources, mut completed) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut allocations, mut operationals, mut messages) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut details: Vec<Option<String>> = Vec::with_capacity(n);
+    for write in batch {
+        if let WriteKind::Stage {
+            resource_id,
+            completed: c,
+            allocation,
+            operational,
+            message,
+            details: d,
+        } = &write.what
+        {
+            tasks.push(write.task_id);
+            resources.push(*resource_id);
+            completed.push((*c).clamp(0, 100));
+            allocations.push(allocation.as_str().to_string());
+            operationals.push(operational.as_str().to_string());
+            messages.push(message.clone());
+            details.push(d.clone());
+        }
+    }
+    sqlx::query_scalar!(
+        r#"WITH step AS (
+               SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::int2[], $5::text[], $6::text[],
+                                    $7::text[], $8::text[])
+                   AS s(task_id, resource_id, completed, allocation, operational, message,
+                        details)),
+           t AS (
+               UPDATE tasks SET completed = GREATEST(tasks.completed, s.completed),
+                   message = s.message
+               FROM step s
+               WHERE tasks.id = s.task_id AND tasks.locked_by = $1 AND tasks.status = 'running'
+               RETURNING tasks.id),
+           r AS (
+               UPDATE resources SET allocation_state = s.allocation,
+                   operational_state = s.operational, status_message = s.message,
+                   backend_details = COALESCE(s.details::jsonb, resources.backend_details)
+               FROM step s
+               WHERE resources.id = s.resource_id)
+           SELECT id AS "id!" FROM t"#,
+        worker_id,
+        &tasks,
+        &resources,
+        &completed,
+        &allocations,
+        &operationals,
+        &messages,
+        &details as &[Option<String>]
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Writes `outcome` on the task and its resource in one transaction, guarded by the lease
 /// (nothing is written when `worker_id` no longer holds the task); a finished create goes
-/// through `finisher` when given (one statement for the creates finished meanwhile). While
+/// through `writer` when given (one statement for the creates finished meanwhile). While
 /// it runs, the list cache serves no page ([`ListCache::writing`]), so a client that sees
 /// the task end never reads an older resource list afterwards. A backend that did not
 /// answer is waited out for at most `outage_budget`.
 pub async fn record_outcome(
     pool: &PgPool,
     list_cache: &ListCache,
-    finisher: Option<&Finisher>,
+    writer: Option<&TaskWriter>,
     worker_id: &str,
     task: &Claimed,
     outcome: Outcome,
@@ -715,10 +847,14 @@ pub async fn record_outcome(
         tracing::warn!("lease lost; another worker owns this task now");
         return Ok(());
     }
-    if let (Some(finisher), Outcome::Finished { message, details }, TaskKind::Create) =
-        (finisher, &outcome, task.kind)
+    if let (Some(writer), Outcome::Finished { message, details }, TaskKind::Create) =
+        (writer, &outcome, task.kind)
     {
-        match finisher.finish(task, message, details.as_ref()).await {
+        let finish = WriteKind::Finish {
+            message: message.clone(),
+            details: details.as_ref().and_then(|d| serde_json::to_string(d).ok()),
+        };
+        match writer.write(task.id, finish).await {
             Some(true) => return Ok(()),
             Some(false) => {
                 tracing::warn!(

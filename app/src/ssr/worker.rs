@@ -29,13 +29,14 @@ const REAP_EVERY: Duration = Duration::from_secs(2);
 pub const WAITING_PER_SLOT: usize = 8;
 /// Most tasks claimed by one statement ([`queue::claim_many`]).
 const CLAIM_BATCH: usize = 32;
-/// Free slots worth a claim at once. With fewer, a claim waits until [`CLAIM_GAP`] has passed
-/// since the last one: during a burst, slots come free one by one (each create gives its
-/// slot back once its Pod is made), and a claim ranks every runnable task, so claiming for
-/// each freed slot made the claim query PostgreSQL's main work.
-const CLAIM_MIN: usize = 8;
-/// The shortest time between two claims for fewer than [`CLAIM_MIN`] slots.
-const CLAIM_GAP: Duration = Duration::from_millis(25);
+/// The share of a worker's slots worth a claim at once (a quarter). With fewer free, a claim
+/// waits until [`CLAIM_GAP`] has passed since the last one: during a burst, slots come free one
+/// by one (each create gives its slot back once its Pod is made), and a claim ranks every
+/// runnable task (about 2 ms with 900 queued), so a claim per freed slot made the claim query
+/// PostgreSQL's main work. A worker of 4 or fewer slots claims at once, as before.
+const CLAIM_SHARE: usize = 4;
+/// The shortest time between two claims for fewer than a [`CLAIM_SHARE`] of the slots.
+const CLAIM_GAP: Duration = Duration::from_millis(100);
 
 /// What the worker works with (taken from the application state by its entry point).
 #[derive(Clone)]
@@ -119,8 +120,9 @@ pub async fn run_worker(
             .clone()
             .renew_forever(worker.bookkeeping.clone(), worker_id.clone()),
     );
-    let (finisher, finishing) = queue::Finisher::start(
+    let (writer, writing) = queue::TaskWriter::start(
         worker.pool.clone(),
+        worker.bookkeeping.clone(),
         worker.list_cache.clone(),
         worker_id.clone(),
     );
@@ -129,7 +131,7 @@ pub async fn run_worker(
         worker_id: &worker_id,
         waiting: &waiting,
         leases: &leases,
-        finisher,
+        writer,
     };
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
     let reconciler = Reconciler::new(
@@ -150,7 +152,7 @@ pub async fn run_worker(
     }
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
-    let mut claims = ClaimPacer::default();
+    let mut claims = ClaimPacer::new(worker.concurrency);
     loop {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = tokio::time::Instant::now();
@@ -188,7 +190,7 @@ pub async fn run_worker(
     while running.join_next().await.is_some() {}
     // The writer ends with the last outcome handed to it (before the release below).
     drop(runner);
-    if let Err(e) = finishing.await {
+    if let Err(e) = writing.await {
         tracing::warn!(error = %e, "the outcome writer ended abnormally");
     }
     let released = queue::release(&worker.pool, &worker_id).await?;
@@ -203,8 +205,8 @@ struct Runner<'a> {
     /// Places of tasks that only wait ([`TaskSlot`]).
     waiting: &'a Arc<Semaphore>,
     leases: &'a Arc<Leases>,
-    /// Ends finished creates together ([`queue::Finisher`]).
-    finisher: queue::Finisher,
+    /// Writes outcomes and progress steps together ([`queue::TaskWriter`]).
+    writer: queue::TaskWriter,
 }
 
 impl Runner<'_> {
@@ -221,21 +223,31 @@ impl Runner<'_> {
         let lease = self.leases.register(task.id);
         let worker = self.worker.clone();
         let worker_id = self.worker_id.to_string();
-        let finisher = self.finisher.clone();
+        let writer = self.writer.clone();
         running.spawn(async move {
-            run_task(&worker, &worker_id, &finisher, task, record, slot, lease).await;
+            run_task(&worker, &worker_id, &writer, task, record, slot, lease).await;
         });
     }
 }
 
-/// When the worker loop claims: at once while [`CLAIM_MIN`] slots are free or the last claim
-/// is [`CLAIM_GAP`] old, else at the end of that gap (slots freed meanwhile join that claim).
-#[derive(Default)]
+/// When the worker loop claims: at once while a [`CLAIM_SHARE`] of the slots is free or the
+/// last claim is [`CLAIM_GAP`] old, else at the end of that gap (slots freed meanwhile join
+/// that claim).
 struct ClaimPacer {
+    /// Free slots that claim at once.
+    enough: usize,
     last: Option<tokio::time::Instant>,
 }
 
 impl ClaimPacer {
+    /// The pacer of a worker with `concurrency` slots.
+    fn new(concurrency: usize) -> Self {
+        Self {
+            enough: (concurrency / CLAIM_SHARE).max(1),
+            last: None,
+        }
+    }
+
     /// At `now`, with `free` slots: `None` to claim now (recorded as the last claim; with no
     /// free slot there is nothing to claim), `Some(t)` to wait until `t`.
     fn next(&mut self, free: usize, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
@@ -243,7 +255,7 @@ impl ClaimPacer {
             return None;
         }
         if let Some(due) = self.last.map(|last| last + CLAIM_GAP) {
-            if free < CLAIM_MIN && now < due {
+            if free < self.enough && now < due {
                 return Some(due);
             }
         }
@@ -326,7 +338,7 @@ pub async fn reap_expired(pool: &PgPool) -> Result<u64, crate::error::AppError> 
 async fn run_task(
     worker: &Worker,
     worker_id: &str,
-    finisher: &queue::Finisher,
+    writer: &queue::TaskWriter,
     task: Claimed,
     record: Option<ResourceRecord>,
     slot: TaskSlot,
@@ -339,7 +351,8 @@ async fn run_task(
         task.resource_id,
         worker_id,
     )
-    .with_slot(slot);
+    .with_slot(slot)
+    .with_writer(writer.clone());
     let outcome = if task.attempts > task.max_attempts {
         Outcome::Failed(BackendError::permanent(format!(
             "gave up after {} attempts (the worker running it stopped)",
@@ -372,7 +385,7 @@ async fn run_task(
     if let Err(e) = queue::record_outcome(
         &worker.pool,
         &worker.list_cache,
-        Some(finisher),
+        Some(writer),
         worker_id,
         &task,
         outcome,
@@ -572,21 +585,25 @@ impl Leases {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClaimPacer, CLAIM_GAP, CLAIM_MIN};
+    use super::{ClaimPacer, CLAIM_GAP};
     use std::time::Duration;
     use tokio::time::Instant;
 
     #[test]
-    fn few_free_slots_wait_for_the_gap_many_claim_at_once() {
+    fn few_free_slots_wait_for_the_gap_a_quarter_claims_at_once() {
         let start = Instant::now();
-        let mut pacer = ClaimPacer::default();
+        let mut pacer = ClaimPacer::new(64);
         assert_eq!(pacer.next(1, start), None, "the first claim is never held back");
         let soon = start + Duration::from_millis(5);
         assert_eq!(pacer.next(1, soon), Some(start + CLAIM_GAP));
         assert_eq!(pacer.next(0, soon), None, "no free slot: nothing to wait for");
-        assert_eq!(pacer.next(CLAIM_MIN, soon), None, "enough slots claim at once");
+        assert_eq!(pacer.next(16, soon), None, "a quarter of the slots claims at once");
         let later = soon + CLAIM_GAP;
-        assert_eq!(pacer.next(2, later - Duration::from_millis(1)), Some(soon + CLAIM_GAP));
-        assert_eq!(pacer.next(2, later), None);
+        assert_eq!(pacer.next(15, later - Duration::from_millis(1)), Some(later));
+        assert_eq!(pacer.next(15, later), None);
+        // A small worker claims for every freed slot, as before.
+        let mut small = ClaimPacer::new(4);
+        assert_eq!(small.next(1, start), None);
+        assert_eq!(small.next(1, soon), None);
     }
 }
