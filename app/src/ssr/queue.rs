@@ -110,6 +110,8 @@ pub async fn notify_queued(pool: &PgPool) {
 pub struct LocalWorker {
     inner: Mutex<Option<LocalInner>>,
     wake: Notify,
+    /// A slot given back by a task that now only waits ([`TaskSlot`]).
+    freed: Notify,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,16 @@ impl LocalWorker {
     /// Resolves at the next [`LocalWorker::wake`] (or at once if one is pending).
     pub async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Says a running task gave its slot back (no new task was queued).
+    fn slot_freed(&self) {
+        self.freed.notify_one();
+    }
+
+    /// Resolves when a slot was given back since the last call (or at once if one was).
+    pub async fn freed(&self) {
+        self.freed.notified().await;
     }
 
     /// Makes `worker_id` this process's worker with `concurrency` slots until the returned
@@ -451,7 +463,7 @@ impl TaskSlot {
                 traded: true,
             };
             drop(held);
-            self.local.wake();
+            self.local.slot_freed();
         }
     }
 }

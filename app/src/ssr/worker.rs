@@ -32,10 +32,13 @@ const CLAIM_BATCH: usize = 32;
 /// The share of a worker's slots worth a claim at once (a quarter). With fewer free, a claim
 /// waits until [`CLAIM_GAP`] has passed since the last one: during a burst, slots come free one
 /// by one (each create gives its slot back once its Pod is made), and a claim ranks every
-/// runnable task (about 2 ms with 900 queued), so a claim per freed slot made the claim query
-/// PostgreSQL's main work. A worker of 4 or fewer slots claims at once, as before.
+/// runnable task (about 2 ms with 900 queued). A worker of 4 or fewer slots claims at once.
 const CLAIM_SHARE: usize = 4;
-/// The shortest time between two claims for fewer than a [`CLAIM_SHARE`] of the slots.
+/// The shortest time between two claims for fewer than a [`CLAIM_SHARE`] of the slots, and
+/// between two claims after one that found the queue dry, unless tasks were queued since.
+/// In a burst of 1,000 Pods the queue drains within seconds while the creates still wait for
+/// their Pods, and each create that ended used to start a claim that found nothing (700 of
+/// them, PostgreSQL's largest work in the burst).
 const CLAIM_GAP: Duration = Duration::from_millis(100);
 
 /// What the worker works with (taken from the application state by its entry point).
@@ -162,12 +165,14 @@ pub async fn run_worker(
         }
         let deferred = claims.next(attached.slots.available_permits(), tokio::time::Instant::now());
         if deferred.is_none() {
-            claim_free_slots(&runner, &attached, &mut running).await;
+            let dry = claim_free_slots(&runner, &attached, &mut running).await;
+            claims.ran_dry(dry);
         }
         let claim_due = deferred.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = tokio::time::sleep_until(claim_due), if deferred.is_some() => {}
             n = listener.recv() => {
+                claims.fresh();
                 if let Err(e) = n {
                     tracing::warn!(error = %e, "task notification listener failed; reconnecting");
                     tokio::time::sleep(POLL).await;
@@ -176,9 +181,12 @@ pub async fn run_worker(
             Some(h) = attached.handoffs.recv() => {
                 runner.start(&mut running, h.task, Some(h.record), h.permit);
             }
+            // A task ended or gave its slot back: a task waiting behind it (a delete after its
+            // create, an experiment at its share) may be runnable now.
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            _ = worker.local.woken() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            _ = worker.local.freed() => {}
+            _ = worker.local.woken() => claims.fresh(),
+            _ = tokio::time::sleep(POLL) => claims.fresh(),
             _ = shutdown.changed() => break,
         }
     }
@@ -232,11 +240,14 @@ impl Runner<'_> {
 
 /// When the worker loop claims: at once while a [`CLAIM_SHARE`] of the slots is free or the
 /// last claim is [`CLAIM_GAP`] old, else at the end of that gap (slots freed meanwhile join
-/// that claim).
+/// that claim); after a claim that found no more runnable tasks, only at the end of that gap,
+/// unless tasks were queued or came due since ([`ClaimPacer::fresh`]).
 struct ClaimPacer {
     /// Free slots that claim at once.
     enough: usize,
     last: Option<tokio::time::Instant>,
+    /// The last claim found fewer runnable tasks than it asked for.
+    dry: bool,
 }
 
 impl ClaimPacer {
@@ -245,6 +256,7 @@ impl ClaimPacer {
         Self {
             enough: (concurrency / CLAIM_SHARE).max(1),
             last: None,
+            dry: false,
         }
     }
 
@@ -255,18 +267,34 @@ impl ClaimPacer {
             return None;
         }
         if let Some(due) = self.last.map(|last| last + CLAIM_GAP) {
-            if free < self.enough && now < due {
+            if (self.dry || free < self.enough) && now < due {
                 return Some(due);
             }
         }
         self.last = Some(now);
         None
     }
+
+    /// What the claim [`ClaimPacer::next`] allowed found: `dry` when fewer tasks than asked.
+    fn ran_dry(&mut self, dry: bool) {
+        self.dry = dry;
+    }
+
+    /// Tasks were queued (a notification, this process's requests) or may have come due (the
+    /// poll): the next claim need not wait for the gap.
+    fn fresh(&mut self) {
+        self.dry = false;
+    }
 }
 
 /// Claims queued tasks while the worker has free slots (up to [`CLAIM_BATCH`] per
-/// statement), and starts each.
-async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mut JoinSet<()>) {
+/// statement), and starts each. True when a claim found fewer runnable tasks than it asked
+/// for (or failed): the queue has run dry for now.
+async fn claim_free_slots(
+    runner: &Runner<'_>,
+    attached: &Attached,
+    running: &mut JoinSet<()>,
+) -> bool {
     let worker = runner.worker;
     loop {
         let permits: Vec<_> =
@@ -274,7 +302,7 @@ async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mu
                 .take(CLAIM_BATCH)
                 .collect();
         if permits.is_empty() {
-            return;
+            return false;
         }
         let asked = permits.len();
         let claimed = match queue::claim_many(
@@ -288,7 +316,7 @@ async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mu
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming tasks failed");
-                return;
+                return true;
             }
         };
         let got = claimed.len();
@@ -297,7 +325,7 @@ async fn claim_free_slots(runner: &Runner<'_>, attached: &Attached, running: &mu
             runner.start(running, task, None, permit);
         }
         if got < asked {
-            return;
+            return true;
         }
     }
 }
@@ -605,5 +633,23 @@ mod tests {
         let mut small = ClaimPacer::new(4);
         assert_eq!(small.next(1, start), None);
         assert_eq!(small.next(1, soon), None);
+    }
+
+    #[test]
+    fn after_a_dry_claim_only_new_tasks_claim_before_the_gap() {
+        let start = Instant::now();
+        let mut pacer = ClaimPacer::new(64);
+        assert_eq!(pacer.next(40, start), None);
+        pacer.ran_dry(true);
+        let soon = start + Duration::from_millis(5);
+        assert_eq!(
+            pacer.next(64, soon),
+            Some(start + CLAIM_GAP),
+            "a task that ended does not make the dry queue worth a claim at once"
+        );
+        pacer.fresh();
+        assert_eq!(pacer.next(64, soon), None, "tasks were queued: claim now");
+        pacer.ran_dry(false);
+        assert_eq!(pacer.next(64, soon + Duration::from_millis(1)), None);
     }
 }
