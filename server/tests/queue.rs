@@ -499,12 +499,8 @@ async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(p
         .await
         .expect("take over");
     let cache = std::sync::Arc::new(app::ssr::list_cache::ListCache::default());
-    let (writer, writing) = TaskWriter::start(
-        pool.clone(),
-        pool.clone(),
-        cache.clone(),
-        "worker-a".into(),
-    );
+    let (writer, writing) =
+        TaskWriter::start(pool.clone(), pool.clone(), cache.clone(), "worker-a".into());
     let read = |task: uuid::Uuid| {
         let pool = pool.clone();
         async move {
@@ -540,12 +536,24 @@ async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(p
     futures::future::join_all(steps).await;
     for (i, task) in claimed.iter().enumerate() {
         let (_, completed, message, allocation, operational, details) = read(task.id).await;
-        assert_eq!((allocation.as_str(), operational.as_str()), ("provisioning", "booting"));
-        assert_eq!(details["namespace"], "ns-steps", "every resource gets its step");
+        assert_eq!(
+            (allocation.as_str(), operational.as_str()),
+            ("provisioning", "booting")
+        );
+        assert_eq!(
+            details["namespace"], "ns-steps",
+            "every resource gets its step"
+        );
         if i < 3 {
-            assert_eq!((completed, message.as_str()), (50, "pod created; waiting for it to run"));
+            assert_eq!(
+                (completed, message.as_str()),
+                (50, "pod created; waiting for it to run")
+            );
         } else {
-            assert_eq!(completed, 0, "the step of a task held elsewhere skips the task");
+            assert_eq!(
+                completed, 0,
+                "the step of a task held elsewhere skips the task"
+            );
         }
     }
 
@@ -558,7 +566,15 @@ async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(p
                 ..BackendDetails::default()
             }),
         };
-        record_outcome(&pool, &cache, Some(&writer), "worker-a", task, outcome, budget)
+        record_outcome(
+            &pool,
+            &cache,
+            Some(&writer),
+            "worker-a",
+            task,
+            outcome,
+            budget,
+        )
     });
     for written in futures::future::join_all(outcomes).await {
         written.expect("outcome");
@@ -569,7 +585,12 @@ async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(p
         let (status, completed, _, allocation, operational, details) = read(task.id).await;
         if i < 3 {
             assert_eq!(
-                (status.as_str(), completed, allocation.as_str(), operational.as_str()),
+                (
+                    status.as_str(),
+                    completed,
+                    allocation.as_str(),
+                    operational.as_str()
+                ),
                 ("finished", 100, "provisioned", "ready")
             );
             assert_eq!(details["pod_name"], format!("pod-of-{}", task.resource_id));

@@ -610,13 +610,13 @@ impl Outcome {
 }
 
 /// Most writes one [`TaskWriter`] statement carries.
-const WRITE_BATCH: usize = 128;
+pub const WRITE_BATCH: usize = 128;
 /// A write handed to a [`TaskWriter`] less than this after its last statement waits
 /// [`LINGER`] for others: it is busy (a burst), and one statement for many rows costs about
 /// what one for a single row does.
-const BUSY_WITHIN: Duration = Duration::from_millis(100);
+pub const BUSY_WITHIN: Duration = Duration::from_millis(100);
 /// How long a write waits for others while its [`TaskWriter`] is busy.
-const LINGER: Duration = Duration::from_millis(50);
+pub const LINGER: Duration = Duration::from_millis(50);
 
 /// Writes a worker's frequent per-task rows together: the outcomes of finished creates (the
 /// tasks `finished`, their resources `provisioned`/`ready` with what the backend made) and
@@ -695,7 +695,11 @@ impl TaskWriter {
                         let _writing = list_cache.writing();
                         finish_creates(&pool, &worker_id, &finishes).await
                     };
-                    answer(finishes, written, "ending finished creates together failed; each is written alone");
+                    answer(
+                        finishes,
+                        written,
+                        "ending finished creates together failed; each is written alone",
+                    );
                 }
                 last = Some(tokio::time::Instant::now());
             }
@@ -707,7 +711,13 @@ impl TaskWriter {
     /// once written, `None` when it could not be.
     async fn write(&self, task_id: Uuid, what: WriteKind) -> Option<bool> {
         let (done, answered) = tokio::sync::oneshot::channel();
-        self.tx.send(Write { task_id, what, done }).ok()?;
+        self.tx
+            .send(Write {
+                task_id,
+                what,
+                done,
+            })
+            .ok()?;
         answered.await.ok().flatten()
     }
 }
@@ -784,10 +794,16 @@ async fn write_stages(
     batch: &[Write],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let n = batch.len();
-    let (mut tasks, mut resources, mut completed) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut allocations, mut operationals, mut messages) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tasks, mut resources, mut completed) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut allocations, mut operationals, mut messages) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let mut details: Vec<Option<String>> = Vec::with_capacity(n);
     for write in batch {
         if let WriteKind::Stage {

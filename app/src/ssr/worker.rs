@@ -163,7 +163,10 @@ pub async fn run_worker(
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        let deferred = claims.next(attached.slots.available_permits(), tokio::time::Instant::now());
+        let deferred = claims.next(
+            attached.slots.available_permits(),
+            tokio::time::Instant::now(),
+        );
         if deferred.is_none() {
             let dry = claim_free_slots(&runner, &attached, &mut running).await;
             claims.ran_dry(dry);
@@ -621,13 +624,28 @@ mod tests {
     fn few_free_slots_wait_for_the_gap_a_quarter_claims_at_once() {
         let start = Instant::now();
         let mut pacer = ClaimPacer::new(64);
-        assert_eq!(pacer.next(1, start), None, "the first claim is never held back");
+        assert_eq!(
+            pacer.next(1, start),
+            None,
+            "the first claim is never held back"
+        );
         let soon = start + Duration::from_millis(5);
         assert_eq!(pacer.next(1, soon), Some(start + CLAIM_GAP));
-        assert_eq!(pacer.next(0, soon), None, "no free slot: nothing to wait for");
-        assert_eq!(pacer.next(16, soon), None, "a quarter of the slots claims at once");
+        assert_eq!(
+            pacer.next(0, soon),
+            None,
+            "no free slot: nothing to wait for"
+        );
+        assert_eq!(
+            pacer.next(16, soon),
+            None,
+            "a quarter of the slots claims at once"
+        );
         let later = soon + CLAIM_GAP;
-        assert_eq!(pacer.next(15, later - Duration::from_millis(1)), Some(later));
+        assert_eq!(
+            pacer.next(15, later - Duration::from_millis(1)),
+            Some(later)
+        );
         assert_eq!(pacer.next(15, later), None);
         // A small worker claims for every freed slot, as before.
         let mut small = ClaimPacer::new(4);
