@@ -137,32 +137,12 @@ pub async fn run_worker(
         writer,
     };
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
-    let reconciler = Reconciler::new(
-        worker.pool.clone(),
-        worker.site.clone(),
-        worker.backends.clone(),
-        worker.list_cache.clone(),
-        worker.orphan_grace,
-        worker.vm_reconcile_every,
-    );
-    let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
-    if let Some(days) = worker.audit_retention_days {
-        tokio::spawn(purge_audit_forever(
-            worker.pool.clone(),
-            days,
-            shutdown.clone(),
-        ));
-    }
+    let reconciling = start_housekeeping(&worker, &shutdown);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
     let mut claims = ClaimPacer::new(worker.concurrency);
     loop {
-        if last_reap.elapsed() >= REAP_EVERY {
-            last_reap = tokio::time::Instant::now();
-            if let Err(e) = reap_expired(&worker.pool).await {
-                tracing::warn!(error = %e, "expiry sweep failed");
-            }
-        }
+        reap_when_due(&worker.pool, &mut last_reap).await;
         let deferred = claims.next(
             attached.slots.available_permits(),
             tokio::time::Instant::now(),
@@ -207,6 +187,30 @@ pub async fn run_worker(
     let released = queue::release(&worker.pool, &worker_id).await?;
     tracing::info!(released, "task worker stopped");
     Ok(())
+}
+
+/// Starts the worker's companions until `shutdown`: the reconciler (its handle, aborted when
+/// the worker stops) and, with a retention set, the audit purge.
+fn start_housekeeping(
+    worker: &Worker,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let reconciler = Reconciler::new(
+        worker.pool.clone(),
+        worker.site.clone(),
+        worker.backends.clone(),
+        worker.list_cache.clone(),
+        worker.orphan_grace,
+        worker.vm_reconcile_every,
+    );
+    if let Some(days) = worker.audit_retention_days {
+        tokio::spawn(purge_audit_forever(
+            worker.pool.clone(),
+            days,
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(reconciler.run(shutdown.clone()))
 }
 
 /// What the worker loop lends each task it starts.
@@ -330,6 +334,17 @@ async fn claim_free_slots(
         if got < asked {
             return true;
         }
+    }
+}
+
+/// Runs [`reap_expired`] when [`REAP_EVERY`] has passed since `last`.
+async fn reap_when_due(pool: &PgPool, last: &mut tokio::time::Instant) {
+    if last.elapsed() < REAP_EVERY {
+        return;
+    }
+    *last = tokio::time::Instant::now();
+    if let Err(e) = reap_expired(pool).await {
+        tracing::warn!(error = %e, "expiry sweep failed");
     }
 }
 
