@@ -433,7 +433,8 @@ struct Held {
 
 impl TaskSlot {
     /// `permit` is the task's slot; `waiting` the places of tasks that only wait; `local`
-    /// is woken when a slot is given back, so its worker claims the next task at once.
+    /// hears when a slot is given back ([`LocalWorker::freed`]), so its worker can claim the
+    /// next task.
     pub fn new(
         permit: OwnedSemaphorePermit,
         waiting: Arc<Semaphore>,
@@ -561,15 +562,19 @@ impl Progress for PgProgress {
         details: Option<&BackendDetails>,
     ) {
         if let Some(writer) = &self.writer {
-            let step = WriteKind::Stage {
+            let row = StageRow {
                 resource_id: self.resource_id,
-                completed,
+                completed: completed.clamp(0, 100),
                 allocation,
                 operational,
                 message: message.to_string(),
-                details: details.and_then(|d| serde_json::to_string(d).ok()),
+                details: details.cloned(),
             };
-            if writer.write(self.task_id, step).await.is_some() {
+            let task_id = self.task_id;
+            let written = writer
+                .write(|done| Write::Stage(Pending { task_id, row, done }))
+                .await;
+            if written.is_some() {
                 return;
             }
         }
@@ -633,29 +638,39 @@ pub struct TaskWriter {
     tx: mpsc::UnboundedSender<Write>,
 }
 
-/// One write waiting for the writer, and where its answer goes: `Some(held)` (whether this
-/// worker still held the task), `None` when the statement failed.
-struct Write {
+/// One row waiting for the writer (its task and what to write, serialized as one element of
+/// the statement's JSON array), and where its answer goes: `Some(held)` (whether this worker
+/// still held the task), `None` when the statement failed.
+#[derive(serde::Serialize)]
+struct Pending<R> {
     task_id: Uuid,
-    what: WriteKind,
+    #[serde(flatten)]
+    row: R,
+    #[serde(skip)]
     done: tokio::sync::oneshot::Sender<Option<bool>>,
 }
 
-enum WriteKind {
-    /// A create's outcome: its message and backend details (JSON).
-    Finish {
-        message: String,
-        details: Option<String>,
-    },
-    /// A progress step ([`PgProgress::stage`]) of the task on `resource_id`.
-    Stage {
-        resource_id: Uuid,
-        completed: i16,
-        allocation: AllocationState,
-        operational: OperationalState,
-        message: String,
-        details: Option<String>,
-    },
+/// A finished create's outcome.
+#[derive(serde::Serialize)]
+struct FinishRow {
+    message: String,
+    details: Option<BackendDetails>,
+}
+
+/// A progress step ([`PgProgress::stage`]) of the task on `resource_id`.
+#[derive(serde::Serialize)]
+struct StageRow {
+    resource_id: Uuid,
+    completed: i16,
+    allocation: AllocationState,
+    operational: OperationalState,
+    message: String,
+    details: Option<BackendDetails>,
+}
+
+enum Write {
+    Finish(Pending<FinishRow>),
+    Stage(Pending<StageRow>),
 }
 
 impl TaskWriter {
@@ -675,25 +690,25 @@ impl TaskWriter {
                 if last.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
                     tokio::time::sleep(LINGER).await;
                 }
-                let mut batch = vec![first];
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+                let (mut finishes, mut stages) = (Vec::new(), Vec::new());
+                let waiting = std::iter::once(first)
+                    .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    .take(WRITE_BATCH);
+                for write in waiting {
+                    match write {
+                        Write::Finish(p) => finishes.push(p),
+                        Write::Stage(p) => stages.push(p),
                     }
                 }
-                let (finishes, stages): (Vec<Write>, Vec<Write>) = batch
-                    .into_iter()
-                    .partition(|w| matches!(w.what, WriteKind::Finish { .. }));
                 // A task's step is older than its outcome: steps first.
                 if !stages.is_empty() {
-                    let written = write_stages(&bookkeeping, &worker_id, &stages).await;
+                    let written = write_stages(&bookkeeping, &worker_id, rows(&stages)).await;
                     answer(stages, written, "recording progress steps together failed");
                 }
                 if !finishes.is_empty() {
                     let written = {
                         let _writing = list_cache.writing();
-                        finish_creates(&pool, &worker_id, &finishes).await
+                        finish_creates(&pool, &worker_id, rows(&finishes)).await
                     };
                     answer(
                         finishes,
@@ -707,24 +722,26 @@ impl TaskWriter {
         (Self { tx }, writer)
     }
 
-    /// Hands `what` (for `task_id`) to the writer and waits for its statement: `Some(held)`
-    /// once written, `None` when it could not be.
-    async fn write(&self, task_id: Uuid, what: WriteKind) -> Option<bool> {
+    /// Hands the write `wrap` makes of its answer channel to the writer and waits for its
+    /// statement: `Some(held)` once written, `None` when it could not be.
+    async fn write(
+        &self,
+        wrap: impl FnOnce(tokio::sync::oneshot::Sender<Option<bool>>) -> Write,
+    ) -> Option<bool> {
         let (done, answered) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Write {
-                task_id,
-                what,
-                done,
-            })
-            .ok()?;
+        self.tx.send(wrap(done)).ok()?;
         answered.await.ok().flatten()
     }
 }
 
+/// The JSON array a [`TaskWriter`] statement reads its rows from (`jsonb_to_recordset`).
+fn rows<R: serde::Serialize>(batch: &[Pending<R>]) -> serde_json::Value {
+    serde_json::to_value(batch).unwrap_or_default()
+}
+
 /// Tells each write of `batch` whether its task was among `written` (or `None` for all when
 /// the statement failed, logged with `failure`).
-fn answer(batch: Vec<Write>, written: Result<Vec<Uuid>, sqlx::Error>, failure: &str) {
+fn answer<R>(batch: Vec<Pending<R>>, written: Result<Vec<Uuid>, sqlx::Error>, failure: &str) {
     let written = match written {
         Ok(ids) => Some(ids),
         Err(e) => {
@@ -738,31 +755,17 @@ fn answer(batch: Vec<Write>, written: Result<Vec<Uuid>, sqlx::Error>, failure: &
     }
 }
 
-/// The outcome statement of a [`TaskWriter`]: answers the ids of the tasks it ended (those
-/// `worker_id` still held).
+/// The outcome statement of a [`TaskWriter`] (`rows`: [`Pending`]`<`[`FinishRow`]`>` as JSON):
+/// answers the ids of the tasks it ended (those `worker_id` still held).
 async fn finish_creates(
     pool: &PgPool,
     worker_id: &str,
-    batch: &[Write],
+    rows: serde_json::Value,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut messages = Vec::with_capacity(batch.len());
-    let mut details: Vec<Option<String>> = Vec::with_capacity(batch.len());
-    for write in batch {
-        if let WriteKind::Finish {
-            message,
-            details: d,
-        } = &write.what
-        {
-            ids.push(write.task_id);
-            messages.push(message.clone());
-            details.push(d.clone());
-        }
-    }
     sqlx::query_scalar!(
         r#"WITH done AS (
-               SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[])
-                   AS d(task_id, message, details)),
+               SELECT * FROM jsonb_to_recordset($2::jsonb)
+                   AS d(task_id uuid, message text, details jsonb)),
            ended AS (
                UPDATE tasks t SET status = 'finished', message = d.message, completed = 100,
                    locked_until = NULL, finished_at = now(), unreachable_since = NULL
@@ -773,63 +776,30 @@ async fn finish_creates(
            ready AS (
                UPDATE resources r SET allocation_state = 'provisioned',
                    operational_state = 'ready', status_message = e.message,
-                   backend_details = COALESCE(e.details::jsonb, r.backend_details)
+                   backend_details = COALESCE(e.details, r.backend_details)
                FROM ended e
                WHERE r.id = e.resource_id)
            SELECT id AS "id!" FROM ended"#,
         worker_id,
-        &ids,
-        &messages,
-        &details as &[Option<String>]
+        rows
     )
     .fetch_all(pool)
     .await
 }
 
-/// The step statement of a [`TaskWriter`]: each resource always, each task only while
-/// `worker_id` holds it (as [`PgProgress::stage`] alone); answers the tasks it wrote.
+/// The step statement of a [`TaskWriter`] (`rows`: [`Pending`]`<`[`StageRow`]`>` as JSON):
+/// each resource always, each task only while `worker_id` holds it (as
+/// [`PgProgress::stage`] alone); answers the tasks it wrote.
 async fn write_stages(
     pool: &PgPool,
     worker_id: &str,
-    batch: &[Write],
+    rows: serde_json::Value,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let n = batch.len();
-    let (mut tasks, mut resources, mut completed) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut allocations, mut operationals, mut messages) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let mut details: Vec<Option<String>> = Vec::with_capacity(n);
-    for write in batch {
-        if let WriteKind::Stage {
-            resource_id,
-            completed: c,
-            allocation,
-            operational,
-            message,
-            details: d,
-        } = &write.what
-        {
-            tasks.push(write.task_id);
-            resources.push(*resource_id);
-            completed.push((*c).clamp(0, 100));
-            allocations.push(allocation.as_str().to_string());
-            operationals.push(operational.as_str().to_string());
-            messages.push(message.clone());
-            details.push(d.clone());
-        }
-    }
     sqlx::query_scalar!(
         r#"WITH step AS (
-               SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::int2[], $5::text[], $6::text[],
-                                    $7::text[], $8::text[])
-                   AS s(task_id, resource_id, completed, allocation, operational, message,
-                        details)),
+               SELECT * FROM jsonb_to_recordset($2::jsonb)
+                   AS s(task_id uuid, resource_id uuid, completed int2, allocation text,
+                        operational text, message text, details jsonb)),
            t AS (
                UPDATE tasks SET completed = GREATEST(tasks.completed, s.completed),
                    message = s.message
@@ -839,18 +809,12 @@ async fn write_stages(
            r AS (
                UPDATE resources SET allocation_state = s.allocation,
                    operational_state = s.operational, status_message = s.message,
-                   backend_details = COALESCE(s.details::jsonb, resources.backend_details)
+                   backend_details = COALESCE(s.details, resources.backend_details)
                FROM step s
                WHERE resources.id = s.resource_id)
            SELECT id AS "id!" FROM t"#,
         worker_id,
-        &tasks,
-        &resources,
-        &completed,
-        &allocations,
-        &operationals,
-        &messages,
-        &details as &[Option<String>]
+        rows
     )
     .fetch_all(pool)
     .await
@@ -878,11 +842,15 @@ pub async fn record_outcome(
     if let (Some(writer), Outcome::Finished { message, details }, TaskKind::Create) =
         (writer, &outcome, task.kind)
     {
-        let finish = WriteKind::Finish {
+        let row = FinishRow {
             message: message.clone(),
-            details: details.as_ref().and_then(|d| serde_json::to_string(d).ok()),
+            details: details.clone(),
         };
-        match writer.write(task.id, finish).await {
+        let task_id = task.id;
+        let written = writer
+            .write(|done| Write::Finish(Pending { task_id, row, done }))
+            .await;
+        match written {
             Some(true) => return Ok(()),
             Some(false) => {
                 tracing::warn!(
