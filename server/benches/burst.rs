@@ -8,14 +8,22 @@
 //!
 //! Both are timed by one watch of the cluster's Pods (an observer like a dashboard's
 //! informer): from the moment the requests (or creates) start until the watch has seen the
-//! last Pod `Running`. Both start from the same cluster: the direct Pods (first) are deleted,
-//! and gone, before the requests are sent. The direct Pod is the one the server made for a warm-up resource,
+//! last Pod `Running`. The direct Pod is the one the server made for a warm-up resource,
 //! renamed, without our labels, in a namespace of its own (so the reconciler leaves it alone).
+//!
+//! Each phase gets an API server of its own when `BENCH_DIRECT_KUBECONFIG` names a second,
+//! fresh test server (bench/run starts one): the test server's fake scheduler and kubelet
+//! slow down after every burst of 1,000 Pods it has seen, also once they are deleted (a phase
+//! run second on one API server measured 2 s and more slower than the same phase run first),
+//! so two phases on one API server compare its age as much as the two paths. Each cluster
+//! first runs one warm-up Pod, so both clients have their connections open. Without the
+//! variable both phases share KUBECONFIG's API server, the direct one first, its Pods deleted
+//! and gone before the requests are sent, and the report says so.
 //!
 //! Not a test: it prints figures. `bench/run` starts the server and passes BENCH_BASE_URL,
 //! BENCH_SERVER_BIN (its `dev-token` mints the tokens), BENCH_SERVER_PID, KUBECONFIG,
-//! K8S_NAMESPACE_PREFIX (default `slices-`) and BENCH_BURST_PODS; the bench makes its own
-//! k8s flavor and image.
+//! BENCH_DIRECT_KUBECONFIG, K8S_NAMESPACE_PREFIX (default `slices-`) and BENCH_BURST_PODS; the
+//! bench makes its own k8s flavor and image.
 
 mod common;
 #[path = "common/pods.rs"]
@@ -124,37 +132,60 @@ async fn main() -> anyhow::Result<()> {
         spec.node_name = None;
     }
 
-    // Direct: the same Pod, 20 clients creating 50 each.
+    // Direct: the same Pod, 20 clients creating 50 each, on an API server of its own when
+    // there is one.
+    let own_cluster = std::env::var_os("BENCH_DIRECT_KUBECONFIG");
+    let direct_client = match &own_cluster {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let options = kube::config::KubeConfigOptions::default();
+            kube::Client::try_from(
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?,
+            )?
+        }
+        None => client.clone(),
+    };
+    let (direct_running, direct_changed) = match own_cluster {
+        Some(_) => pods::observe(direct_client.clone()).await?,
+        None => (running.clone(), changed.clone()),
+    };
     let direct_ns = format!("burst-direct-{run}");
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(direct_ns.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
+    create_namespace(&direct_client, &direct_ns).await?;
+    let direct_pod = |name: String| Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        ..Pod::default()
+    };
+    if own_cluster.is_some() {
+        // The same warm-up as the server's cluster had: one Pod, Running, then gone.
+        let warm_ns = format!("burst-warm-{run}");
+        create_namespace(&direct_client, &warm_ns).await?;
+        Api::<Pod>::namespaced(direct_client.clone(), &warm_ns)
+            .create(&PostParams::default(), &direct_pod("warm-00".into()))
+            .await?;
+        pods::all_running(
+            &direct_running,
+            &direct_changed,
+            &HashSet::from([warm_ns]),
+            1,
+            Duration::from_secs(120),
         )
         .await?;
-    let counted = api_requests(&client).await;
+    }
+    let counted = api_requests(&direct_client).await;
     let start = Instant::now();
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..DIRECT_CLIENTS {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &direct_ns);
-        let spec = template.spec.clone();
+        let pods: Api<Pod> = Api::namespaced(direct_client.clone(), &direct_ns);
         let share = total / DIRECT_CLIENTS + usize::from(c < total % DIRECT_CLIENTS);
+        let made: Vec<Pod> = (0..share)
+            .map(|i| direct_pod(format!("d{c:02}-{i:03}")))
+            .collect();
         creators.spawn(async move {
-            for i in 0..share {
-                let pod = Pod {
-                    metadata: ObjectMeta {
-                        name: Some(format!("d{c:02}-{i:03}")),
-                        ..ObjectMeta::default()
-                    },
-                    spec: spec.clone(),
-                    ..Pod::default()
-                };
+            for pod in made {
                 pods.create(&PostParams::default(), &pod).await?;
             }
             anyhow::Ok(())
@@ -164,18 +195,18 @@ async fn main() -> anyhow::Result<()> {
         done??;
     }
     pods::all_running(
-        &running,
-        &changed,
+        &direct_running,
+        &direct_changed,
         &HashSet::from([direct_ns.clone()]),
         total,
         Duration::from_secs(600),
     )
     .await?;
     let direct = start.elapsed();
-    let direct_requests = since(&counted, &api_requests(&client).await);
-    // Both phases start from the same cluster: the direct Pods go before the second starts
-    // (the API server's fake scheduler and kubelet slow down with every Pod that exists).
-    remove_namespace(&client, &direct_ns).await?;
+    let direct_requests = since(&counted, &api_requests(&direct_client).await);
+    // On one shared API server the direct Pods go before the second phase starts (its fake
+    // scheduler and kubelet slow down with every Pod that exists).
+    remove_namespace(&direct_client, &direct_ns).await?;
 
     // Through slices-blueprint: one request of 50 per experiment, all at once.
     let tokens = (0..experiments)
@@ -250,6 +281,14 @@ async fn main() -> anyhow::Result<()> {
 
     println!("burst: {total} Pods, {experiments} requests of {PER_REQUEST} sent at once");
     println!(
+        "  API servers: {}",
+        if std::env::var_os("BENCH_DIRECT_KUBECONFIG").is_some() {
+            "one fresh test server per phase (each after one warm-up Pod)"
+        } else {
+            "one for both phases, direct first (the second phase meets an older API server)"
+        }
+    );
+    println!(
         "  direct (20 clients x {}):        all Running after {:7.2} s",
         total / DIRECT_CLIENTS,
         direct.as_secs_f64()
@@ -321,6 +360,21 @@ fn since(
     } else {
         parts.join(", ")
     }
+}
+
+/// Creates the namespace `name`.
+async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    Ok(())
 }
 
 /// Deletes `namespace` and waits (at most 120 s) until the API server has removed it with

@@ -279,6 +279,33 @@ async fn orphaned_pods_are_deleted_after_the_grace_period(pool: PgPool) {
         "removed before the grace period: {removed_after:?}"
     );
     assert!(foreign.get_opt("not-ours").await.expect("get").is_some());
+    // Each removal was a reconcile task of the queue that ended with the deletion (the
+    // task's outcome is written just after its delete call returns).
+    for name in ["orphan-unknown", "orphan-unnamed"] {
+        let deleted = format!("deleted pod {ns}/{name} (an orphan)");
+        let mut ended = None;
+        for _ in 0..50 {
+            ended = sqlx::query_scalar::<_, String>(
+                "SELECT status FROM tasks WHERE kind = 'remove_orphan' AND message = $1",
+            )
+            .bind(&deleted)
+            .fetch_optional(&app.state.pool)
+            .await
+            .expect("removal task");
+            if ended.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ended.as_deref(), Some("finished"), "{deleted}");
+    }
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE kind = 'remove_orphan' AND status = 'failed'",
+    )
+    .fetch_one(&app.state.pool)
+    .await
+    .expect("count");
+    assert_eq!(failed, 0);
     let k = resource(&app, &token, &known).await;
     assert_eq!(k["allocation_state"], "provisioned", "{k}");
     let _ = namespaces.delete(&foreign_ns, &Default::default()).await;

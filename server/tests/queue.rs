@@ -603,3 +603,115 @@ async fn a_task_writer_writes_steps_and_outcomes_together_guarded_by_the_lease(p
         }
     }
 }
+
+/// Reconcile work in the queue: an orphan's removal is queued once per object (a second
+/// sighting adds nothing), becomes due after its grace period, is claimed by one worker only
+/// (never by the task loop's claim), is retried after a jittered backoff, and only its holder
+/// ends it; a removal that ended makes room for a new one of the same object.
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn orphan_removals_are_queued_once_claimed_once_and_retried_with_backoff(pool: PgPool) {
+    use app::model::TaskStatus;
+    use app::ssr::backend::ObjectHandle;
+    use app::ssr::queue::{self, OrphanTarget};
+    use std::time::Duration;
+    let orphan = |uid: &str| {
+        let handle = ObjectHandle::Pod {
+            namespace: "slices-x".into(),
+            name: format!("pod-{uid}"),
+            uid: uid.into(),
+        };
+        OrphanTarget {
+            key: handle.key(),
+            handle,
+            resource_id: None,
+        }
+    };
+    let (due, later) = (orphan("u1"), orphan("u2"));
+    assert!(queue::enqueue_orphan_removal(&pool, &due, Duration::ZERO)
+        .await
+        .expect("enqueue"));
+    assert!(!queue::enqueue_orphan_removal(&pool, &due, Duration::ZERO)
+        .await
+        .expect("enqueue again"));
+    assert!(
+        queue::enqueue_orphan_removal(&pool, &later, Duration::from_secs(3600))
+            .await
+            .expect("enqueue")
+    );
+    let waits: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM run_after - now())::float8 FROM tasks WHERE target->>'key' = 'pod/u2'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("run_after");
+    assert!((3590.0..=3600.0).contains(&waits), "{waits}");
+
+    // The task loop's claim never takes a reconcile task.
+    assert!(queue::claim_many(&pool, "loop", 8, 100)
+        .await
+        .expect("claim")
+        .is_empty());
+    let first = queue::claim_orphan_removals(&pool, "w1")
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1, "only the due one: {first:?}");
+    assert_eq!(first[0].target, due);
+    assert_eq!(first[0].attempts, 1);
+    assert!(queue::claim_orphan_removals(&pool, "w2")
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // Only the holder retries it, after 2 s ± 20 % (the first attempt's backoff).
+    assert!(!queue::retry_removal(&pool, &first[0], "w2", "boom")
+        .await
+        .expect("retry"));
+    assert!(queue::retry_removal(&pool, &first[0], "w1", "boom")
+        .await
+        .expect("retry"));
+    let (status, waits, message): (String, f64, String) = sqlx::query_as(
+        "SELECT status, EXTRACT(EPOCH FROM run_after - now())::float8, message FROM tasks WHERE id = $1",
+    )
+    .bind(first[0].id)
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(status, "queued");
+    assert!((1.5..=2.4).contains(&waits), "{waits}");
+    assert!(message.starts_with("boom; retrying in "), "{message}");
+    assert!(queue::claim_orphan_removals(&pool, "w2")
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // Its time comes: another worker takes it; the old holder can no longer end it.
+    sqlx::query("UPDATE tasks SET run_after = now() WHERE id = $1")
+        .bind(first[0].id)
+        .execute(&pool)
+        .await
+        .expect("due now");
+    let second = queue::claim_orphan_removals(&pool, "w2")
+        .await
+        .expect("claim");
+    assert_eq!((second.len(), second[0].attempts), (1, 2));
+    assert!(
+        !queue::end_removal(&pool, first[0].id, "w1", TaskStatus::Finished, "done")
+            .await
+            .expect("end")
+    );
+    assert!(
+        queue::end_removal(&pool, first[0].id, "w2", TaskStatus::Finished, "done")
+            .await
+            .expect("end")
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+        .bind(first[0].id)
+        .fetch_one(&pool)
+        .await
+        .expect("status");
+    assert_eq!(status, "finished");
+    // Seen again after its removal ended (say, its delete did not take): queued anew.
+    assert!(queue::enqueue_orphan_removal(&pool, &due, Duration::ZERO)
+        .await
+        .expect("enqueue after the end"));
+}

@@ -31,7 +31,7 @@
 
 use crate::error::AppError;
 use crate::model::{AllocationState, BackendDetails, OperationalState, TaskKind, TaskStatus};
-use crate::ssr::backend::{BackendError, Progress, ResourceRecord};
+use crate::ssr::backend::{BackendError, ObjectHandle, Progress, ResourceRecord};
 use crate::ssr::list_cache::ListCache;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -1114,6 +1114,147 @@ async fn failed(
 /// The wait before attempt `attempt + 1`: 2^attempt seconds, at most 60.
 pub fn backoff(attempt: i32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempt.clamp(1, 6) as u32).min(60))
+}
+
+/// The kind of the reconcile tasks: an orphan's removal (migration
+/// `20261207000001_reconcile_tasks.sql`). Such a task names no resource, so it never appears
+/// in an experiment's task list, and [`claim_many`] (which joins each task's resource) never
+/// hands it to the task loop: the reconciler of every worker process claims it with
+/// [`claim_orphan_removals`] instead.
+pub const REMOVE_ORPHAN: &str = "remove_orphan";
+/// How many orphan removals one claim takes.
+pub const ORPHAN_CLAIM: i64 = 16;
+
+/// The object a reconcile task removes, as stored in `tasks.target` (JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OrphanTarget {
+    /// [`ObjectHandle::key`]: at most one unfinished removal per key.
+    pub key: String,
+    pub handle: ObjectHandle,
+    /// The typed resource id the object names (`resource_<site>_…`), `None` when it names none.
+    pub resource_id: Option<String>,
+}
+
+/// A claimed orphan removal.
+#[derive(Debug, Clone)]
+pub struct ClaimedRemoval {
+    pub id: Uuid,
+    pub target: OrphanTarget,
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// Queues the removal of the orphan `target`, runnable once it has been an orphan for
+/// `grace`; nothing when an unfinished removal of the same object is queued already (another
+/// pass, or another replica, saw it first). `Ok(true)` when this call queued it.
+pub async fn enqueue_orphan_removal(
+    pool: &PgPool,
+    target: &OrphanTarget,
+    grace: Duration,
+) -> Result<bool, sqlx::Error> {
+    let json = serde_json::to_value(target).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let queued = sqlx::query!(
+        r#"INSERT INTO tasks (id, resource_id, kind, message, target, run_after)
+           VALUES ($1, NULL, 'remove_orphan', $2, $3, now() + make_interval(secs => $4))
+           ON CONFLICT ((target ->> 'key'))
+               WHERE kind = 'remove_orphan' AND status IN ('queued', 'running')
+           DO NOTHING"#,
+        Uuid::now_v7(),
+        format!(
+            "{} is an orphan; removed after the grace period",
+            target.handle
+        ),
+        json,
+        grace.as_secs_f64()
+    )
+    .execute(pool)
+    .await?;
+    Ok(queued.rows_affected() == 1)
+}
+
+/// Claims up to [`ORPHAN_CLAIM`] due orphan removals for `worker_id` (queued and due, or
+/// running with a lease that ran out), with a lease of [`LEASE`]: the same `FOR UPDATE SKIP
+/// LOCKED` claim as the task loop's, so two replicas never take one removal. A row whose
+/// `target` does not read as an [`OrphanTarget`] is left out (and logged).
+pub async fn claim_orphan_removals(
+    pool: &PgPool,
+    worker_id: &str,
+) -> Result<Vec<ClaimedRemoval>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"WITH picked AS (
+               SELECT id FROM tasks
+               WHERE kind = 'remove_orphan'
+                 AND ((status = 'queued' AND run_after <= now())
+                      OR (status = 'running' AND locked_until < now()))
+               ORDER BY run_after
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED)
+           UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, locked_by = $1,
+               locked_until = now() + make_interval(secs => $2),
+               started_at = COALESCE(t.started_at, now())
+           FROM picked WHERE t.id = picked.id
+           RETURNING t.id, t.target AS "target!", t.attempts, t.max_attempts"#,
+        worker_id,
+        LEASE.as_secs_f64(),
+        ORPHAN_CLAIM
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match serde_json::from_value(row.target) {
+            Ok(target) => Some(ClaimedRemoval {
+                id: row.id,
+                target,
+                attempts: row.attempts,
+                max_attempts: row.max_attempts,
+            }),
+            Err(e) => {
+                tracing::warn!(task = %row.id, error = %e, "a reconcile task's target does not read; left to its lease");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Ends the held removal `id` (`finished` or `failed`) with `message`. `Ok(false)` when
+/// `worker_id` no longer holds it.
+pub async fn end_removal(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    status: TaskStatus,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ended = end_task(&mut tx, id, worker_id, status, message).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Queues the held removal `id` again after [`backoff`] of its attempts, ±20 % at random (so
+/// that replicas retrying the same backend spread out), with `message`. `Ok(false)` when
+/// `worker_id` no longer holds it.
+pub async fn retry_removal(
+    pool: &PgPool,
+    removal: &ClaimedRemoval,
+    worker_id: &str,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
+    use rand::Rng as _;
+    let delay = backoff(removal.attempts).mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+    let queued = sqlx::query!(
+        r#"UPDATE tasks SET status = 'queued', locked_by = NULL, locked_until = NULL,
+               run_after = now() + make_interval(secs => $3), message = $4
+           WHERE id = $1 AND locked_by = $2 AND status = 'running'"#,
+        removal.id,
+        worker_id,
+        delay.as_secs_f64(),
+        format!("{message}; retrying in {} s", delay.as_secs().max(1))
+    )
+    .execute(pool)
+    .await?;
+    Ok(queued.rows_affected() == 1)
 }
 
 #[cfg(test)]

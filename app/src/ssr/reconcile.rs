@@ -10,22 +10,30 @@
 //!   errors, Nova `ERROR`/`SHUTOFF`) or restarted sets `operational_state` and
 //!   `status_message`; when it works again, `ready`.
 //! - An object carrying our marks whose resource the database does not know, or knows as
-//!   ended (`deleted`, `expired`, `failed`), is an orphan: deleted once this process has
-//!   seen it orphaned for `ORPHAN_GRACE_SECS`, and logged.
+//!   ended (`deleted`, `expired`, `failed`), is an orphan. Its removal is reconcile work in the
+//!   task queue: a `remove_orphan` task (one per object, [`queue::enqueue_orphan_removal`])
+//!   runnable once the grace period `ORPHAN_GRACE_SECS` from the first sighting is over.
+//!   Every worker process's reconciler claims due removals ([`queue::claim_orphan_removals`],
+//!   leased, `SKIP LOCKED`), checks that the object is still an orphan, deletes it (a Pod
+//!   only with the uid seen) and logs it; a failure is retried with jittered backoff
+//!   ([`queue::retry_removal`]). So replicas never act on one object twice, and a restart
+//!   neither forgets a removal nor starts its grace period again.
 //!
 //! Resources with an unfinished task are left to that task. The database is read before the
 //! backend is observed, so an object made after the read is never taken for an orphan (its
-//! resource row was written before it). One process at a time reconciles: each pass holds the
+//! resource row was written before it). One process at a time compares: each pass holds the
 //! advisory lock of [`singleton::RECONCILE`] (a process that does not get it skips the
-//! pass); every write is one statement guarded by the state it expects, and orphan deletes name the object's uid, so a pass that races a task or another process changes
-//! nothing that moved on.
+//! pass). Its writes to resources are single statements guarded by the state they expect, so
+//! a pass that races a task or another process changes nothing that moved on.
 
 use crate::error::AppError;
 use crate::ids::{parse_id, IdKind};
-use crate::model::{AllocationState, FlavorType, OperationalState};
-use crate::ssr::backend::{Backends, ComputeBackend, ObjectHandle, Observed, ObservedHealth};
+use crate::model::{AllocationState, FlavorType, OperationalState, TaskStatus};
+use crate::ssr::backend::{
+    BackendError, Backends, ComputeBackend, ObjectHandle, Observed, ObservedHealth,
+};
 use crate::ssr::list_cache::ListCache;
-use crate::ssr::singleton;
+use crate::ssr::{queue, singleton};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,8 +53,9 @@ pub struct Reconciler {
     pub orphan_grace: Duration,
     /// Between two passes over VMs (`VM_RECONCILE_SECS`, jittered).
     pub vm_every: Duration,
-    /// When this process first saw each current orphan.
-    orphans: HashMap<ObjectHandle, Instant>,
+    /// The worker whose reconcile tasks these are (`tasks.locked_by`; its shutdown hands them
+    /// back with the rest).
+    pub worker_id: String,
     next_vm_pass: Instant,
 }
 
@@ -59,8 +68,8 @@ pub struct PassReport {
     pub gone: u32,
     /// Resources whose operational state or message changed.
     pub reflected: u32,
-    /// Orphans deleted.
-    pub orphans_removed: u32,
+    /// Orphans seen for the first time (their removal queued).
+    pub orphans_queued: u32,
 }
 
 /// One resource as the database wants it.
@@ -83,8 +92,8 @@ impl Reconciler {
         site: String,
         backends: Backends,
         list_cache: Arc<ListCache>,
-        orphan_grace: Duration,
-        vm_every: Duration,
+        (orphan_grace, vm_every): (Duration, Duration),
+        worker_id: String,
     ) -> Self {
         Self {
             pool,
@@ -93,12 +102,13 @@ impl Reconciler {
             list_cache,
             orphan_grace,
             vm_every,
-            orphans: HashMap::new(),
+            worker_id,
             next_vm_pass: Instant::now(),
         }
     }
 
-    /// Runs a pass every [`PASS_EVERY`] until `shutdown` turns true.
+    /// Every [`PASS_EVERY`] until `shutdown` turns true: a pass, then the orphan removals that
+    /// are due (whoever queued them).
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(PASS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,11 +118,14 @@ impl Reconciler {
                 _ = shutdown.changed() => return,
             }
             match self.pass().await {
-                Ok(report) if report.gone + report.reflected + report.orphans_removed > 0 => {
+                Ok(report) if report.gone + report.reflected + report.orphans_queued > 0 => {
                     tracing::info!(?report, "reconcile pass");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
+            }
+            if let Err(e) = self.remove_due_orphans().await {
+                tracing::warn!(error = %e, "claiming orphan removals failed");
             }
         }
     }
@@ -130,20 +143,13 @@ impl Reconciler {
             ran: true,
             ..PassReport::default()
         };
-        let mut orphans_now = HashSet::new();
         // The database first, then the backends (see the module documentation): every live
         // resource of the type, whoever owns it (a server of another user's resource in a
         // shared project is no orphan).
         if let Some(k8s) = self.backends.kubernetes.clone() {
             let desired = desired(&self.pool, FlavorType::K8s).await?;
-            self.reconcile(
-                k8s.as_ref(),
-                (FlavorType::K8s, &desired),
-                None,
-                &mut report,
-                &mut orphans_now,
-            )
-            .await?;
+            self.reconcile(k8s.as_ref(), (FlavorType::K8s, &desired), None, &mut report)
+                .await?;
         }
         if let Some(openstack) = self.backends.openstack.clone() {
             if Instant::now() >= self.next_vm_pass {
@@ -158,24 +164,13 @@ impl Reconciler {
                         (FlavorType::Vm, &desired),
                         Some(&user),
                         &mut report,
-                        &mut orphans_now,
                     );
                     if let Err(e) = pass.await {
                         tracing::warn!(user = %user, error = %e, "reconciling VMs failed");
                     }
                 }
-            } else {
-                // Not looked at this time: keep their first sighting.
-                orphans_now.extend(
-                    self.orphans
-                        .keys()
-                        .filter(|h| matches!(h, ObjectHandle::Server { .. }))
-                        .cloned(),
-                );
             }
         }
-        self.orphans
-            .retain(|handle, _| orphans_now.contains(handle));
         if report.gone + report.reflected > 0 {
             self.list_cache.invalidate();
         }
@@ -190,7 +185,6 @@ impl Reconciler {
         (flavor_type, desired): (FlavorType, &HashMap<Uuid, Desired>),
         owner: Option<&str>,
         report: &mut PassReport,
-        orphans_now: &mut HashSet<ObjectHandle>,
     ) -> Result<(), AppError> {
         let started = Instant::now();
         let observed = backend.observe(owner).await;
@@ -225,8 +219,7 @@ impl Reconciler {
                 }
                 _ => {
                     if object.health != ObservedHealth::Terminating {
-                        orphans_now.insert(object.handle.clone());
-                        self.collect_orphan(backend, object, report).await;
+                        report.orphans_queued += self.queue_removal(object).await?;
                     }
                 }
             }
@@ -294,32 +287,110 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Deletes `object` once it has been an orphan for the grace period (counted from this
-    /// process's first sighting).
-    async fn collect_orphan(
-        &mut self,
-        backend: &dyn ComputeBackend,
-        object: &Observed,
-        report: &mut PassReport,
-    ) {
-        let first = *self
-            .orphans
-            .entry(object.handle.clone())
-            .or_insert_with(Instant::now);
-        if first.elapsed() < self.orphan_grace {
-            return;
+    /// Queues the removal of the orphan `object` after the grace period (nothing when it is
+    /// queued already); 1 when this call queued it.
+    async fn queue_removal(&self, object: &Observed) -> Result<u32, AppError> {
+        let target = queue::OrphanTarget {
+            key: object.handle.key(),
+            handle: object.handle.clone(),
+            resource_id: object.resource_id.clone(),
+        };
+        let queued = queue::enqueue_orphan_removal(&self.pool, &target, self.orphan_grace).await?;
+        if queued {
+            tracing::info!(object = %object.handle, resource = object.resource_id.as_deref().unwrap_or("none"),
+                grace_s = self.orphan_grace.as_secs(), "found an orphan (its resource is unknown or gone); removal queued");
         }
-        match backend.remove_orphan(object).await {
-            Ok(()) => {
-                tracing::warn!(object = %object.handle, resource = object.resource_id.as_deref().unwrap_or("none"),
-                    orphaned_for_s = first.elapsed().as_secs(), "deleted an orphan (its resource is unknown or gone)");
-                self.orphans.remove(&object.handle);
-                report.orphans_removed += 1;
-            }
-            Err(e) => {
-                tracing::warn!(object = %object.handle, error = %e.message, "deleting an orphan failed; trying again next pass")
-            }
+        Ok(u32::from(queued))
+    }
+
+    /// Claims the orphan removals that are due and runs them one after the other; how many
+    /// objects it deleted.
+    pub async fn remove_due_orphans(&self) -> Result<u32, AppError> {
+        let mut removed = 0;
+        for removal in queue::claim_orphan_removals(&self.pool, &self.worker_id).await? {
+            let (status, message) = match self.remove(&removal).await {
+                Ok(Some(message)) => {
+                    removed += 1;
+                    (TaskStatus::Finished, message)
+                }
+                Ok(None) => (
+                    TaskStatus::Finished,
+                    format!(
+                        "{} is no orphan any more; left alone",
+                        removal.target.handle
+                    ),
+                ),
+                Err(e) if removal.attempts < removal.max_attempts => {
+                    let message =
+                        format!("removing {} failed: {}", removal.target.handle, e.message);
+                    tracing::warn!(%message, "orphan removal failed");
+                    queue::retry_removal(&self.pool, &removal, &self.worker_id, &message).await?;
+                    continue;
+                }
+                Err(e) => (
+                    TaskStatus::Failed,
+                    format!("removing {} failed: {}", removal.target.handle, e.message),
+                ),
+            };
+            queue::end_removal(&self.pool, removal.id, &self.worker_id, status, &message).await?;
         }
+        Ok(removed)
+    }
+
+    /// Deletes the removal's object if it is still an orphan: `Some(message)` when deleted (or
+    /// found gone), `None` when its resource is live after all.
+    async fn remove(
+        &self,
+        removal: &queue::ClaimedRemoval,
+    ) -> Result<Option<String>, BackendError> {
+        let target = &removal.target;
+        if !self
+            .still_orphan(target)
+            .await
+            .map_err(|e| BackendError::retryable(e.to_string()))?
+        {
+            return Ok(None);
+        }
+        let backend = match target.handle {
+            ObjectHandle::Pod { .. } => self.backends.kubernetes.clone(),
+            ObjectHandle::Server { .. } => self.backends.openstack.clone(),
+        };
+        let Some(backend) = backend else {
+            return Err(BackendError::permanent(
+                "this process has no backend for it",
+            ));
+        };
+        // Within the lease: a removal that hangs is claimed again by whoever is free.
+        match tokio::time::timeout(queue::LEASE / 2, backend.remove_orphan(&target.handle)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(BackendError::retryable("no answer within 15 s")),
+        }
+        tracing::warn!(object = %target.handle, resource = target.resource_id.as_deref().unwrap_or("none"),
+            task = %removal.id, "deleted an orphan (its resource is unknown or gone)");
+        Ok(Some(format!("deleted {} (an orphan)", target.handle)))
+    }
+
+    /// Whether the database still knows `target`'s resource as unknown or ended.
+    async fn still_orphan(&self, target: &queue::OrphanTarget) -> Result<bool, sqlx::Error> {
+        let Some(typed) = target.resource_id.as_deref() else {
+            return Ok(true);
+        };
+        let Ok(id) = parse_id(IdKind::Resource, &self.site, typed) else {
+            // Another site's object: never queued by this site's pass; not ours to delete.
+            return Ok(false);
+        };
+        let state = sqlx::query_scalar!(
+            r#"SELECT allocation_state AS "state: AllocationState" FROM resources WHERE id = $1"#,
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(state.is_none_or(|s| {
+            matches!(
+                s,
+                AllocationState::Deleted | AllocationState::Expired | AllocationState::Failed
+            )
+        }))
     }
 }
 

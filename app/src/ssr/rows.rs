@@ -324,7 +324,7 @@ pub async fn select_tasks(
 ) -> Result<Vec<Task>, sqlx::Error> {
     let rows = sqlx::query_as!(
         TaskRow,
-        r#"SELECT t.id, t.resource_id, t.kind AS "kind: TaskKind", t.status AS "status: TaskStatus",
+        r#"SELECT t.id, t.resource_id AS "resource_id!", t.kind AS "kind: TaskKind", t.status AS "status: TaskStatus",
                   t.completed, t.message, t.attempts,
                   t.created_at AS "created_at: DateTime<Utc>", t.updated_at AS "updated_at: DateTime<Utc>",
                   t.started_at AS "started_at: DateTime<Utc>", t.finished_at AS "finished_at: DateTime<Utc>"

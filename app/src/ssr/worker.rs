@@ -137,7 +137,7 @@ pub async fn run_worker(
         writer,
     };
     tracing::info!(%worker_id, concurrency = worker.concurrency, "task worker started");
-    let reconciling = start_housekeeping(&worker, &shutdown);
+    let reconciling = start_housekeeping(&worker, &worker_id, &shutdown);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_reap = tokio::time::Instant::now() - REAP_EVERY;
     let mut claims = ClaimPacer::new(worker.concurrency);
@@ -190,9 +190,11 @@ pub async fn run_worker(
 }
 
 /// Starts the worker's companions until `shutdown`: the reconciler (its handle, aborted when
-/// the worker stops) and, with a retention set, the audit purge.
+/// the worker stops; its reconcile tasks are `worker_id`'s, handed back with the others) and,
+/// with a retention set, the audit purge.
 fn start_housekeeping(
     worker: &Worker,
+    worker_id: &str,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let reconciler = Reconciler::new(
@@ -200,8 +202,8 @@ fn start_housekeeping(
         worker.site.clone(),
         worker.backends.clone(),
         worker.list_cache.clone(),
-        worker.orphan_grace,
-        worker.vm_reconcile_every,
+        (worker.orphan_grace, worker.vm_reconcile_every),
+        worker_id.to_string(),
     );
     if let Some(days) = worker.audit_retention_days {
         tokio::spawn(purge_audit_forever(

@@ -1168,12 +1168,12 @@ impl ComputeBackend for KubernetesBackend {
         }))
     }
 
-    async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {
+    async fn remove_orphan(&self, object: &ObjectHandle) -> Result<(), BackendError> {
         let ObjectHandle::Pod {
             namespace,
             name,
             uid,
-        } = &object.handle
+        } = object
         else {
             return Ok(());
         };

@@ -216,8 +216,9 @@ pub trait ComputeBackend: Send + Sync {
     }
 
     /// Deletes an object [`ComputeBackend::observe`] reported whose resource the database does
-    /// not know, or knows as gone (an orphan). Absent counts as done.
-    async fn remove_orphan(&self, _object: &Observed) -> Result<(), BackendError> {
+    /// not know, or knows as gone (an orphan), by its handle (a Pod only with that uid).
+    /// Absent counts as done; an object of another backend's kind is left alone.
+    async fn remove_orphan(&self, _object: &ObjectHandle) -> Result<(), BackendError> {
         Ok(())
     }
 }
@@ -244,8 +245,11 @@ pub struct Observed {
     pub health: ObservedHealth,
 }
 
-/// How to find one backend object again.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// How to find one backend object again. Stored in a reconcile task's `target` as JSON
+/// (`{"kind": "pod", "namespace", "name", "uid"}` or `{"kind": "server", "user_id", "cloud",
+/// "server_id"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ObjectHandle {
     /// A Pod (core/v1), by namespace, name and `metadata.uid`.
     Pod {
@@ -259,6 +263,21 @@ pub enum ObjectHandle {
         cloud: String,
         server_id: String,
     },
+}
+
+impl ObjectHandle {
+    /// One key per object, the same from every pass and process: `pod/<uid>` (a Pod's uid is
+    /// unique in its cluster, also over time) or `server/<user>/<cloud>/<server id>`.
+    pub fn key(&self) -> String {
+        match self {
+            ObjectHandle::Pod { uid, .. } => format!("pod/{uid}"),
+            ObjectHandle::Server {
+                user_id,
+                cloud,
+                server_id,
+            } => format!("server/{user_id}/{cloud}/{server_id}"),
+        }
+    }
 }
 
 impl std::fmt::Display for ObjectHandle {

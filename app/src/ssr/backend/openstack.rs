@@ -544,12 +544,12 @@ impl ComputeBackend for OpenStackBackend {
         Ok(Some(seen))
     }
 
-    async fn remove_orphan(&self, object: &Observed) -> Result<(), BackendError> {
+    async fn remove_orphan(&self, object: &ObjectHandle) -> Result<(), BackendError> {
         let ObjectHandle::Server {
             user_id,
             cloud,
             server_id,
-        } = &object.handle
+        } = object
         else {
             return Ok(());
         };
