@@ -1152,6 +1152,19 @@ pub async fn enqueue_orphan_removal(
     target: &OrphanTarget,
     grace: Duration,
 ) -> Result<bool, sqlx::Error> {
+    // Looked up first: an INSERT fires the table's statement trigger (the list caches'
+    // notification) even when it inserts nothing, and a pass sees each orphan every 2 s.
+    let known = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM tasks
+                          WHERE kind = 'remove_orphan' AND status IN ('queued', 'running')
+                            AND target ->> 'key' = $1) AS "known!""#,
+        target.key
+    )
+    .fetch_one(pool)
+    .await?;
+    if known {
+        return Ok(false);
+    }
     let json = serde_json::to_value(target).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let queued = sqlx::query!(
         r#"INSERT INTO tasks (id, resource_id, kind, message, target, run_after)

@@ -942,11 +942,13 @@ impl KubernetesBackend {
                     return Ok(answer);
                 }
             }
-            settle(&watched, &name, current).await
+            // Boxed, like the other calls a waiting create rarely makes: an async fn's state
+            // is as large as its largest await point, and up to a thousand creates wait at once.
+            Box::pin(settle(&watched, &name, current)).await
         };
         match tokio::time::timeout(self.ready_timeout, wait).await {
             Err(_) => {
-                let last = match pods.get_opt(&name).await {
+                let last = match Box::pin(pods.get_opt(&name)).await {
                     Ok(Some(p)) => match classify(&p) {
                         PodVerdict::Pending(why) => why,
                         other => format!("{other:?}"),
@@ -1086,7 +1088,10 @@ impl ComputeBackend for KubernetesBackend {
         progress: &dyn Progress,
     ) -> Result<BackendDetails, BackendError> {
         let namespace = self.namespace_of(resource);
-        self.ensure_namespace(&namespace, &resource.experiment_id, needs_root(resource))
+        // The calls before the wait are boxed: this future lives as long as its Pod starts, and
+        // without the boxes it would keep room for the largest of them all that time (a
+        // thousand creates wait at once in a burst).
+        Box::pin(self.ensure_namespace(&namespace, &resource.experiment_id, needs_root(resource)))
             .await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         // Before the create: every change after it reaches this subscription.
@@ -1094,8 +1099,8 @@ impl ComputeBackend for KubernetesBackend {
             .feed
             .subscribe(&namespace, &resource.friendly_name)
             .await;
-        let mut current = self.create_pod(&pods, resource, &namespace).await?;
-        let service = self.expose(resource, &namespace, &current).await?;
+        let mut current = Box::pin(self.create_pod(&pods, resource, &namespace)).await?;
+        let service = Box::pin(self.expose(resource, &namespace, &current)).await?;
         // Kept while the Pod starts (up to 8 waiting creates per worker slot): without the
         // server-side apply bookkeeping, which the wait does not read.
         current.metadata.managed_fields = None;

@@ -280,9 +280,41 @@ async fn run(feed: std::sync::Weak<PodFeed>, client: Client, label_selector: Str
     }
 }
 
-/// `pod` without `metadata.managedFields` (server-side apply bookkeeping, often the larger
-/// part of a Pod's metadata), which nobody here reads: the store holds every managed Pod.
+/// `pod` with only what its readers use (the waiting create's `details_of`, the
+/// reconciler's `observed`: metadata, status and `spec.nodeName`): without
+/// `metadata.managedFields` (server-side apply bookkeeping, often the larger part of a Pod's
+/// metadata) and without the rest of its spec (containers, volumes, security contexts). The
+/// store holds every managed Pod, and during a burst a thousand creates wait on theirs.
 fn trimmed(mut pod: Pod) -> Pod {
     pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.map(|spec| k8s_openapi::api::core::v1::PodSpec {
+        node_name: spec.node_name,
+        ..Default::default()
+    });
     pod
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    /// The store keeps what `details_of` and `observed` read, and drops the bulk.
+    #[test]
+    fn a_stored_pod_keeps_metadata_status_and_node_only() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n", "uid": "u", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"nodeName": "fake-node", "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.7"}
+        }))
+        .expect("pod");
+        let kept = super::trimmed(pod.clone());
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(kept.metadata.labels, pod.metadata.labels);
+        assert_eq!(kept.metadata.uid.as_deref(), Some("u"));
+        assert_eq!(kept.status, pod.status);
+        let spec = kept.spec.expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("fake-node"));
+        assert!(spec.containers.is_empty());
+    }
 }
