@@ -176,6 +176,10 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     let counted = api_requests(&direct_client).await;
+    let direct_kubeconfig = std::env::var_os("BENCH_DIRECT_KUBECONFIG")
+        .or_else(|| std::env::var_os("KUBECONFIG"))
+        .map(std::path::PathBuf::from);
+    let cpu_before = Cpu::read(&pid, direct_kubeconfig.as_deref());
     let start = Instant::now();
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..DIRECT_CLIENTS {
@@ -203,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let direct = start.elapsed();
+    let direct_cpu = Cpu::read(&pid, direct_kubeconfig.as_deref()).since(&cpu_before);
     let direct_requests = since(&counted, &api_requests(&direct_client).await);
     // On one shared API server the direct Pods go before the second phase starts (its fake
     // scheduler and kubelet slow down with every Pod that exists).
@@ -229,6 +234,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let rss_before = proc_kb(&pid, "VmRSS:");
     let counted = api_requests(&client).await;
+    let through_kubeconfig = std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from);
+    let cpu_before = Cpu::read(&pid, through_kubeconfig.as_deref());
     let start = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     for (i, token) in tokens.iter().enumerate() {
@@ -252,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let through = start.elapsed();
+    let through_cpu = Cpu::read(&pid, through_kubeconfig.as_deref()).since(&cpu_before);
     let through_requests = since(&counted, &api_requests(&client).await);
     // Every resource ends provisioned (the tasks record it just after the Pod runs).
     let mut provisioned = 0;
@@ -312,6 +320,15 @@ async fn main() -> anyhow::Result<()> {
         peak as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    println!("  CPU seconds until all Running (/proc/PID/stat utime + stime):");
+    println!(
+        "    direct:  API server (miniapi + etcd) {:.2}, the bench's 20 clients {:.2}",
+        direct_cpu.api_server, direct_cpu.bench
+    );
+    println!(
+        "    through: API server (miniapi + etcd) {:.2}, slices-blueprint {:.2}, PostgreSQL (all its processes) {:.2}, the bench {:.2}",
+        through_cpu.api_server, through_cpu.server, through_cpu.postgres, through_cpu.bench
+    );
     println!(
         "  API server requests until all Running (apiserver_request_total; verb resource code):"
     );
@@ -360,6 +377,81 @@ fn since(
     } else {
         parts.join(", ")
     }
+}
+
+/// CPU seconds used so far (user + system) by the processes a phase keeps busy.
+#[derive(Debug, Default)]
+struct Cpu {
+    /// The API test server whose kubeconfig was given: its `miniapi.pid` and `etcd.pid` (in the
+    /// kubeconfig's folder, where `../shared/k8s-testserver/start` writes them).
+    api_server: f64,
+    /// The release server (BENCH_SERVER_PID).
+    server: f64,
+    /// Every process named `postgres` (the server's connections are among them).
+    postgres: f64,
+    /// This bench (the direct phase's clients; the observer's watch in both).
+    bench: f64,
+}
+
+impl Cpu {
+    fn read(server_pid: &str, kubeconfig: Option<&std::path::Path>) -> Self {
+        let from_file = |name: &str| {
+            kubeconfig
+                .and_then(|k| k.parent())
+                .and_then(|dir| std::fs::read_to_string(dir.join(name)).ok())
+                .map_or(0.0, |pid| cpu_seconds(pid.trim()))
+        };
+        let postgres = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "postgres")
+            })
+            .map(|pid| cpu_seconds(&pid))
+            .sum();
+        Cpu {
+            api_server: from_file("miniapi.pid") + from_file("etcd.pid"),
+            server: cpu_seconds(server_pid),
+            postgres,
+            bench: cpu_seconds("self"),
+        }
+    }
+
+    /// What was used since `before` (PostgreSQL connections that ended meanwhile are missed).
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            api_server: self.api_server - before.api_server,
+            server: self.server - before.server,
+            postgres: (self.postgres - before.postgres).max(0.0),
+            bench: self.bench - before.bench,
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat` in seconds (clock ticks of USER_HZ, 100 on Linux);
+/// 0 when the process is gone.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5); what follows the name starts
+    // with field 3.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Creates the namespace `name`.
