@@ -20,6 +20,10 @@
 //! variable both phases share KUBECONFIG's API server, the direct one first, its Pods deleted
 //! and gone before the requests are sent, and the report says so.
 //!
+//! `BENCH_DIRECT_WATCH=1` gives the direct clients a watch of every Pod of their own (what a
+//! client that must know when its Pods run keeps, like the server's shared Pod feed): the
+//! API server then sends each Pod event to two watchers in both phases.
+//!
 //! Not a test: it prints figures. `bench/run` starts the server and passes BENCH_BASE_URL,
 //! BENCH_SERVER_BIN (its `dev-token` mints the tokens), BENCH_SERVER_PID, KUBECONFIG,
 //! BENCH_DIRECT_KUBECONFIG, K8S_NAMESPACE_PREFIX (default `slices-`) and BENCH_BURST_PODS; the
@@ -175,6 +179,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // BENCH_DIRECT_WATCH=1: the direct clients also keep one watch of every Pod (the informer
+    // a client needs to know when its Pods run, as the server's Pod feed does for its
+    // creates); without it only the bench's observer watches them.
+    let direct_watch = std::env::var("BENCH_DIRECT_WATCH").is_ok_and(|v| v == "1");
+    if direct_watch {
+        pods::observe(direct_client.clone()).await?;
+    }
     let counted = api_requests(&direct_client).await;
     let direct_kubeconfig = std::env::var_os("BENCH_DIRECT_KUBECONFIG")
         .or_else(|| std::env::var_os("KUBECONFIG"))
@@ -297,8 +308,9 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "  direct (20 clients x {}):        all Running after {:7.2} s",
+        "  direct (20 clients x {}{}):        all Running after {:7.2} s",
         total / DIRECT_CLIENTS,
+        if direct_watch { ", + their watch" } else { "" },
         direct.as_secs_f64()
     );
     println!(
