@@ -620,11 +620,7 @@ async fn orphan_removals_are_queued_once_claimed_once_and_retried_with_backoff(p
             name: format!("pod-{uid}"),
             uid: uid.into(),
         };
-        OrphanTarget {
-            key: handle.key(),
-            handle,
-            resource_id: None,
-        }
+        OrphanTarget::new(handle, None)
     };
     let (due, later) = (orphan("u1"), orphan("u2"));
     assert!(queue::enqueue_orphan_removal(&pool, &due, Duration::ZERO)

@@ -1128,11 +1128,28 @@ pub const ORPHAN_CLAIM: i64 = 16;
 /// The object a reconcile task removes, as stored in `tasks.target` (JSON).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OrphanTarget {
-    /// [`ObjectHandle::key`]: at most one unfinished removal per key.
-    pub key: String,
+    /// [`ObjectHandle::key`] of `handle` (stored for the unique index: at most one unfinished
+    /// removal per key); set by [`OrphanTarget::new`], never by hand.
+    key: String,
     pub handle: ObjectHandle,
     /// The typed resource id the object names (`resource_<site>_…`), `None` when it names none.
     pub resource_id: Option<String>,
+}
+
+impl OrphanTarget {
+    /// The removal target of the object at `handle`, naming `resource_id`.
+    pub fn new(handle: ObjectHandle, resource_id: Option<String>) -> Self {
+        Self {
+            key: handle.key(),
+            handle,
+            resource_id,
+        }
+    }
+
+    /// One key per object ([`ObjectHandle::key`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// A claimed orphan removal.
@@ -1158,7 +1175,7 @@ pub async fn enqueue_orphan_removal(
         r#"SELECT EXISTS (SELECT 1 FROM tasks
                           WHERE kind = 'remove_orphan' AND status IN ('queued', 'running')
                             AND target ->> 'key' = $1) AS "known!""#,
-        target.key
+        target.key()
     )
     .fetch_one(pool)
     .await?;

@@ -290,11 +290,7 @@ impl Reconciler {
     /// Queues the removal of the orphan `object` after the grace period (nothing when it is
     /// queued already); 1 when this call queued it.
     async fn queue_removal(&self, object: &Observed) -> Result<u32, AppError> {
-        let target = queue::OrphanTarget {
-            key: object.handle.key(),
-            handle: object.handle.clone(),
-            resource_id: object.resource_id.clone(),
-        };
+        let target = queue::OrphanTarget::new(object.handle.clone(), object.resource_id.clone());
         let queued = queue::enqueue_orphan_removal(&self.pool, &target, self.orphan_grace).await?;
         if queued {
             tracing::info!(object = %object.handle, resource = object.resource_id.as_deref().unwrap_or("none"),
@@ -303,16 +299,12 @@ impl Reconciler {
         Ok(u32::from(queued))
     }
 
-    /// Claims the orphan removals that are due and runs them one after the other; how many
-    /// objects it deleted.
-    pub async fn remove_due_orphans(&self) -> Result<u32, AppError> {
-        let mut removed = 0;
+    /// Claims the orphan removals that are due and runs them one after the other (each logs
+    /// what it deleted).
+    pub async fn remove_due_orphans(&self) -> Result<(), AppError> {
         for removal in queue::claim_orphan_removals(&self.pool, &self.worker_id).await? {
             let (status, message) = match self.remove(&removal).await {
-                Ok(Some(message)) => {
-                    removed += 1;
-                    (TaskStatus::Finished, message)
-                }
+                Ok(Some(message)) => (TaskStatus::Finished, message),
                 Ok(None) => (
                     TaskStatus::Finished,
                     format!(
@@ -334,7 +326,7 @@ impl Reconciler {
             };
             queue::end_removal(&self.pool, removal.id, &self.worker_id, status, &message).await?;
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// Deletes the removal's object if it is still an orphan: `Some(message)` when deleted (or
