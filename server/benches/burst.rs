@@ -3,13 +3,14 @@
 //! time until every one of them runs, the resources' end states (none lost), and the server's
 //! peak memory (VmHWM, and VmRSS sampled every 100 ms). Beside it, the same number of the same
 //! Pod created directly on the same API server by 20 parallel clients (50 each, one after the
-//! other), timed the same way. The direct Pod is the server's Pod spec without `nodeName`
-//! (which the scheduler set), so both go through scheduling.
+//! other), timed the same way. The direct Pod is the server's Pod (spec, labels and
+//! annotations) without `nodeName` (which the scheduler set), so both go through scheduling.
 //!
 //! Both are timed by one watch of the cluster's Pods (an observer like a dashboard's
 //! informer): from the moment the requests (or creates) start until the watch has seen the
 //! last Pod `Running`. The direct Pod is the one the server made for a warm-up resource,
-//! renamed, without our labels, in a namespace of its own (so the reconciler leaves it alone).
+//! renamed, in a namespace of its own; on an API server the server shares it goes without our
+//! labels (so the reconciler leaves it alone).
 //!
 //! Each phase gets an API server of its own when `BENCH_DIRECT_KUBECONFIG` names a second,
 //! fresh test server (bench/run starts one): the test server's fake scheduler and kubelet
@@ -23,6 +24,14 @@
 //! `BENCH_DIRECT_WATCH=1` gives the direct clients a watch of every Pod of their own (what a
 //! client that must know when its Pods run keeps, like the server's shared Pod feed): the
 //! API server then sends each Pod event to two watchers in both phases.
+//!
+//! `BENCH_BURST_ORDER=through-first` runs the requests first and the direct creates second
+//! (only with an API server per phase; bench/run alternates the order over its rounds).
+//!
+//! `BENCH_PPROF_DIR=DIR` also takes a CPU profile of each phase's API test server (Go's
+//! `/debug/pprof/profile`, `BENCH_PPROF_SECS` s, default 12, from the phase's start, by curl)
+//! into `DIR/direct.pb.gz` and `DIR/through.pb.gz`, to compare with
+//! `go tool pprof -top -diff_base DIR/direct.pb.gz DIR/through.pb.gz`.
 //!
 //! Not a test: it prints figures. `bench/run` starts the server and passes BENCH_BASE_URL,
 //! BENCH_SERVER_BIN (its `dev-token` mints the tokens), BENCH_SERVER_PID, KUBECONFIG,
@@ -75,104 +84,241 @@ fn resources(image: &str, flavor: &str, tag: &str, n: usize) -> Value {
     json!({"expires_at": expires, "resources": list})
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let base = env("BENCH_BASE_URL");
-    let bin = env("BENCH_SERVER_BIN");
-    let pid = env("BENCH_SERVER_PID");
-    let prefix = std::env::var("K8S_NAMESPACE_PREFIX").unwrap_or_else(|_| "slices-".into());
-    let total: usize = std::env::var("BENCH_BURST_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let experiments = total.div_ceil(PER_REQUEST);
-    let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
-    let http = reqwest::Client::new();
-    let (image, flavor) =
-        pods::k8s_catalog(&http, &api, &common::admin_token(&bin)?, "burst").await?;
-    let client = kube::Client::try_default().await?;
-    let (running, changed) = pods::observe(client.clone()).await?;
-    let run = &app::ids::encode_suffix(uuid::Uuid::now_v7())[20..];
-    let mint = |i: usize| {
+/// What one phase measured.
+struct Phase {
+    /// From the first request (or create) until the watch saw the last Pod Running.
+    took: Duration,
+    cpu: Cpu,
+    requests: String,
+}
+
+/// The through phase's extra figures.
+struct Through {
+    phase: Phase,
+    /// Until every 202 came back.
+    accepted: Duration,
+    provisioned: usize,
+    rss_before: u64,
+    peak: u64,
+}
+
+/// One cluster the bench watches: its client, its kubeconfig (for the CPU figures and the
+/// profile) and its watch of every Pod.
+struct Cluster {
+    client: kube::Client,
+    kubeconfig: Option<std::path::PathBuf>,
+    running: pods::Running,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// What both phases share.
+struct Bench {
+    base: String,
+    bin: String,
+    pid: String,
+    prefix: String,
+    total: usize,
+    experiments: usize,
+    run: String,
+    http: reqwest::Client,
+    image: String,
+    flavor: String,
+}
+
+impl Bench {
+    fn api(&self) -> String {
+        format!("{}/apis/bi.slices.eu/v1alpha2", self.base)
+    }
+
+    /// An experiment token for the burst's experiment `i` (`experiments` is the warm-up's).
+    fn mint(&self, i: usize) -> anyhow::Result<String> {
         common::dev_token(
-            &bin,
+            &self.bin,
             &[
                 "experiment",
                 "--experiment-id",
-                &format!("exp_dev.local_burst{run}{i}"),
+                &format!("exp_dev.local_burst{}{i}", self.run),
                 "--project-id",
                 "proj_dev.local_qkd",
                 "--user-id",
                 "user_dev.local_alice",
             ],
         )
-    };
+    }
 
-    // Warm-up: one resource through the server, whose Pod the direct path copies.
-    let warm = mint(experiments)?;
-    let warm_ns = namespace_name(&prefix, &format!("exp_dev.local_burst{run}{experiments}"));
+    fn namespace(&self, i: usize) -> String {
+        namespace_name(&self.prefix, &format!("exp_dev.local_burst{}{i}", self.run))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let base = env("BENCH_BASE_URL");
+    let bin = env("BENCH_SERVER_BIN");
+    let total: usize = std::env::var("BENCH_BURST_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let http = reqwest::Client::new();
+    let api = format!("{base}/apis/bi.slices.eu/v1alpha2");
+    let (image, flavor) =
+        pods::k8s_catalog(&http, &api, &common::admin_token(&bin)?, "burst").await?;
+    let bench = Bench {
+        base,
+        bin,
+        pid: env("BENCH_SERVER_PID"),
+        prefix: std::env::var("K8S_NAMESPACE_PREFIX").unwrap_or_else(|_| "slices-".into()),
+        total,
+        experiments: total.div_ceil(PER_REQUEST),
+        run: app::ids::encode_suffix(uuid::Uuid::now_v7())[20..].to_string(),
+        http,
+        image,
+        flavor,
+    };
+    let client = kube::Client::try_default().await?;
+    let (running, changed) = pods::observe(client.clone()).await?;
+    let server_cluster = Cluster {
+        client,
+        kubeconfig: std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from),
+        running,
+        changed,
+    };
+    let template = warm_up(&bench, &server_cluster).await?;
+    let own_cluster = std::env::var_os("BENCH_DIRECT_KUBECONFIG");
+    let direct_cluster = match &own_cluster {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let options = kube::config::KubeConfigOptions::default();
+            let client = kube::Client::try_from(
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?,
+            )?;
+            let (running, changed) = pods::observe(client.clone()).await?;
+            Cluster {
+                client,
+                kubeconfig: Some(std::path::PathBuf::from(path)),
+                running,
+                changed,
+            }
+        }
+        None => Cluster {
+            client: server_cluster.client.clone(),
+            kubeconfig: server_cluster.kubeconfig.clone(),
+            running: server_cluster.running.clone(),
+            changed: server_cluster.changed.clone(),
+        },
+    };
+    // On an API server of its own the direct Pod is the server's Pod as it was sent (labels
+    // and annotations too); on the shared one it goes without our labels, so the reconciler
+    // leaves it alone.
+    let direct_pod = |name: String| {
+        let mut pod = template.clone();
+        pod.metadata.name = Some(name);
+        pod.metadata.namespace = None;
+        if own_cluster.is_none() {
+            pod.metadata.labels = None;
+        }
+        pod
+    };
+    let direct_watch = std::env::var("BENCH_DIRECT_WATCH").is_ok_and(|v| v == "1");
+    // BENCH_BURST_ORDER=through-first runs the requests before the direct creates (bench/run
+    // alternates the order over its rounds); only with an API server per phase.
+    let through_first = own_cluster.is_some()
+        && std::env::var("BENCH_BURST_ORDER").is_ok_and(|v| v == "through-first");
+    let (direct, through) = if through_first {
+        let through = through_phase(&bench, &server_cluster).await?;
+        let direct = direct_phase(
+            &bench,
+            &direct_cluster,
+            &direct_pod,
+            own_cluster.is_some(),
+            direct_watch,
+        )
+        .await?;
+        (direct, through)
+    } else {
+        let direct = direct_phase(
+            &bench,
+            &direct_cluster,
+            &direct_pod,
+            own_cluster.is_some(),
+            direct_watch,
+        )
+        .await?;
+        let through = through_phase(&bench, &server_cluster).await?;
+        (direct, through)
+    };
+    report(
+        &bench,
+        &direct,
+        &through,
+        own_cluster.is_some(),
+        through_first,
+        direct_watch,
+    );
+    Ok(())
+}
+
+/// One resource through the server; answers its Pod as the server sent it (without the
+/// `nodeName` the scheduler set: a Pod that arrives with its node set skips the scheduler's
+/// binding, which the server's Pods go through), the template of the direct Pods.
+async fn warm_up(bench: &Bench, cluster: &Cluster) -> anyhow::Result<Pod> {
+    let warm = bench.mint(bench.experiments)?;
+    let warm_ns = bench.namespace(bench.experiments);
     let answer: Value = common::answer(
-        http.post(format!("{api}/resources"))
+        bench
+            .http
+            .post(format!("{}/resources", bench.api()))
             .bearer_auth(&warm)
-            .json(&resources(&image, &flavor, "warm", 1)),
+            .json(&resources(&bench.image, &bench.flavor, "warm", 1)),
         "POST /resources (warm-up)",
     )
     .await?;
     anyhow::ensure!(answer["resources"].as_array().is_some_and(|r| r.len() == 1));
     pods::all_running(
-        &running,
-        &changed,
+        &cluster.running,
+        &cluster.changed,
         &HashSet::from([warm_ns.clone()]),
         1,
         Duration::from_secs(120),
     )
     .await?;
-    let mut template = Api::<Pod>::namespaced(client.clone(), &warm_ns)
+    let mut template = Api::<Pod>::namespaced(cluster.client.clone(), &warm_ns)
         .get("warm-00")
         .await?;
-    // As the server sent it, not as the scheduler left it: a Pod that arrives with its node
-    // already set skips the scheduler's binding, which the server's Pods go through.
+    template.metadata = ObjectMeta {
+        labels: template.metadata.labels.take(),
+        annotations: template.metadata.annotations.take(),
+        ..ObjectMeta::default()
+    };
+    template.status = None;
     if let Some(spec) = template.spec.as_mut() {
         spec.node_name = None;
     }
+    Ok(template)
+}
 
-    // Direct: the same Pod, 20 clients creating 50 each, on an API server of its own when
-    // there is one.
-    let own_cluster = std::env::var_os("BENCH_DIRECT_KUBECONFIG");
-    let direct_client = match &own_cluster {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            let options = kube::config::KubeConfigOptions::default();
-            kube::Client::try_from(
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?,
-            )?
-        }
-        None => client.clone(),
-    };
-    let (direct_running, direct_changed) = match own_cluster {
-        Some(_) => pods::observe(direct_client.clone()).await?,
-        None => (running.clone(), changed.clone()),
-    };
-    let direct_ns = format!("burst-direct-{run}");
-    create_namespace(&direct_client, &direct_ns).await?;
-    let direct_pod = |name: String| Pod {
-        metadata: ObjectMeta {
-            name: Some(name),
-            ..ObjectMeta::default()
-        },
-        spec: template.spec.clone(),
-        ..Pod::default()
-    };
-    if own_cluster.is_some() {
-        // The same warm-up as the server's cluster had: one Pod, Running, then gone.
-        let warm_ns = format!("burst-warm-{run}");
-        create_namespace(&direct_client, &warm_ns).await?;
-        Api::<Pod>::namespaced(direct_client.clone(), &warm_ns)
+/// The same Pods created directly: 20 clients creating their share one after the other, in
+/// one namespace made before the clock starts.
+async fn direct_phase(
+    bench: &Bench,
+    cluster: &Cluster,
+    direct_pod: &dyn Fn(String) -> Pod,
+    own_cluster: bool,
+    direct_watch: bool,
+) -> anyhow::Result<Phase> {
+    let client = &cluster.client;
+    let direct_ns = format!("burst-direct-{}", bench.run);
+    create_namespace(client, &direct_ns).await?;
+    if own_cluster {
+        // The same warm-up as the server's cluster had: one Pod, Running.
+        let warm_ns = format!("burst-warm-{}", bench.run);
+        create_namespace(client, &warm_ns).await?;
+        Api::<Pod>::namespaced(client.clone(), &warm_ns)
             .create(&PostParams::default(), &direct_pod("warm-00".into()))
             .await?;
         pods::all_running(
-            &direct_running,
-            &direct_changed,
+            &cluster.running,
+            &cluster.changed,
             &HashSet::from([warm_ns]),
             1,
             Duration::from_secs(120),
@@ -182,20 +328,17 @@ async fn main() -> anyhow::Result<()> {
     // BENCH_DIRECT_WATCH=1: the direct clients also keep one watch of every Pod (the informer
     // a client needs to know when its Pods run, as the server's Pod feed does for its
     // creates); without it only the bench's observer watches them.
-    let direct_watch = std::env::var("BENCH_DIRECT_WATCH").is_ok_and(|v| v == "1");
     if direct_watch {
-        pods::observe(direct_client.clone()).await?;
+        pods::observe(client.clone()).await?;
     }
-    let counted = api_requests(&direct_client).await;
-    let direct_kubeconfig = std::env::var_os("BENCH_DIRECT_KUBECONFIG")
-        .or_else(|| std::env::var_os("KUBECONFIG"))
-        .map(std::path::PathBuf::from);
-    let cpu_before = Cpu::read(&pid, direct_kubeconfig.as_deref());
+    let counted = api_requests(client).await;
+    let cpu_before = Cpu::read(&bench.pid, cluster.kubeconfig.as_deref());
+    let profile = start_profile(cluster.kubeconfig.as_deref(), "direct")?;
     let start = Instant::now();
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..DIRECT_CLIENTS {
-        let pods: Api<Pod> = Api::namespaced(direct_client.clone(), &direct_ns);
-        let share = total / DIRECT_CLIENTS + usize::from(c < total % DIRECT_CLIENTS);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &direct_ns);
+        let share = bench.total / DIRECT_CLIENTS + usize::from(c < bench.total % DIRECT_CLIENTS);
         let made: Vec<Pod> = (0..share)
             .map(|i| direct_pod(format!("d{c:02}-{i:03}")))
             .collect();
@@ -210,30 +353,37 @@ async fn main() -> anyhow::Result<()> {
         done??;
     }
     pods::all_running(
-        &direct_running,
-        &direct_changed,
+        &cluster.running,
+        &cluster.changed,
         &HashSet::from([direct_ns.clone()]),
-        total,
+        bench.total,
         Duration::from_secs(600),
     )
     .await?;
-    let direct = start.elapsed();
-    let direct_cpu = Cpu::read(&pid, direct_kubeconfig.as_deref()).since(&cpu_before);
-    let direct_requests = since(&counted, &api_requests(&direct_client).await);
+    let took = start.elapsed();
+    let cpu = Cpu::read(&bench.pid, cluster.kubeconfig.as_deref()).since(&cpu_before);
+    let requests = since(&counted, &api_requests(client).await);
+    finish_profile(profile)?;
     // On one shared API server the direct Pods go before the second phase starts (its fake
     // scheduler and kubelet slow down with every Pod that exists).
-    remove_namespace(&direct_client, &direct_ns).await?;
+    remove_namespace(client, &direct_ns).await?;
+    Ok(Phase {
+        took,
+        cpu,
+        requests,
+    })
+}
 
-    // Through slices-blueprint: one request of 50 per experiment, all at once.
-    let tokens = (0..experiments)
-        .map(mint)
+/// Through slices-blueprint: one request of 50 per experiment, all at once; then every
+/// resource must end provisioned (the tasks record it just after the Pod runs).
+async fn through_phase(bench: &Bench, cluster: &Cluster) -> anyhow::Result<Through> {
+    let tokens = (0..bench.experiments)
+        .map(|i| bench.mint(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let namespaces: HashSet<String> = (0..experiments)
-        .map(|i| namespace_name(&prefix, &format!("exp_dev.local_burst{run}{i}")))
-        .collect();
+    let namespaces: HashSet<String> = (0..bench.experiments).map(|i| bench.namespace(i)).collect();
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let peak_rss = {
-        let (sampling, pid) = (sampling.clone(), pid.clone());
+        let (sampling, pid) = (sampling.clone(), bench.pid.clone());
         tokio::spawn(async move {
             let mut peak = 0;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
@@ -243,18 +393,19 @@ async fn main() -> anyhow::Result<()> {
             peak
         })
     };
-    let rss_before = proc_kb(&pid, "VmRSS:");
-    let counted = api_requests(&client).await;
-    let through_kubeconfig = std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from);
-    let cpu_before = Cpu::read(&pid, through_kubeconfig.as_deref());
+    let rss_before = proc_kb(&bench.pid, "VmRSS:");
+    let counted = api_requests(&cluster.client).await;
+    let cpu_before = Cpu::read(&bench.pid, cluster.kubeconfig.as_deref());
+    let profile = start_profile(cluster.kubeconfig.as_deref(), "through")?;
     let start = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     for (i, token) in tokens.iter().enumerate() {
-        let n = (total - i * PER_REQUEST).min(PER_REQUEST);
-        let request = http
-            .post(format!("{api}/resources"))
+        let n = (bench.total - i * PER_REQUEST).min(PER_REQUEST);
+        let request = bench
+            .http
+            .post(format!("{}/resources", bench.api()))
             .bearer_auth(token)
-            .json(&resources(&image, &flavor, "b", n));
+            .json(&resources(&bench.image, &bench.flavor, "b", n));
         requests.spawn(async move { common::answer::<Value>(request, "POST /resources").await });
     }
     while let Some(done) = requests.join_next().await {
@@ -262,24 +413,44 @@ async fn main() -> anyhow::Result<()> {
     }
     let accepted = start.elapsed();
     pods::all_running(
-        &running,
-        &changed,
+        &cluster.running,
+        &cluster.changed,
         &namespaces,
-        total,
+        bench.total,
         Duration::from_secs(600),
     )
     .await?;
-    let through = start.elapsed();
-    let through_cpu = Cpu::read(&pid, through_kubeconfig.as_deref()).since(&cpu_before);
-    let through_requests = since(&counted, &api_requests(&client).await);
-    // Every resource ends provisioned (the tasks record it just after the Pod runs).
+    let took = start.elapsed();
+    let cpu = Cpu::read(&bench.pid, cluster.kubeconfig.as_deref()).since(&cpu_before);
+    let requests = since(&counted, &api_requests(&cluster.client).await);
+    finish_profile(profile)?;
+    let provisioned = provisioned(bench, &tokens).await?;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak_rss.await.unwrap_or(0);
+    Ok(Through {
+        phase: Phase {
+            took,
+            cpu,
+            requests,
+        },
+        accepted,
+        provisioned,
+        rss_before,
+        peak,
+    })
+}
+
+/// How many of the burst's resources are `provisioned` (asked until all are, at most 60 s).
+async fn provisioned(bench: &Bench, tokens: &[String]) -> anyhow::Result<usize> {
     let mut provisioned = 0;
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(60) {
         provisioned = 0;
-        for token in &tokens {
+        for token in tokens {
             let list: Vec<Value> = common::answer(
-                http.get(format!("{api}/resources?limit=500"))
+                bench
+                    .http
+                    .get(format!("{}/resources?limit=500", bench.api()))
                     .bearer_auth(token),
                 "GET /resources",
             )
@@ -289,64 +460,86 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|r| r["allocation_state"] == "provisioned")
                 .count();
         }
-        if provisioned == total {
+        if provisioned == bench.total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak = peak_rss.await.unwrap_or(0);
-    let hwm = proc_kb(&pid, "VmHWM:");
+    Ok(provisioned)
+}
 
-    println!("burst: {total} Pods, {experiments} requests of {PER_REQUEST} sent at once");
+/// Prints the figures.
+fn report(
+    bench: &Bench,
+    direct: &Phase,
+    through: &Through,
+    own_cluster: bool,
+    through_first: bool,
+    direct_watch: bool,
+) {
+    let total = bench.total;
+    let hwm = proc_kb(&bench.pid, "VmHWM:");
+    println!(
+        "burst: {total} Pods, {} requests of {PER_REQUEST} sent at once",
+        bench.experiments
+    );
     println!(
         "  API servers: {}",
-        if std::env::var_os("BENCH_DIRECT_KUBECONFIG").is_some() {
+        if own_cluster {
             "one fresh test server per phase (each after one warm-up Pod)"
         } else {
             "one for both phases, direct first (the second phase meets an older API server)"
         }
     );
     println!(
+        "  order: {}",
+        if through_first {
+            "through slices-blueprint first, then direct"
+        } else {
+            "direct first, then through slices-blueprint"
+        }
+    );
+    println!(
         "  direct (20 clients x {}{}):        all Running after {:7.2} s",
         total / DIRECT_CLIENTS,
         if direct_watch { ", + their watch" } else { "" },
-        direct.as_secs_f64()
+        direct.took.as_secs_f64()
     );
     println!(
         "  through slices-blueprint:        all Running after {:7.2} s (all 202 after {:.2} s)",
-        through.as_secs_f64(),
-        accepted.as_secs_f64()
+        through.phase.took.as_secs_f64(),
+        through.accepted.as_secs_f64()
     );
     println!(
         "  ratio through / direct:          {:7.2}",
-        through.as_secs_f64() / direct.as_secs_f64()
+        through.phase.took.as_secs_f64() / direct.took.as_secs_f64()
     );
     println!(
-        "  lost: {}  (provisioned {provisioned} of {total})",
-        total - provisioned.min(total)
+        "  lost: {}  (provisioned {} of {total})",
+        total - through.provisioned.min(total),
+        through.provisioned
     );
     println!(
         "  server memory: VmRSS {:.1} MB before, peak {:.1} MB sampled, VmHWM {:.1} MB",
-        rss_before as f64 / 1024.0,
-        peak as f64 / 1024.0,
+        through.rss_before as f64 / 1024.0,
+        through.peak as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
     println!("  CPU seconds until all Running (/proc/PID/stat utime + stime):");
     println!(
         "    direct:  API server (miniapi + etcd) {:.2}, the bench's 20 clients {:.2}",
-        direct_cpu.api_server, direct_cpu.bench
+        direct.cpu.api_server, direct.cpu.bench
     );
+    let cpu = &through.phase.cpu;
     println!(
         "    through: API server (miniapi + etcd) {:.2}, slices-blueprint {:.2}, PostgreSQL (all its processes) {:.2}, the bench {:.2}",
-        through_cpu.api_server, through_cpu.server, through_cpu.postgres, through_cpu.bench
+        cpu.api_server, cpu.server, cpu.postgres, cpu.bench
     );
     println!(
         "  API server requests until all Running (apiserver_request_total; verb resource code):"
     );
-    println!("    direct:  {}", direct_requests);
-    println!("    through: {}", through_requests);
-    Ok(())
+    println!("    direct:  {}", direct.requests);
+    println!("    through: {}", through.phase.requests);
 }
 
 /// Requests the API server has served, by `VERB resource[/subresource] code`, from its
@@ -464,6 +657,50 @@ fn cpu_seconds(pid: &str) -> f64 {
     // utime and stime are fields 14 and 15 of proc_pid_stat(5); what follows the name starts
     // with field 3.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// With `BENCH_PPROF_DIR` set: starts curl fetching a CPU profile of the API server that
+/// `kubeconfig` names (its first cluster's `server` and first user's `token`, as
+/// `../shared/k8s-testserver/start` writes them) into `BENCH_PPROF_DIR/<phase>.pb.gz`.
+fn start_profile(
+    kubeconfig: Option<&std::path::Path>,
+    phase: &str,
+) -> anyhow::Result<Option<std::process::Child>> {
+    let Some(dir) = std::env::var_os("BENCH_PPROF_DIR").filter(|dir| !dir.is_empty()) else {
+        return Ok(None);
+    };
+    let path = kubeconfig.ok_or_else(|| anyhow::anyhow!("BENCH_PPROF_DIR needs a kubeconfig"))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(path)?)?;
+    let doc = docs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{} is empty", path.display()))?;
+    let server = doc["clusters"][0]["cluster"]["server"].as_str();
+    let token = doc["users"][0]["user"]["token"].as_str();
+    let (Some(server), Some(token)) = (server, token) else {
+        anyhow::bail!("{}: no server and token", path.display());
+    };
+    let secs = std::env::var("BENCH_PPROF_SECS").unwrap_or_else(|_| "12".into());
+    let out = std::path::Path::new(&dir).join(format!("{phase}.pb.gz"));
+    let child = std::process::Command::new("curl")
+        .args([
+            "-skf",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-o",
+        ])
+        .arg(&out)
+        .arg(format!("{server}/debug/pprof/profile?seconds={secs}"))
+        .spawn()?;
+    Ok(Some(child))
+}
+
+/// Waits for the profile `start_profile` started (it ends BENCH_PPROF_SECS after its start).
+fn finish_profile(child: Option<std::process::Child>) -> anyhow::Result<()> {
+    if let Some(mut child) = child {
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "curl for the CPU profile: {status}");
+    }
+    Ok(())
 }
 
 /// Creates the namespace `name`.
