@@ -224,28 +224,14 @@ async fn main() -> anyhow::Result<()> {
     // alternates the order over its rounds); only with an API server per phase.
     let through_first = own_cluster.is_some()
         && std::env::var("BENCH_BURST_ORDER").is_ok_and(|v| v == "through-first");
+    let own = own_cluster.is_some();
+    let run_direct = || direct_phase(&bench, &direct_cluster, &direct_pod, own, direct_watch);
     let (direct, through) = if through_first {
         let through = through_phase(&bench, &server_cluster).await?;
-        let direct = direct_phase(
-            &bench,
-            &direct_cluster,
-            &direct_pod,
-            own_cluster.is_some(),
-            direct_watch,
-        )
-        .await?;
-        (direct, through)
+        (run_direct().await?, through)
     } else {
-        let direct = direct_phase(
-            &bench,
-            &direct_cluster,
-            &direct_pod,
-            own_cluster.is_some(),
-            direct_watch,
-        )
-        .await?;
-        let through = through_phase(&bench, &server_cluster).await?;
-        (direct, through)
+        let direct = run_direct().await?;
+        (direct, through_phase(&bench, &server_cluster).await?)
     };
     report(
         &bench,

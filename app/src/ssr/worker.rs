@@ -10,7 +10,7 @@ use crate::ssr::queue::{
     self, Attached, Claimed, LocalWorker, Outcome, PgProgress, TaskSlot, HEARTBEAT,
 };
 use crate::ssr::reconcile::Reconciler;
-use crate::ssr::rows::load_record;
+use crate::ssr::rows::{load_record, load_records};
 use crate::ssr::singleton;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -329,12 +329,33 @@ async fn claim_free_slots(
             }
         };
         let got = claimed.len();
+        let mut records = claimed_records(worker, &claimed).await;
         // Fewer than asked: the unused permits go back when dropped.
         for (task, permit) in claimed.into_iter().zip(permits) {
-            runner.start(running, task, None, permit);
+            let record = records.remove(&task.resource_id);
+            runner.start(running, task, record, permit);
         }
         if got < asked {
             return true;
+        }
+    }
+}
+
+/// The records of `claimed`'s resources by id, loaded in one statement. A resource missing
+/// from it (or all of them, when the statement fails) is loaded again by its task.
+async fn claimed_records(
+    worker: &Worker,
+    claimed: &[Claimed],
+) -> std::collections::HashMap<Uuid, ResourceRecord> {
+    let ids: Vec<Uuid> = claimed.iter().map(|task| task.resource_id).collect();
+    if ids.is_empty() {
+        return std::collections::HashMap::new();
+    }
+    match load_records(&worker.pool, &worker.site, &ids).await {
+        Ok(records) => records.into_iter().map(|r| (r.id, r)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the claimed resources failed; each task loads its own");
+            std::collections::HashMap::new()
         }
     }
 }
