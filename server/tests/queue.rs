@@ -711,3 +711,69 @@ async fn orphan_removals_are_queued_once_claimed_once_and_retried_with_backoff(p
         .await
         .expect("enqueue after the end"));
 }
+
+#[sqlx::test(migrator = "app::ssr::MIGRATOR")]
+async fn a_claims_records_load_in_one_statement_and_a_vanished_one_is_left_out(pool: PgPool) {
+    let app = TestApp::without_worker(pool.clone()).await;
+    let (image, flavor) = app.k8s_catalog("busybox").await;
+    let token = app.issuer.experiment(&experiment_id(), ALICE);
+    let names = ["rec-a", "rec-b", "rec-c"];
+    let created = app.create_resources(&token, &image, &flavor, &names).await;
+    let site = app.state.site();
+    let mut ids: Vec<uuid::Uuid> = created["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().expect("id");
+            app::ids::parse_id(app::ids::IdKind::Resource, site, id).expect("uuid")
+        })
+        .collect();
+    let vanished = uuid::Uuid::now_v7();
+    ids.push(vanished);
+
+    let records = app::ssr::rows::load_records(&pool, site, &ids)
+        .await
+        .expect("load_records");
+    let mut loaded: Vec<(uuid::Uuid, String)> = records
+        .iter()
+        .map(|r| (r.id, r.friendly_name.clone()))
+        .collect();
+    loaded.sort();
+    let mut expected: Vec<(uuid::Uuid, String)> = ids[..3]
+        .iter()
+        .copied()
+        .zip(names.iter().map(|n| n.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(loaded, expected, "the three resources, not the vanished id");
+    // The batch gives what the single load gives.
+    for record in &records {
+        let one = app::ssr::rows::load_record(&pool, site, record.id)
+            .await
+            .expect("load_record");
+        assert_eq!(
+            (
+                &one.typed_id,
+                &one.image_location,
+                one.vcpus,
+                &one.experiment_id
+            ),
+            (
+                &record.typed_id,
+                &record.image_location,
+                record.vcpus,
+                &record.experiment_id
+            )
+        );
+    }
+    let gone = app::ssr::rows::load_record(&pool, site, vanished).await;
+    assert!(
+        matches!(gone, Err(app::error::AppError::NotFound(_))),
+        "{gone:?}"
+    );
+    let none = app::ssr::rows::load_records(&pool, site, &[])
+        .await
+        .expect("no ids");
+    assert!(none.is_empty());
+}

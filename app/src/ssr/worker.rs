@@ -13,6 +13,7 @@ use crate::ssr::reconcile::Reconciler;
 use crate::ssr::rows::{load_record, load_records};
 use crate::ssr::singleton;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -343,19 +344,16 @@ async fn claim_free_slots(
 
 /// The records of `claimed`'s resources by id, loaded in one statement. A resource missing
 /// from it (or all of them, when the statement fails) is loaded again by its task.
-async fn claimed_records(
-    worker: &Worker,
-    claimed: &[Claimed],
-) -> std::collections::HashMap<Uuid, ResourceRecord> {
+async fn claimed_records(worker: &Worker, claimed: &[Claimed]) -> HashMap<Uuid, ResourceRecord> {
     let ids: Vec<Uuid> = claimed.iter().map(|task| task.resource_id).collect();
     if ids.is_empty() {
-        return std::collections::HashMap::new();
+        return HashMap::new();
     }
     match load_records(&worker.pool, &worker.site, &ids).await {
         Ok(records) => records.into_iter().map(|r| (r.id, r)).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "loading the claimed resources failed; each task loads its own");
-            std::collections::HashMap::new()
+            HashMap::new()
         }
     }
 }
@@ -582,7 +580,7 @@ enum Lease {
 /// waiting for their Pods used to send 500 renewals at the same moment.
 #[derive(Default)]
 struct Leases {
-    tasks: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::sync::watch::Sender<Lease>>>,
+    tasks: std::sync::Mutex<HashMap<Uuid, tokio::sync::watch::Sender<Lease>>>,
 }
 
 /// A running task's view of its lease; unregistered when dropped.
@@ -599,10 +597,7 @@ impl Drop for LeaseWatch {
 }
 
 impl Leases {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, tokio::sync::watch::Sender<Lease>>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, tokio::sync::watch::Sender<Lease>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -630,9 +625,7 @@ impl Leases {
                 continue;
             }
             let renewed = match queue::renew_leases(&pool, &worker_id, &ids).await {
-                Ok(rows) => rows
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>(),
+                Ok(rows) => rows.into_iter().collect::<HashMap<_, _>>(),
                 Err(e) => {
                     tracing::warn!(error = %e, tasks = ids.len(), "heartbeat failed");
                     continue;
