@@ -36,7 +36,7 @@
 //!   ([`observed`], from the shared watch's store, or one LIST while it is down) and removes
 //!   orphans by uid.
 
-use super::pod_feed::{FeedState, PodFeed};
+use super::pod_feed::{FeedPod, FeedState, PodFeed};
 use super::{
     BackendError, ComputeBackend, LogOutput, LogQuery, LogsError, ObjectHandle, Observation,
     Observed, ObservedHealth, Progress, ResourceRecord,
@@ -847,15 +847,16 @@ async fn settle(
 impl KubernetesBackend {
     /// Creates the Pod (making its namespace when missing, again if it was deleted by hand),
     /// or adopts the one an earlier attempt made. Answers the Pod as the API server returned
-    /// it: where the wait for it to run starts.
+    /// it, decoded as the feed decodes its events ([`FeedPod`]: no managedFields, of the spec
+    /// only the node): where the wait for it to run starts.
     async fn create_pod(
         &self,
-        pods: &Api<Pod>,
         resource: &ResourceRecord,
         namespace: &str,
     ) -> Result<Pod, BackendError> {
         let name = resource.friendly_name.as_str();
-        let manifest = pod_manifest(resource, namespace);
+        let pods: Api<FeedPod> = Api::namespaced(self.client.clone(), namespace);
+        let manifest = FeedPod(pod_manifest(resource, namespace));
         let mut created = pods.create(&PostParams::default(), &manifest).await;
         if matches!(&created, Err(kube::Error::Api(s)) if s.code == 404) {
             // The namespace we remembered is gone (deleted by hand): make it again, once.
@@ -865,9 +866,9 @@ impl KubernetesBackend {
             created = pods.create(&PostParams::default(), &manifest).await;
         }
         match created {
-            Ok(pod) => Ok(pod),
+            Ok(pod) => Ok(pod.0),
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let existing = pods
+                let FeedPod(existing) = pods
                     .get(name)
                     .await
                     .map_err(|e| map_error("reading the pod", e))?;
@@ -1099,11 +1100,10 @@ impl ComputeBackend for KubernetesBackend {
             .feed
             .subscribe(&namespace, &resource.friendly_name)
             .await;
-        let mut current = Box::pin(self.create_pod(&pods, resource, &namespace)).await?;
+        // Kept while the Pod starts (up to 8 waiting creates per worker slot): decoded without
+        // the server-side apply bookkeeping and the spec, which the wait does not read.
+        let current = Box::pin(self.create_pod(resource, &namespace)).await?;
         let service = Box::pin(self.expose(resource, &namespace, &current)).await?;
-        // Kept while the Pod starts (up to 8 waiting creates per worker slot): without the
-        // server-side apply bookkeeping, which the wait does not read.
-        current.metadata.managed_fields = None;
         // From here on the Pod's events tell the rest: the worker may use the slot.
         progress.waiting().await;
         let wait = self.wait_running(feed, &pods, &namespace, current);
