@@ -447,21 +447,14 @@ async fn a_vm_task_waits_out_an_unreachable_keystone_within_the_budget(pool: PgP
 
     let start = Instant::now();
     let mut waited = None;
-    // Every status and message seen, in order (for the failure message).
-    let mut seen: Vec<String> = Vec::new();
+    // Each status and message seen, with when it was first seen (for the failure message).
+    let mut seen: Vec<(u128, String)> = Vec::new();
     let task = loop {
         let (_, task) = app.get(&format!("/tasks/{task_id}"), &token).await;
         let message = task["message"].as_str().unwrap_or_default().to_string();
-        let state = format!(
-            "{} ms: {}: {message}",
-            start.elapsed().as_millis(),
-            task["status"]
-        );
-        if seen
-            .last()
-            .is_none_or(|last| !last.ends_with(&format!("{}: {message}", task["status"])))
-        {
-            seen.push(state);
+        let state = format!("{}: {message}", task["status"]);
+        if seen.last().is_none_or(|(_, last)| *last != state) {
+            seen.push((start.elapsed().as_millis(), state));
         }
         if task["status"] == "failed" {
             break task;
@@ -476,7 +469,10 @@ async fn a_vm_task_waits_out_an_unreachable_keystone_within_the_budget(pool: PgP
     let Some(waited) = waited else {
         panic!(
             "the task never said Keystone was unreachable; it went through:\n{}",
-            seen.join("\n")
+            seen.iter()
+                .map(|(ms, state)| format!("{ms} ms: {state}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     };
     println!("lifecycle: while waiting: {}", waited["message"]);

@@ -348,16 +348,12 @@ impl<'de> serde::Deserialize<'de> for FeedPod {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Spec {
-            #[serde(default)]
             node_name: Option<String>,
         }
         #[derive(serde::Deserialize)]
         struct Wire {
-            #[serde(default)]
             metadata: Option<Meta>,
-            #[serde(default)]
             spec: Option<Spec>,
-            #[serde(default)]
             status: Option<PodStatus>,
         }
         let wire = Wire::deserialize(deserializer)?;
